@@ -1,0 +1,1 @@
+"""Network definitions and the one registry and loader of their published checkpoints."""

@@ -1,0 +1,265 @@
+"""The cache directory: the only code that knows folder and file names.
+
+Layout under ``data_dir`` (syncnet_python's, one sub-folder per ``reference``)::
+
+    pyavi/REF/audio.wav          16 kHz mono 16-bit audio of the whole video
+    pywork/REF/<name>.pckl       pickled intermediates (formats: pipeline/formats.py)
+    pywork/REF/manifest/<name>.json   what each intermediate was made from
+    pycrop/REF/00000.avi         face-track crops with their audio, to watch
+    pycrop/REF/00000.mkv         the same frames, lossless (FFV1), read by stage 2
+    pycrop/REF/00000.wav         the track's audio, read by stages 2 and 3
+
+Every file is written to a temporary name and renamed into place, and an artifact is trusted only when
+its manifest exists, its key (config, inputs, upstream digests, version) matches what the caller expects,
+and the files still hash to what the manifest recorded. A manifest is removed before its artifact is
+rewritten, so a run killed at any moment leaves nothing a later run trusts.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from pipeline.errors import CacheError, InputError, PipelineError
+from pipeline.version import __version__
+
+_REFERENCE_RE = re.compile(r"^[^/\\\x00]+$")
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    """What identifies an input file: absolute path, size, modification time and a hash of its first MiB."""
+    stat = path.stat()
+    with open(path, "rb") as handle:
+        head = hashlib.sha256(handle.read(_HASH_CHUNK_BYTES)).hexdigest()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": head}
+
+
+def check_reference(reference: str) -> str:
+    """A reference names one folder: no path separators, not empty, not '.' or '..'."""
+    if not reference or reference in (".", "..") or not _REFERENCE_RE.match(reference):
+        raise InputError(f"--reference must be a plain name without path separators, got {reference!r}")
+    return reference
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix if suffix is not None else f".part{final.suffix}", dir=final.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` through a temporary file and a rename, flushed to disk."""
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class Cache:
+    """One video's intermediates under ``data_dir``, with manifests that make reuse safe."""
+
+    def __init__(self, data_dir: str | Path, reference: str, create: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.reference = check_reference(reference)
+        self.avi_dir = self.data_dir / "pyavi" / reference
+        self.work_dir = self.data_dir / "pywork" / reference
+        self.crop_dir = self.data_dir / "pycrop" / reference
+        self.manifest_dir = self.work_dir / "manifest"
+        if create:
+            self._make_writable()
+
+    def _make_writable(self) -> None:
+        try:
+            for folder in (self.avi_dir, self.work_dir, self.crop_dir, self.manifest_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.work_dir, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise InputError(f"cannot write to --data_dir {self.data_dir}: {err.strerror or err}") from None
+
+    # ---- names -------------------------------------------------------------------------------
+    @property
+    def audio_wav(self) -> Path:
+        """Whole-video 16 kHz mono audio."""
+        return self.avi_dir / "audio.wav"
+
+    def work(self, name: str) -> Path:
+        """An intermediate in pywork/REF."""
+        return self.work_dir / name
+
+    def crop_avi(self, track_idx: int) -> Path:
+        """Watchable crop of one face track, with its audio."""
+        return self.crop_dir / f"{track_idx:05d}.avi"
+
+    def crop_frames(self, track_idx: int) -> Path:
+        """Lossless crop frames of one face track (FFV1 in Matroska)."""
+        return self.crop_dir / f"{track_idx:05d}.mkv"
+
+    def crop_wav(self, track_idx: int) -> Path:
+        """16 kHz mono audio of one face track."""
+        return self.crop_dir / f"{track_idx:05d}.wav"
+
+    def manifest_path(self, name: str) -> Path:
+        return self.manifest_dir / f"{name}.json"
+
+    def _rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.data_dir.resolve()))
+
+    # ---- manifests ---------------------------------------------------------------------------
+    def read_manifest(self, name: str) -> dict | None:
+        """The manifest of ``name``, or None when absent or unreadable."""
+        try:
+            with open(self.manifest_path(name), encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def invalidate(self, name: str) -> None:
+        """Forget ``name``: remove its manifest so nothing trusts its files until they are rewritten."""
+        with contextlib.suppress(FileNotFoundError):
+            self.manifest_path(name).unlink()
+
+    def files_intact(self, manifest: Mapping) -> bool:
+        """Every file listed in the manifest exists and has the recorded sha256."""
+        for rel, expected in manifest.get("files", {}).items():
+            path = self.data_dir / rel
+            if not path.is_file() or sha256_file(path) != expected:
+                return False
+        return True
+
+    def is_valid(self, name: str, key: Mapping) -> bool:
+        """``name`` was made from exactly ``key`` and its files are intact."""
+        manifest = self.read_manifest(name)
+        if manifest is None or manifest.get("key") != _jsonable(key):
+            return False
+        return self.files_intact(manifest)
+
+    def record(self, name: str, stage: str, key: Mapping, files: Sequence[Path]) -> dict:
+        """Write the manifest of ``name`` after its files are in place."""
+        manifest = {
+            "name": name,
+            "stage": stage,
+            "key": _jsonable(key),
+            "files": {self._rel(path): sha256_file(Path(path)) for path in files},
+            "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_bytes_atomic(self.manifest_path(name), json.dumps(manifest, indent=1, sort_keys=True).encode())
+        return manifest
+
+    def digest(self, name: str) -> str | None:
+        """A digest of ``name``'s recorded files, for downstream keys; None when it has no manifest."""
+        manifest = self.read_manifest(name)
+        if manifest is None:
+            return None
+        text = json.dumps(manifest.get("files", {}), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # ---- pickled intermediates ---------------------------------------------------------------
+    def save_pickle(self, name: str, obj: Any, stage: str, key: Mapping) -> Path:
+        """Atomically pickle ``obj`` to pywork/REF/``name`` and record its manifest."""
+        path = self.work(name)
+        self.invalidate(name)
+        write_bytes_atomic(path, pickle.dumps(obj, protocol=4))
+        self.record(name, stage, key, [path])
+        return path
+
+    def load_pickle(self, name: str) -> Any:
+        """Unpickle pywork/REF/``name`` (trusted: written by this pipeline or placed by the user)."""
+        path = self.work(name)
+        try:
+            with open(path, "rb") as handle:
+                return pickle.load(handle)
+        except FileNotFoundError:
+            raise CacheError(f"{path} is missing") from None
+        except Exception as err:  # a corrupt pickle can raise almost anything
+            raise CacheError(f"{path} is unreadable ({type(err).__name__}); delete it and re-run") from None
+
+    def load_valid(self, name: str, key: Mapping) -> Any | None:
+        """The intermediate ``name`` if it was made from ``key`` and is intact, else None."""
+        if not self.is_valid(name, key):
+            return None
+        try:
+            return self.load_pickle(name)
+        except CacheError:
+            return None
+
+    def require(self, name: str, script: str) -> Any:
+        """Load an earlier stage's intermediate or say which script makes it."""
+        manifest = self.read_manifest(name)
+        if manifest is None or not self.work(name).is_file():
+            raise CacheError(
+                f"no {name} for reference {self.reference!r} in {self.data_dir}: run {script} first"
+            )
+        if not self.files_intact(manifest):
+            raise CacheError(f"{self.work(name)} changed since it was written: run {script} again")
+        return self.load_pickle(name)
+
+    def require_fresh(self, name: str, script: str, upstream: Mapping[str, str]) -> Any:
+        """Like ``require``, and also check that ``name`` was made from the current ``upstream`` digests."""
+        obj = self.require(name, script)
+        recorded = (self.read_manifest(name) or {}).get("key", {}).get("upstream", {})
+        for up_name in upstream:
+            if recorded.get(up_name) != self.digest(up_name):
+                raise CacheError(f"{name} is stale ({up_name} changed since): run {script} again")
+        return obj
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so keys compare equal to what a manifest stores."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def run_atomic_step(cache: Cache, name: str, produce: Callable[[], Any], stage: str, key: Mapping,
+                    force: bool = False) -> tuple[Any, bool]:
+    """Return (intermediate, reused): reuse ``name`` when valid for ``key``, else produce and save it."""
+    if not force:
+        cached = cache.load_valid(name, key)
+        if cached is not None:
+            return cached, True
+    cache.invalidate(name)
+    obj = produce()
+    cache.save_pickle(name, obj, stage, key)
+    return obj, False
+
+
+__all__ = [
+    "Cache",
+    "PipelineError",
+    "atomic_path",
+    "check_reference",
+    "file_identity",
+    "run_atomic_step",
+    "sha256_file",
+    "write_bytes_atomic",
+]

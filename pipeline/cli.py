@@ -1,0 +1,145 @@
+"""What every command-line script shares: common arguments, device choice, one-line errors, progress."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.config import Section, load_config
+from pipeline.errors import InputError, PipelineError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config and --set."""
+    parser.add_argument("--config", default=None, help="YAML file overriding configs/default.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set detect.image_scale=0.25 (repeatable)")
+
+
+def add_cache_args(parser: argparse.ArgumentParser, reference_required: bool = True) -> None:
+    """--data_dir and --reference: where a video's intermediates live."""
+    parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages")
+    parser.add_argument("--reference", required=reference_required, default=None,
+                        help="name of this video's sub-folder in the cache (no path separators)")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """--weights_dir, --device, --force, --quiet, --debug."""
+    parser.add_argument("--weights_dir", default=None,
+                        help="checkpoint folder (default: $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where networks run")
+    parser.add_argument("--force", action="store_true", help="redo this stage even where the cache is valid")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+
+def config_from_args(args: argparse.Namespace) -> Section:
+    """The run's config from --config and --set."""
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", ()))
+
+
+def resolve_device(name: str):
+    """A torch.device for auto, cpu or cuda; cuda without a GPU is an input error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def input_file(path: str, what: str = "file") -> Path:
+    """An existing, readable regular file, or a one-line InputError."""
+    candidate = Path(path)
+    if not candidate.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not candidate.is_file():
+        raise InputError(f"{what} is not a regular file: {path}")
+    if not os.access(candidate, os.R_OK):
+        raise InputError(f"{what} is not readable: {path}")
+    return candidate
+
+
+def default_reference(videofile: str) -> str:
+    """The reference a video gets when none is given: its file name without the extension."""
+    return Path(videofile).stem or "video"
+
+
+class Progress:
+    """One hook for every stage's progress and timing: ``progress(step, done, total)``.
+
+    Draws tqdm bars on a terminal (not in CI logs or with --quiet) and records each step's wall time.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bars: dict[str, object] = {}
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step: str, done: int | None = None, total: int | None = None) -> None:
+        now = time.perf_counter()
+        if step not in self.started:
+            self.started[step] = now
+        self.seconds[step] = now - self.started[step]
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(step)
+        if bar is None:
+            bar = self.bars[step] = tqdm(total=total, desc=step, unit="it", leave=False, file=sys.stderr)
+        if total is not None and bar.total != total:
+            bar.total = total
+        if done is not None:
+            bar.n = done
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """A status line on stderr."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run ``main``; turn every failure into one line on stderr and an exit code."""
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or bool(os.environ.get("AVDIARISE_DEBUG"))
+    prog = parser.prog
+    if not debug:
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchaudio|speechbrain|scenedetect)")
+        warnings.formatwarning = lambda message, category, *rest: f"{prog}: warning: {message}\n"
+    try:
+        code = main(args)
+        return int(code or 0)
+    except PipelineError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished intermediates are kept, unfinished ones are discarded", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{prog}: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as err:  # the promise is one line, never a traceback, unless --debug
+        if debug:
+            traceback.print_exc()
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"{prog}: internal error: {type(err).__name__}: {detail[:300]} (re-run with --debug for details)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,80 @@
+"""The intermediates the stages hand each other, in one place.
+
+All pickles hold only built-in types and numpy arrays (protocol 4), so they load without this package.
+Frame indices are on the one 25 fps sequence of ``pipeline.media`` (frame i is shown at i / 25 s);
+times are seconds from the start of that sequence; boxes are ``[x1, y1, x2, y2]`` in pixels of the full frame.
+
+Stage 1, ``run_pipeline`` (pywork/REF/):
+
+- ``media.pckl``: dict ``source`` (file identity), ``num_frames``, ``frame_rate_hz``, ``width``, ``height``,
+  ``duration_s``, ``num_samples``, ``sample_rate_hz``, ``has_audio``.
+- ``faces.pckl``: syncnet_python's layout, one list per frame of dicts
+  ``{'frame': int, 'bbox': [x1, y1, x2, y2], 'conf': float}``.
+- ``scene.pckl``: list of shots ``(start_frame, end_frame)``, end exclusive (syncnet_python stores
+  PySceneDetect FrameTimecode pairs; plain ints need no scenedetect to unpickle).
+- ``tracks.pckl``: syncnet_python's flat list over shots of
+  ``{'track': {'frame': int64[N], 'bbox': float64[N, 4]}, 'proc_track': {'x', 'y', 's': float64[N]}}``
+  where ``proc_track`` holds the median-filtered crop centre and half-size.
+- pycrop/REF/``%05d.avi`` (watchable, with audio), ``%05d.mkv`` (lossless FFV1 frames, 224 x 224 BGR),
+  ``%05d.wav`` (the track's 16 kHz mono audio, frames ``[first, last + 1)``).
+
+Stage 2, ``run_syncnet``:
+
+- ``activesd.pckl``: list over tracks of float32 ``[num_windows, 2 * vshift + 1]`` distances; row i compares
+  video window i with audio shifted by ``-vshift .. +vshift`` frames.
+- ``sync.pckl``: dict ``metric`` ('cosine' or 'euclidean'), ``vshift_frames``, and per track lists
+  ``offset_frames``, ``min_dist``, ``confidence``.
+- ``offsets.txt``: ``track offset_frames min_dist confidence`` per line.
+
+Stage 3, ``cluster``:
+
+- ``vad.pckl``: dict ``method``, ``audio``: list of ``(start_s, end_s)``, ``tracks``: one such list per track
+  (times relative to the track's first frame).
+- ``embeddings.pckl``: dict ``model``, ``window_s``, ``hop_s``, ``embeddings``: float32 ``[num_windows, dim]``,
+  window k covering ``[k * hop_s, k * hop_s + window_s)``.
+- ``faceid.pckl``: list over tracks of int face identity.
+- ``diarization.pckl``: list of turns ``(start_s, end_s, speaker, source, track_ids)``, source 'av' or 'audio'.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+from pipeline.errors import CacheError
+
+
+class Turn(NamedTuple):
+    """One speaker turn; pickled as a plain tuple."""
+
+    start_s: float
+    end_s: float
+    speaker: str
+    source: str  # 'av': a speaking face; 'audio': voice only
+    track_ids: tuple[int, ...]
+
+
+def turns_from_pickle(rows: Sequence[Sequence[Any]]) -> list[Turn]:
+    """Turns from the plain tuples stored in diarization.pckl."""
+    return [Turn(float(r[0]), float(r[1]), str(r[2]), str(r[3]), tuple(int(t) for t in r[4])) for r in rows]
+
+
+def validate_faces(faces: Any, source: str) -> list[list[dict]]:
+    """Check syncnet_python's faces.pckl layout and return it with plain floats; CacheError names the problem."""
+    if not isinstance(faces, list):
+        raise CacheError(f"{source}: faces must be a list with one list of detections per frame")
+    clean: list[list[dict]] = []
+    for frame_idx, dets in enumerate(faces):
+        if not isinstance(dets, (list, tuple)):
+            raise CacheError(f"{source}: frame {frame_idx} is not a list of detections")
+        frame_dets = []
+        for det in dets:
+            try:
+                bbox = [float(v) for v in det["bbox"]]
+                conf = float(det.get("conf", 1.0))
+            except (TypeError, KeyError, ValueError):
+                raise CacheError(f"{source}: frame {frame_idx} has a detection without a 4-number 'bbox'") from None
+            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+                raise CacheError(f"{source}: frame {frame_idx} has an invalid box {bbox}")
+            frame_dets.append({"frame": frame_idx, "bbox": bbox, "conf": conf})
+        clean.append(frame_dets)
+    return clean

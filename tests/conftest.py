@@ -1,0 +1,49 @@
+"""Shared fixtures: the real clips in ../shared/data and a folder of seeded random checkpoints."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import fakeweights
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+VIDEOS = SHARED_DATA / "videos"
+DETECTIONS = SHARED_DATA / "detections"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def clip(name: str) -> Path:
+    """A real clip from ../shared/data/videos; skips the test when the data folder is absent."""
+    path = VIDEOS / f"{name}.mp4"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    """Seeded random checkpoints under every published file name of s3fd, syncnet, resnetse34 and vggface2."""
+    folder = tmp_path_factory.mktemp("weights")
+    files = {
+        "s3fd.json": ["s3fd.model", "sfd_face.pth"],
+        "syncnet.json": ["syncnet.model", "syncnet_v2.model"],
+        "resnetse34v2.json": ["speakernet.model"],
+        "vggface2_resnet50.json": ["faceembedding.model"],
+    }
+    for seed, (manifest, names) in enumerate(files.items()):
+        state = fakeweights.random_state_dict(manifest, seed=seed)
+        for name in names:
+            fakeweights.save_checkpoint(state, folder / name)
+    return folder
