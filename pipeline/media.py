@@ -1,0 +1,298 @@
+"""Decode any video into the pipeline's one 25 fps frame sequence and 16 kHz mono audio, with PyAV.
+
+Frame i of the sequence is the frame that ``ffmpeg -i V -r 25`` (ffmpeg 5.1, constant-frame-rate output)
+shows at time i / 25: ``CfrSchedule`` reproduces ffmpeg's frame duplication and dropping on the decoded
+timestamps, so edit lists, 29.97 fps, 30 fps and variable frame rates all land where ffmpeg puts them.
+Audio is ``-async 1 -ac 1 -ar 16000``: resampled by the same libswresample, its first sample placed at its
+timestamp on the video's clock (silence before it, priming samples before 0 dropped), and gaps or
+overlaps larger than ``min_hard_comp_s`` hard-compensated as ``aresample=async=1`` does.
+
+Frames are decoded lazily and never all held in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from pipeline.errors import InputError
+
+# Hard compensation threshold of ffmpeg's `-async` (aresample min_hard_comp default, 0.1 s).
+MIN_HARD_COMP_S = 0.1
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What the container says about a file, before decoding."""
+
+    width: int
+    height: int
+    has_video: bool
+    has_audio: bool
+    duration_s: float | None
+    frame_rate_hz: float | None
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"video file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"not a regular file: {path}")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as err:
+        raise InputError(f"cannot read {path} as a video ({_reason(err)}): not a media file, or truncated") from None
+    except (OSError, UnicodeError) as err:
+        raise InputError(f"cannot open {path}: {err}") from None
+
+
+def _reason(err: Exception) -> str:
+    text = getattr(err, "strerror", None) or str(err)
+    return text.strip().splitlines()[0][:120] if text else type(err).__name__
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Stream facts of ``path``; InputError when it is not a media file."""
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        duration_s = container.duration / av.time_base if container.duration else None
+        rate = float(video.guessed_rate) if video is not None and video.guessed_rate else None
+        return MediaInfo(
+            width=video.codec_context.width if video is not None else 0,
+            height=video.codec_context.height if video is not None else 0,
+            has_video=video is not None,
+            has_audio=bool(container.streams.audio),
+            duration_s=duration_s,
+            frame_rate_hz=rate,
+        )
+
+
+def check_video_input(path: str | Path, need_audio: bool = True) -> MediaInfo:
+    """A readable file with a video stream (and an audio stream when ``need_audio``), or a one-line InputError."""
+    info = probe(path)
+    if not info.has_video:
+        raise InputError(f"{path} has no video stream (an audio-only file?): stage 1 needs faces to track")
+    if need_audio and not info.has_audio:
+        raise InputError(f"{path} has no audio stream: there is no speech to diarise")
+    return info
+
+
+def _lrintf(value: float) -> int:
+    """C lrintf: round half to even, as ffmpeg rounds frame counts."""
+    return int(round(value))
+
+
+class CfrSchedule:
+    """ffmpeg 5.1's constant-frame-rate video sync (``do_video_out``, vsync cfr / vscfr), on timestamps.
+
+    ``push(pts_ticks, duration_ticks)`` takes a decoded frame's timestamp and duration in output frame
+    ticks (1 / 25 s) and returns how many output frames repeat the previous frame and how many show this one.
+    """
+
+    def __init__(self, single_stream_input: bool = False) -> None:
+        self.next_out = 0  # ffmpeg's ost->sync_opts
+        self.frames_out = 0
+        self.last_nb0 = [0, 0, 0]
+        self.vscfr = single_stream_input  # ffmpeg picks vscfr when the input file has one stream
+
+    def push(self, pts_ticks: float, duration_ticks: float) -> tuple[int, int]:
+        """(number of repeats of the previous frame, number of copies of this frame) to output now."""
+        delta0 = pts_ticks - self.next_out
+        delta = delta0 + duration_ticks
+        nb0, nb = 0, 1
+        if delta0 < 0 < delta:
+            delta0 = 0.0  # frame starts in the past: clip it to the next output slot
+        if self.vscfr and self.frames_out == 0 and delta0 >= 0.5:
+            delta = delta - delta0  # do not duplicate initial frames: start the output at this frame
+            delta0 = 0.0
+            self.next_out = round(pts_ticks)
+        if delta < -1.1:
+            nb = 0
+        elif delta > 1.1:
+            nb = _lrintf(delta)
+            if delta0 > 1.1:
+                nb0 = _lrintf(delta0 - 0.6)
+        nb0 = min(nb0, nb)
+        self.last_nb0 = [nb0] + self.last_nb0[:2]
+        self.next_out += nb
+        self.frames_out += nb
+        return nb0, nb - nb0
+
+    def flush(self) -> int:
+        """Repeats of the last frame ffmpeg adds at the end of the stream (median of the last three)."""
+        extra = sorted(self.last_nb0)[1]
+        self.next_out += extra
+        self.frames_out += extra
+        return extra
+
+
+def _to_ticks(pts: int, time_base, start_time_us: int, frame_rate_hz: float) -> float:
+    """A timestamp in output ticks with ffmpeg's extra precision and midpoint nudge."""
+    seconds = float(pts * time_base) - start_time_us / 1_000_000
+    ticks = seconds * frame_rate_hz
+    return ticks + (1.0 if ticks > 0 else -1.0) / (1 << 17)
+
+
+def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.ndarray]:
+    """The normalised frame sequence of ``path``: BGR uint8 frames at ``frame_rate_hz``, like ``ffmpeg -r``.
+
+    Raises InputError for an unreadable file, a file without video, or a decoding failure part-way.
+    """
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start_us = container.start_time or 0
+        guessed = float(stream.guessed_rate) if stream.guessed_rate else 0.0
+        default_duration = min(frame_rate_hz / guessed, 1.0) if guessed > 0 else 1.0
+        schedule = CfrSchedule(single_stream_input=len(container.streams) == 1)
+        stream_end_s = None
+        if stream.duration and stream.time_base:
+            stream_end_s = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+        previous = None  # ffmpeg's last_frame: the latest decoded frame, shown or not
+        previous_image: np.ndarray | None = None
+        for frame, is_last in _with_last(_decode(container, stream, path)):
+            if frame.pts is None:
+                continue
+            pts_ticks = _to_ticks(frame.pts, frame.time_base, start_us, frame_rate_hz)
+            duration = default_duration
+            if frame.duration:
+                duration_s = float(frame.duration * frame.time_base)
+                if is_last and stream_end_s is not None:
+                    # newer FFmpeg stretches the final sample to the edit-list end; ffmpeg 5.1 ends it at the stream end
+                    duration_s = min(duration_s, max(0.0, stream_end_s - float(frame.pts * frame.time_base)))
+                rounded = _lrintf(duration_s * frame_rate_hz)
+                if rounded > 0:
+                    duration = rounded
+            repeats, copies = schedule.push(pts_ticks, duration)
+            if repeats:
+                source = previous if previous is not None else frame
+                if previous_image is None or source is not previous:
+                    previous_image = source.to_ndarray(format="bgr24")
+                for _ in range(repeats):
+                    yield previous_image.copy()
+            previous, previous_image = frame, None
+            if copies:
+                previous_image = frame.to_ndarray(format="bgr24")
+                yield previous_image
+                for _ in range(copies - 1):
+                    yield previous_image.copy()
+        if previous is None:
+            raise InputError(f"{path} has no decodable video frames")
+        extra = schedule.flush()
+        if extra:
+            image = previous.to_ndarray(format="bgr24")
+            for _ in range(extra):
+                yield image.copy()
+    finally:
+        container.close()
+
+
+def _with_last(items):
+    """Pairs (item, is_last) with one item of look-ahead."""
+    iterator = iter(items)
+    try:
+        pending = next(iterator)
+    except StopIteration:
+        return
+    for item in iterator:
+        yield pending, False
+        pending = item
+    yield pending, True
+
+
+def _decode(container, stream, path) -> Iterator[av.VideoFrame | av.AudioFrame]:
+    try:
+        yield from container.decode(stream)
+    except av.FFmpegError as err:
+        raise InputError(f"decoding {path} failed ({_reason(err)}): the file is corrupt or truncated") from None
+
+
+def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Every decoded frame of ``path`` as BGR uint8, without frame-rate conversion (crops, single clips)."""
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in _decode(container, stream, path):
+            yield frame.to_ndarray(format="bgr24")
+    finally:
+        container.close()
+
+
+def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s: float = MIN_HARD_COMP_S) -> np.ndarray:
+    """The first audio stream as int16 mono at ``sample_rate_hz``, sample 0 at the video's time 0.
+
+    Equivalent to ``ffmpeg -i V -async 1 -ac 1 -ar RATE -acodec pcm_s16le``. InputError when there is no
+    audio stream or decoding fails.
+    """
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        start_us = container.start_time or 0
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
+        hard_comp = int(round(min_hard_comp_s * sample_rate_hz))
+        chunks: list[np.ndarray] = []
+        written = 0  # samples placed so far
+        first = True
+
+        def place(samples: np.ndarray, at: int | None) -> None:
+            nonlocal written, first
+            if at is not None and (first or abs(at - written) > hard_comp):
+                if at > written:
+                    chunks.append(np.zeros(at - written, dtype=np.int16))
+                    written = at
+                elif at < written:
+                    # starts before time 0 (codec priming) or overlaps what is written: drop the excess
+                    samples = samples[written - at:]
+            first = False
+            if len(samples):
+                chunks.append(samples)
+                written += len(samples)
+
+        for frame in _decode(container, stream, path):
+            at = None
+            if frame.pts is not None:
+                at = int(round((float(frame.pts * frame.time_base) - start_us / 1_000_000) * sample_rate_hz))
+            for out in resampler.resample(frame):
+                place(out.to_ndarray().reshape(-1).astype(np.int16, copy=False), at)
+                at = None
+        for out in resampler.resample(None):
+            place(out.to_ndarray().reshape(-1).astype(np.int16, copy=False), None)
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    finally:
+        container.close()
+
+
+def frame_count_to_seconds(num_frames: int, frame_rate_hz: float) -> float:
+    """Duration of ``num_frames`` frames."""
+    return num_frames / frame_rate_hz
+
+
+def samples_for_frames(first_frame: int, end_frame: int, frame_rate_hz: float, sample_rate_hz: int) -> slice:
+    """The audio samples of frames ``[first_frame, end_frame)``."""
+    start = int(round(first_frame * sample_rate_hz / frame_rate_hz))
+    stop = int(round(end_frame * sample_rate_hz / frame_rate_hz))
+    return slice(start, max(start, stop))
+
+
+__all__ = [
+    "CfrSchedule",
+    "MediaInfo",
+    "check_video_input",
+    "decode_audio",
+    "iter_frames",
+    "iter_video_frames",
+    "probe",
+    "samples_for_frames",
+]

@@ -1,0 +1,307 @@
+"""Stage 1, ``run_pipeline``: normalise a video, detect faces and shots, build face tracks and crops.
+
+Each step reuses its cached result when the manifest says it was made from the same input, config and
+upstream results, so a re-run does only what changed. A ``faces.pckl`` placed in the cache by the user
+(syncnet_python's layout, no manifest) is adopted and stage 1 resumes from tracking.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from scipy.io import wavfile
+
+from pipeline import media
+from pipeline.cache import Cache, atomic_path, file_identity
+from pipeline.config import Section
+from pipeline.crop import smooth_track, write_track_crops
+from pipeline.errors import CacheError, InputError
+from pipeline.formats import validate_faces
+from pipeline.scenes import ShotDetector
+from pipeline.track import track_faces
+
+STAGE = "run_pipeline"
+Progress = Callable[..., None]
+
+
+@dataclass
+class Stage1Result:
+    """What stage 1 produced, for the script's summary."""
+
+    num_frames: int
+    num_shots: int
+    num_tracks: int
+    reused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _noop(*_args, **_kwargs) -> None:
+    return None
+
+
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` items ahead (decoding overlaps the network)."""
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(done)
+        except BaseException as err:  # handed to the consumer
+            buffer.put(err)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ---- audio -----------------------------------------------------------------------------------
+def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
+    """Atomically write 16-bit mono PCM."""
+    with atomic_path(path, suffix=".part.wav") as tmp:
+        wavfile.write(tmp, sample_rate_hz, samples.astype(np.int16, copy=False))
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(int16 samples, sample rate) of a mono wav written by this pipeline."""
+    try:
+        sample_rate_hz, samples = wavfile.read(path)
+    except FileNotFoundError:
+        raise CacheError(f"{path} is missing") from None
+    except ValueError as err:
+        raise CacheError(f"{path} is not a readable wav ({err})") from None
+    return samples, sample_rate_hz
+
+
+def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
+    """16 kHz mono audio of the video at pyavi/REF/audio.wav; (samples, reused)."""
+    key = {"input": identity, "media": cfg.media.to_dict()}
+    if not force and cache.is_valid("audio.wav", key):
+        samples, _ = read_wav(cache.audio_wav)
+        return samples, True
+    cache.invalidate("audio.wav")
+    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz)
+    if samples.size == 0:
+        raise InputError(f"{videofile} has an audio stream with no decodable samples")
+    write_wav(cache.audio_wav, samples, cfg.media.sample_rate_hz)
+    cache.record("audio.wav", STAGE, key, [cache.audio_wav])
+    return samples, False
+
+
+# ---- faces and shots ---------------------------------------------------------------------------
+def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
+    """A faces.pckl the user placed (no manifest, or one whose hash no longer matches), validated."""
+    path = cache.work("faces.pckl")
+    if not path.is_file():
+        return None
+    manifest = cache.read_manifest("faces.pckl")
+    if manifest is not None and cache.files_intact(manifest):
+        key = manifest.get("key", {})
+        if key.get("source") == "user" and key.get("input") == identity:
+            return validate_faces(cache.load_pickle("faces.pckl"), str(path))
+        return None  # made by the pipeline: trusted only through its key
+    faces = validate_faces(cache.load_pickle("faces.pckl"), str(path))
+    cache.record("faces.pckl", STAGE, {"source": "user", "input": identity}, [path])
+    return faces
+
+
+def _fit_faces(faces: list[list[dict]], num_frames: int, notes: list[str]) -> list[list[dict]]:
+    """User detections on another frame count: pad or cut to the video's frames, and say so."""
+    if len(faces) != num_frames:
+        notes.append(f"faces.pckl has {len(faces)} frames, the 25 fps video {num_frames}: "
+                      f"{'missing frames count as no face' if len(faces) < num_frames else 'extra frames ignored'}")
+    faces = faces[:num_frames] + [[] for _ in range(num_frames - len(faces))]
+    return [[dict(det, frame=idx) for det in dets] for idx, dets in enumerate(faces)]
+
+
+def scan_video(videofile: Path, cfg: Section, detector, progress: Progress) -> tuple[int, int, int, list, list]:
+    """One pass over the 25 fps frames: shots, and detections when ``detector`` is given.
+
+    Returns (num_frames, width, height, shots, faces).
+    """
+    shots = ShotDetector(cfg.media.frame_rate_hz, cfg.scenes.content_threshold, cfg.scenes.min_scene_len_frames)
+    faces: list[list[dict]] = []
+    batch: list[np.ndarray] = []
+    batch_size = max(1, int(cfg.detect.batch_size))
+    width = height = 0
+
+    def flush() -> None:
+        for boxes in detector.detect_batch(batch):
+            idx = len(faces)
+            faces.append([{"frame": idx, "bbox": [float(v) for v in box[:4]], "conf": float(box[4])} for box in boxes])
+        batch.clear()
+
+    num_frames = 0
+    for frame in prefetch(media.iter_frames(videofile, cfg.media.frame_rate_hz), depth=2 * batch_size):
+        height, width = frame.shape[:2]
+        shots.push(frame)
+        num_frames += 1
+        if detector is not None:
+            batch.append(frame)
+            if len(batch) == batch_size:
+                flush()
+        progress("detect" if detector is not None else "scan", num_frames, None)
+    if detector is not None and batch:
+        flush()
+    if num_frames == 0:
+        raise InputError(f"{videofile} has no decodable video frames")
+    return num_frames, width, height, shots.finish(), faces
+
+
+def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict, weights_dir, device,
+                    force: bool, progress: Progress, result: Stage1Result) -> tuple[dict, list, list]:
+    """media.pckl, faces.pckl and scene.pckl, reused where valid; (media_info, faces, shots)."""
+    from pipeline.detect import FaceDetector  # the network is only imported when detection runs
+
+    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
+    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict()}
+    info = None if force else cache.load_valid("media.pckl", media_key)
+    shots = None if force else cache.load_valid("scene.pckl", media_key)
+    faces = None if force else cache.load_valid("faces.pckl", detect_key)
+    user_faces = None
+    if faces is None and not force:
+        user_faces = _user_faces(cache, identity)
+    if force and cache.work("faces.pckl").is_file() and cache.read_manifest("faces.pckl") is None:
+        user_faces = _user_faces(cache, identity)  # --force never discards detections the user brought
+
+    need_detection = faces is None and user_faces is None
+    if info is None or shots is None or need_detection:
+        detector = FaceDetector(cfg.detect, weights_dir, device) if need_detection else None
+        for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
+            cache.invalidate(name)
+        num_frames, width, height, shots, detected = scan_video(videofile, cfg, detector, progress)
+        info = {
+            "source": identity,
+            "num_frames": num_frames,
+            "frame_rate_hz": cfg.media.frame_rate_hz,
+            "width": width,
+            "height": height,
+            "duration_s": num_frames / cfg.media.frame_rate_hz,
+        }
+        if need_detection:
+            faces = detected
+            cache.save_pickle("faces.pckl", faces, STAGE, detect_key)
+        cache.save_pickle("scene.pckl", shots, STAGE, media_key)
+    else:
+        result.reused += ["scenes"]
+    if faces is None:
+        faces = _fit_faces(user_faces, info["num_frames"], result.notes)
+        result.notes.append("using the face detections found in faces.pckl (delete it to detect again)")
+    elif not need_detection:
+        result.reused.append("faces")
+    return info, faces, shots
+
+
+# ---- tracks and crops --------------------------------------------------------------------------
+def build_tracks(cache: Cache, cfg: Section, faces: list, shots: list, force: bool) -> tuple[list[dict], bool]:
+    """tracks.pckl in syncnet_python's layout; (tracks, reused)."""
+    key = {
+        "upstream": {"faces.pckl": cache.digest("faces.pckl"), "scene.pckl": cache.digest("scene.pckl")},
+        "track": cfg.track.to_dict(),
+        "crop": cfg.crop.to_dict(),
+    }
+    if not force:
+        tracks = cache.load_valid("tracks.pckl", key)
+        if tracks is not None:
+            return tracks, True
+    cache.invalidate("tracks.pckl")
+    tracks = []
+    for dense in track_faces(faces, shots, cfg.track):
+        tracks.append({"track": dense, "proc_track": smooth_track(dense, cfg.crop.smooth_kernel_frames)})
+    cache.save_pickle("tracks.pckl", tracks, STAGE, key)
+    return tracks, False
+
+
+def _remove_old_crops(cache: Cache) -> None:
+    for pattern in ("[0-9]*.avi", "[0-9]*.mkv", "[0-9]*.wav"):
+        for path in cache.crop_dir.glob(pattern):
+            path.unlink()
+
+
+def write_crops(videofile: Path, cache: Cache, cfg: Section, tracks: list[dict], audio: np.ndarray,
+                identity: dict, force: bool, progress: Progress) -> bool:
+    """Crops of every track (pycrop/REF/%05d.{mkv,avi,wav}) under the 'crops' manifest; True if reused."""
+    key = {
+        "input": identity,
+        "upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "audio.wav": cache.digest("audio.wav")},
+        "crop": cfg.crop.to_dict(),
+        "media": cfg.media.to_dict(),
+    }
+    if not force and cache.is_valid("crops", key):
+        return True
+    cache.invalidate("crops")
+    _remove_old_crops(cache)
+    rate_hz, sr_hz = int(cfg.media.frame_rate_hz), int(cfg.media.sample_rate_hz)
+    per_frame = sr_hz // rate_hz
+    files: list[Path] = []
+    for idx, track in enumerate(tracks):
+        first, end = int(track["track"]["frame"][0]), int(track["track"]["frame"][-1]) + 1
+        write_wav(cache.crop_wav(idx), audio[first * per_frame:end * per_frame], sr_hz)
+        files += [cache.crop_frames(idx), cache.crop_avi(idx), cache.crop_wav(idx)]
+    if tracks:
+        write_track_crops(
+            prefetch(media.iter_frames(videofile, rate_hz), depth=16),
+            [t["track"] for t in tracks], [t["proc_track"] for t in tracks], audio,
+            [cache.crop_frames(i) for i in range(len(tracks))], [cache.crop_avi(i) for i in range(len(tracks))],
+            cfg.crop, rate_hz, sr_hz, progress,
+        )
+    cache.record("crops", STAGE, key, files)
+    return False
+
+
+def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=None, device="cpu",
+                 force: bool = False, progress: Progress | None = None) -> Stage1Result:
+    """Stage 1 on one video: audio.wav, media/faces/scene/tracks pickles and crops in ``cache``."""
+    progress = progress or _noop
+    videofile = Path(videofile)
+    media.check_video_input(videofile, need_audio=True)
+    identity = file_identity(videofile)
+    result = Stage1Result(num_frames=0, num_shots=0, num_tracks=0)
+
+    audio, reused = normalise_audio(videofile, cache, cfg, identity, force)
+    if reused:
+        result.reused.append("audio")
+    info, faces, shots = faces_and_shots(videofile, cache, cfg, identity, weights_dir, device, force, progress, result)
+    info = dict(info, num_samples=int(audio.size), sample_rate_hz=int(cfg.media.sample_rate_hz), has_audio=True)
+    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
+    if cache.load_valid("media.pckl", media_key) != info:
+        cache.save_pickle("media.pckl", info, STAGE, media_key)
+    if info["duration_s"] - audio.size / cfg.media.sample_rate_hz > cfg.media.audio_short_note_s:
+        result.notes.append(f"the audio ({audio.size / cfg.media.sample_rate_hz:.2f} s) is shorter than the video "
+                            f"({info['duration_s']:.2f} s); the rest counts as silence")
+
+    tracks, reused = build_tracks(cache, cfg, faces, shots, force)
+    if reused:
+        result.reused.append("tracks")
+    if write_crops(videofile, cache, cfg, tracks, audio, identity, force, progress):
+        result.reused.append("crops")
+    if not tracks:
+        result.notes.append("no face track found: later stages fall back to audio-only diarisation")
+    result.num_frames, result.num_shots, result.num_tracks = info["num_frames"], len(shots), len(tracks)
+    return result
+
+
+__all__ = ["Stage1Result", "prefetch", "read_wav", "run_pipeline", "write_wav"]
