@@ -1,0 +1,140 @@
+"""The normaliser: ffmpeg 5.1's `-r 25` frames and `-async 1 -ac 1 -ar 16000` audio, from PyAV."""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import media
+from pipeline.errors import InputError
+from tests.conftest import DETECTIONS, VIDEOS, clip
+from tests.synth import make_video, make_wav
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "ffmpeg51_reference.json").read_text())["clips"]
+CLIPS = sorted(REFERENCE)
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_frames_are_byte_identical_to_ffmpeg(name):
+    """Edit lists, 29.97/30 fps, VFR: every 25 fps frame equals the one ffmpeg 5.1 outputs at that index."""
+    frames_md5 = [hashlib.md5(frame.tobytes()).hexdigest() for frame in media.iter_frames(clip(name))]
+    assert frames_md5 == REFERENCE[name]["frame_md5"]
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_frame_count_matches_the_precomputed_detections(name):
+    """The shared haar detections index the direct 25 fps sequence: same number of frames."""
+    path = DETECTIONS / f"{name}_haar_faces.pckl"
+    if not path.is_file():
+        pytest.skip("detections not present")
+    with open(path, "rb") as handle:
+        faces = pickle.load(handle)
+    assert len(faces) == len(REFERENCE[name]["frame_md5"])
+
+
+@pytest.mark.parametrize("name", ["gestsync_asd2spk_a", "gestsync_sync_offset25", "retalking_talkinghead_1",
+                                  "syncnetdiar_3spk_newsmax"])
+def test_audio_matches_ffmpeg(name):
+    """44.1 kHz stereo and 16 kHz mono AAC with priming: same length and loudness per second as ffmpeg."""
+    audio = media.decode_audio(clip(name), 16000)
+    expected = REFERENCE[name]
+    assert audio.dtype == np.int16
+    assert len(audio) == expected["num_samples"]
+    samples = audio.astype(float)
+    rms = [float(np.sqrt(np.mean(samples[i:i + 16000] ** 2))) for i in range(0, len(samples), 16000)]
+    np.testing.assert_allclose(rms, expected["rms_per_s"], rtol=0.01, atol=1.0)
+
+
+def test_digital_silence_at_the_start_is_kept():
+    """gestsync_sync_offset25's audio is zero for its first 0.788 s (MANIFEST)."""
+    audio = media.decode_audio(clip("gestsync_sync_offset25"), 16000)
+    assert np.abs(audio[: int(0.75 * 16000)]).max() <= 1
+    assert np.abs(audio[int(0.85 * 16000): int(1.5 * 16000)]).max() > 100
+
+
+# ---- the frame-rate conversion on exact, hand-computed cases -----------------------------------
+def _schedule(pts_s, durations_s, rate_hz=25.0):
+    """Indices of input frames shown at each output frame, by CfrSchedule (as iter_frames drives it)."""
+    schedule = media.CfrSchedule()
+    shown, last = [], None
+    for idx, (pts, dur) in enumerate(zip(pts_s, durations_s)):
+        ticks = pts * rate_hz
+        ticks += (1 if ticks > 0 else -1) / (1 << 17)
+        repeats, copies = schedule.push(ticks, max(1, round(dur * rate_hz)))
+        shown += [idx if last is None else last] * repeats + [idx] * copies
+        last = idx
+    shown += [last] * schedule.flush()
+    return shown
+
+
+def test_same_rate_is_identity():
+    assert _schedule([k / 25 for k in range(10)], [0.04] * 10) == list(range(10))
+
+
+def test_30_to_25_lets_the_output_drift_before_dropping():
+    """30 fps -> 25 fps: ffmpeg shows every frame until the output is 1.1 frames ahead, then drops one.
+
+    One second of 30 fps gives 27 frames, as ffmpeg 5.1 gives for tests/synth.make_video(30 frames, 30 fps).
+    """
+    shown = _schedule([k / 30 for k in range(30)], [1 / 30] * 30)
+    assert len(shown) == 27
+    assert shown[:13] == list(range(13))
+    assert 13 not in shown  # the first drop: frame 13 would put the output more than 1.1 frames behind
+    assert shown == sorted(shown)
+
+
+def test_12_5_to_25_shows_each_frame_twice():
+    shown = _schedule([k / 12.5 for k in range(6)], [0.08] * 6)
+    assert shown == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_late_first_frame_is_repeated_from_time_zero():
+    """A video starting 0.2 s after the file's start: 5 copies of its first frame fill the gap (+1 itself)."""
+    shown = _schedule([0.2 + k / 25 for k in range(3)], [0.04] * 3)
+    assert shown == [0] * 6 + [1, 2]
+
+
+def test_synthetic_30fps_video_decodes_to_25fps(tmp_path):
+    """60 frames at 30 fps: ffmpeg 5.1 `-r 25` gives 52 frames."""
+    path = make_video(tmp_path / "v30.mp4", num_frames=60, fps=30, audio_s=2.0)
+    assert len(list(media.iter_frames(path))) == 52
+    lossless = make_video(tmp_path / "v30.mkv", num_frames=60, fps=30, audio_s=2.0, codec="ffv1")
+    levels = [int(frame[0, 0, 0]) for frame in media.iter_frames(lossless)]
+    assert len(levels) == 52 and levels == sorted(levels)  # never shows an earlier frame after a later one
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        media.probe(tmp_path / "nope.mp4")
+
+
+def test_not_a_video(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 100)
+    with pytest.raises(InputError, match="cannot read"):
+        media.check_video_input(path)
+
+
+def test_audio_only_file(tmp_path):
+    with pytest.raises(InputError, match="no video stream"):
+        media.check_video_input(make_wav(tmp_path / "a.wav"))
+
+
+def test_video_without_audio(tmp_path):
+    path = make_video(tmp_path / "silent.mp4", audio_s=None)
+    with pytest.raises(InputError, match="no audio stream"):
+        media.check_video_input(path)
+
+
+def test_truncated_file(tmp_path):
+    data = (VIDEOS / "retalking_talkinghead_2.mp4").read_bytes()
+    path = tmp_path / "truncated.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError):
+        media.check_video_input(path)
+        list(media.iter_frames(path))
