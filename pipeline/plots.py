@@ -1,0 +1,159 @@
+"""Pictures of one video's diarisation, as PNG: the sync signal of every face track, and the speaker timeline.
+
+matplotlib draws on its Agg canvas directly (``Figure`` + ``FigureCanvasAgg``): no display, no pyplot
+state, nothing changed for other code in the process. The colour of a speaker is the same here and in the
+annotated video (``speaker_colours``).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.cache import atomic_path
+from pipeline.formats import Turn
+from pipeline.fuse import UNKNOWN_SPEAKER
+
+# matplotlib's tab10 without its grey (kept for faces that never speak and for 'unknown'), as RGB in [0, 1].
+PALETTE_RGB: tuple[tuple[float, float, float], ...] = (
+    (0.122, 0.467, 0.706), (1.000, 0.498, 0.055), (0.173, 0.627, 0.173), (0.839, 0.153, 0.157),
+    (0.580, 0.404, 0.741), (0.549, 0.337, 0.294), (0.890, 0.467, 0.761), (0.737, 0.741, 0.133),
+    (0.090, 0.745, 0.812),
+)
+NEUTRAL_RGB = (0.5, 0.5, 0.5)
+_DPI = 100
+
+
+def speaker_colours(speakers: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """RGB in [0, 1] per speaker: palette colours in sorted label order, grey for 'unknown'."""
+    named = sorted({s for s in speakers if s != UNKNOWN_SPEAKER})
+    colours = {speaker: PALETTE_RGB[i % len(PALETTE_RGB)] for i, speaker in enumerate(named)}
+    if UNKNOWN_SPEAKER in speakers:
+        colours[UNKNOWN_SPEAKER] = NEUTRAL_RGB
+    return colours
+
+
+def identity_speakers(turns: Sequence[Turn], face_ids: Sequence[int]) -> dict[int, str]:
+    """Face identity -> the speaker whose audio-visual turns name its tracks for the longest time."""
+    seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for turn in turns:
+        if turn.source != "av":
+            continue
+        for track_idx in turn.track_ids:
+            seconds[int(face_ids[track_idx])][turn.speaker] += turn.end_s - turn.start_s
+    return {identity: max(sorted(by_speaker), key=lambda s: by_speaker[s]) for identity, by_speaker in seconds.items()}
+
+
+def track_labels(turns: Sequence[Turn], face_ids: Sequence[int]) -> list[str]:
+    """Label of each track: the speaker of its face identity, else ``face <identity>``."""
+    by_identity = identity_speakers(turns, face_ids)
+    return [by_identity.get(int(identity), f"face {int(identity)}") for identity in face_ids]
+
+
+def label_colours(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Colours of track labels: speakers as ``speaker_colours``, silent faces grey."""
+    speakers = [label for label in labels if not label.startswith("face ")]
+    colours = speaker_colours(speakers)
+    return {label: colours.get(label, NEUTRAL_RGB) for label in labels}
+
+
+def _figure(width_in: float, height_in: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path, suffix=".part.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=_DPI)
+    return path
+
+
+def _width_in(duration_s: float) -> float:
+    """Wider figures for longer videos: 10 in up to 100 s, then 1 in per 10 s, at most 40 in."""
+    return float(min(40.0, max(10.0, duration_s / 10.0)))
+
+
+def plot_sync(path: Path, track_frames: Sequence[np.ndarray], confidences: Sequence[np.ndarray],
+              labels: Sequence[str], turns: Sequence[Turn], frame_rate_hz: float, duration_s: float,
+              thresholds: Sequence[float] = (), title: str = "") -> Path:
+    """Each track's smoothed sync confidence against time, its speaker's audio-visual turns shaded.
+
+    ``confidences[i][j]`` belongs to frame ``track_frames[i][0] + j``; values past the track's length are
+    not drawn. Dashed lines mark the confidence thresholds that vote for active speech.
+    """
+    colours = label_colours(labels)
+    figure = _figure(_width_in(duration_s), 4.0)
+    axes = figure.add_subplot()
+    for turn in turns:
+        if turn.source == "av":
+            axes.axvspan(turn.start_s, turn.end_s, color=colours.get(turn.speaker, NEUTRAL_RGB), alpha=0.15, lw=0)
+    for track_idx, (frames, confidence) in enumerate(zip(track_frames, confidences)):
+        frames = np.asarray(frames)
+        count = min(len(frames), len(confidence))
+        if count == 0:
+            continue
+        times_s = (int(frames[0]) + np.arange(count)) / frame_rate_hz
+        axes.plot(times_s, np.asarray(confidence[:count], dtype=float), color=colours[labels[track_idx]], lw=1.2,
+                  label=f"track {track_idx} ({labels[track_idx]})")
+    for threshold in thresholds:
+        axes.axhline(threshold, color="black", lw=0.8, ls="--", alpha=0.6)
+    axes.set_xlim(0.0, max(duration_s, 1e-3))
+    axes.set_xlabel("time (s)")
+    axes.set_ylabel("sync confidence")
+    axes.set_title(title or "SyncNet confidence per face track (shaded: speaking)")
+    axes.grid(alpha=0.3)
+    if 0 < len(confidences) <= 12:
+        axes.legend(loc="upper right", fontsize="small", ncols=min(4, len(confidences)))
+    if not len(confidences):
+        axes.text(0.5, 0.5, "no face tracks", transform=axes.transAxes, ha="center", va="center")
+    return _save_png(figure, path)
+
+
+def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: str = "") -> Path:
+    """One row per speaker with its turns as bars: solid when a face was seen speaking, hatched for voice only."""
+    speakers = sorted({turn.speaker for turn in turns}, key=lambda s: (s == UNKNOWN_SPEAKER, s))
+    colours = speaker_colours(speakers)
+    figure = _figure(_width_in(duration_s), 1.2 + 0.4 * max(1, len(speakers)))
+    axes = figure.add_subplot()
+    for row, speaker in enumerate(speakers):
+        for source, hatch in (("av", None), ("audio", "////")):
+            spans = [(t.start_s, t.end_s - t.start_s) for t in turns if t.speaker == speaker and t.source == source]
+            if spans:
+                axes.broken_barh(spans, (row - 0.4, 0.8), facecolors=colours[speaker],
+                                 alpha=1.0 if hatch is None else 0.5, hatch=hatch, edgecolor="white", lw=0.3)
+    axes.set_yticks(range(len(speakers)), speakers)
+    axes.set_ylim(-0.6, max(1, len(speakers)) - 0.4)
+    axes.invert_yaxis()
+    axes.set_xlim(0.0, max(duration_s, max((t.end_s for t in turns), default=0.0), 1e-3))
+    axes.set_xlabel("time (s)")
+    axes.set_title(title or "speakers (solid: face seen speaking; hatched: voice only)")
+    axes.grid(axis="x", alpha=0.3)
+    if not speakers:
+        axes.text(0.5, 0.5, "no speech found", transform=axes.transAxes, ha="center", va="center")
+    return _save_png(figure, path)
+
+
+def rgb_to_bgr255(rgb: tuple[float, float, float]) -> tuple[int, int, int]:
+    """An RGB colour in [0, 1] as OpenCV's BGR in 0..255."""
+    r, g, b = (int(round(255 * min(1.0, max(0.0, c)))) for c in rgb)
+    return b, g, r
+
+
+__all__ = [
+    "NEUTRAL_RGB",
+    "PALETTE_RGB",
+    "identity_speakers",
+    "label_colours",
+    "plot_sync",
+    "plot_timeline",
+    "rgb_to_bgr255",
+    "speaker_colours",
+    "track_labels",
+]
