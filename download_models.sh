@@ -7,7 +7,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-registry="$here/models/checkpoints.tsv"
+registry="${AVDIARISE_REGISTRY:-$here/models/checkpoints.tsv}"  # override only for tests
 dest="${1:-${AVDIARISE_WEIGHTS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/av-diarise/weights}}"
 shift || true
 wanted=" $* "
