@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Wall time, throughput and real-time factor of every step, and peak memory.
+
+    python scripts/benchmark.py --videofile V [--faces faces.pckl] [--device auto] [--weights_dir W]
+
+Without the published checkpoints in --weights_dir, seeded random ones are written to a temporary folder
+(speed does not depend on the weights). --faces injects precomputed detections so that stage 1 is timed
+without the network as well. Prints one line per step; --json FILE also saves them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cli import add_config_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
+
+
+class Timer:
+    """Collects (step, seconds, items, unit) rows and prints them."""
+
+    def __init__(self, media_duration_s: float) -> None:
+        self.media_duration_s = media_duration_s
+        self.rows: list[dict] = []
+
+    def add(self, step: str, seconds: float, items: float | None = None, unit: str = "") -> None:
+        row = {"step": step, "seconds": round(seconds, 3),
+               "x_realtime": round(self.media_duration_s / seconds, 1) if seconds > 0 else None}
+        if items is not None:
+            row[f"{unit}_per_s"] = round(items / seconds, 1) if seconds > 0 else None
+            row[unit] = items
+        self.rows.append(row)
+        rate = f"{items / seconds:10.1f} {unit}/s" if items is not None and seconds > 0 else " " * 20
+        print(f"{step:<34} {seconds:9.2f} s {rate}   {row['x_realtime']:>8}x real time", flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--videofile", required=True)
+    parser.add_argument("--faces", default=None, help="precomputed faces.pckl to time stage 1 without the network")
+    parser.add_argument("--weights_dir", default=None, help="checkpoints (default: seeded random ones)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
+    parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,stage3")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--debug", action="store_true")
+    add_config_args(parser)
+    return parser
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_decode(videofile: Path, cfg, timer: Timer) -> int:
+    from pipeline.media import iter_frames
+    from pipeline.scenes import ShotDetector
+
+    start = time.perf_counter()
+    num_frames = sum(1 for _ in iter_frames(videofile, cfg.media.frame_rate_hz))
+    timer.add("decode to 25 fps", time.perf_counter() - start, num_frames, "frames")
+    shots = ShotDetector(cfg.media.frame_rate_hz, cfg.scenes.content_threshold, cfg.scenes.min_scene_len_frames)
+    start = time.perf_counter()
+    for frame in iter_frames(videofile, cfg.media.frame_rate_hz):
+        shots.push(frame)
+    shots.finish()
+    timer.add("decode + shot detection", time.perf_counter() - start, num_frames, "frames")
+    return num_frames
+
+
+def bench_detect(videofile: Path, cfg, weights_dir, device, num: int, timer: Timer) -> None:
+    from itertools import islice
+
+    from pipeline.detect import FaceDetector
+    from pipeline.media import iter_frames
+
+    frames = list(islice(iter_frames(videofile, cfg.media.frame_rate_hz), num))
+    detector = FaceDetector(cfg.detect, weights_dir, device)
+    batch = int(cfg.detect.batch_size)
+    detector.detect_batch(frames[:batch])  # warm-up (cuDNN autotuning, prior boxes)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        detector.detect_batch(frames[i:i + batch])
+    _sync(device)
+    seconds = time.perf_counter() - start
+    timer.add(f"S3FD detection (batch {batch}, {device.type})", seconds, len(frames), "frames")
+
+
+def bench_stage1(videofile: Path, cfg, weights_dir, device, faces: Path | None, data_dir: Path, timer: Timer):
+    from pipeline.cache import Cache
+    from pipeline.stage1 import run_pipeline
+
+    reference = "with_faces" if faces else "detect"
+    cache = Cache(data_dir, reference)
+    if faces:
+        shutil.copy(faces, cache.work("faces.pckl"))
+    start = time.perf_counter()
+    result = run_pipeline(videofile, cache, cfg, weights_dir, device, force=False)
+    label = "stage 1 without network (faces given)" if faces else "stage 1 total"
+    timer.add(label, time.perf_counter() - start, result.num_frames, "frames")
+    return cache, result
+
+
+def bench_stage2(cache, cfg, weights_dir, device, timer: Timer) -> None:
+    from pipeline.config import load_config
+    from pipeline.stage2 import run_stage2
+
+    for label, run_cfg in (("stage 2 SyncNet", cfg), ("stage 2 SyncNet, reference batching 20",
+                                                      load_config(overrides=["syncnet.batch_size=20"]))):
+        start = time.perf_counter()
+        out = run_stage2(cache, run_cfg, weights_dir, device, force=True)
+        _sync(device)
+        windows = sum(len(d) for d in out.distances)
+        timer.add(label, time.perf_counter() - start, windows, "windows")
+
+
+def bench_stage3(cache, cfg, weights_dir, device, timer: Timer) -> None:
+    from scipy.io import wavfile
+
+    from pipeline.embed import load_speaker_model, sliding_embeddings
+    from pipeline.vad import speech_segments
+
+    rate_hz, audio = wavfile.read(cache.audio_wav)
+    for method in ("webrtc", "silero"):
+        start = time.perf_counter()
+        speech_segments(audio, rate_hz, cfg.vad, method)
+        timer.add(f"VAD {method}", time.perf_counter() - start)
+    model = load_speaker_model(cfg.embed, weights_dir, device, "resnetse34")
+    start = time.perf_counter()
+    embeddings = sliding_embeddings(model, audio, rate_hz, cfg.embed)
+    _sync(device)
+    timer.add(f"ResNetSE34 embeddings ({device.type})", time.perf_counter() - start, len(embeddings), "windows")
+
+
+def main(args: argparse.Namespace) -> int:
+    from models.loader import resolve_weights_dir
+    from models.random_weights import write_random_checkpoints
+    from pipeline.media import probe
+
+    videofile = input_file(args.videofile, "video file")
+    cfg = config_from_args(args)
+    device = resolve_device(args.device)
+    skip = set(filter(None, args.skip.split(",")))
+    info = probe(videofile)
+    scratch = Path(tempfile.mkdtemp(prefix="avdiarise-bench-"))
+    try:
+        weights_dir = resolve_weights_dir(args.weights_dir)
+        if not (weights_dir / cfg.detect.checkpoint).is_file():
+            weights_dir = write_random_checkpoints(scratch / "weights")
+            print(f"benchmark: seeded random checkpoints in {weights_dir} (published ones not found)")
+        print(f"benchmark: {videofile.name}: {info.width}x{info.height}, {info.duration_s:.2f} s, device {device}")
+        timer = Timer(info.duration_s or 1.0)
+        bench_decode(videofile, cfg, timer)
+        if "detect" not in skip:
+            bench_detect(videofile, cfg, weights_dir, device, args.detect_frames, timer)
+        cache = None
+        if args.faces:
+            cache, _ = bench_stage1(videofile, cfg, weights_dir, device, Path(args.faces), scratch / "data", timer)
+        if "stage1" not in skip:
+            cache, _ = bench_stage1(videofile, cfg, weights_dir, device, None, scratch / "data", timer)
+        if cache is not None and "stage2" not in skip:
+            bench_stage2(cache, cfg, weights_dir, device, timer)
+        if cache is not None and "stage3" not in skip:
+            bench_stage3(cache, cfg, weights_dir, device, timer)
+        print(f"{'peak RSS':<34} {peak_rss_mb():9.0f} MB")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"video": str(videofile), "device": str(device),
+                                                   "rows": timer.rows, "peak_rss_mb": peak_rss_mb()}, indent=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser()))
