@@ -6,7 +6,7 @@ Layout under ``data_dir`` (syncnet_python's, one sub-folder per ``reference``)::
     pywork/REF/<name>.pckl       pickled intermediates (formats: pipeline/formats.py)
     pywork/REF/manifest/<name>.json   what each intermediate was made from
     pycrop/REF/00000.avi         face-track crops with their audio, to watch
-    pycrop/REF/00000.mkv         the same frames, lossless (FFV1), read by stage 2
+    pycrop/REF/00000.mkv         the same frames, lossless (RGB H.264 at qp 0), read by stage 2
     pycrop/REF/00000.wav         the track's audio, read by stages 2 and 3
 
 Every file is written to a temporary name and renamed into place, and an artifact is trusted only when
@@ -121,7 +121,7 @@ class Cache:
         return self.crop_dir / f"{track_idx:05d}.avi"
 
     def crop_frames(self, track_idx: int) -> Path:
-        """Lossless crop frames of one face track (FFV1 in Matroska)."""
+        """Lossless crop frames of one face track (Matroska)."""
         return self.crop_dir / f"{track_idx:05d}.mkv"
 
     def crop_wav(self, track_idx: int) -> Path:

@@ -15,7 +15,7 @@ Stage 1, ``run_pipeline`` (pywork/REF/):
 - ``tracks.pckl``: syncnet_python's flat list over shots of
   ``{'track': {'frame': int64[N], 'bbox': float64[N, 4]}, 'proc_track': {'x', 'y', 's': float64[N]}}``
   where ``proc_track`` holds the median-filtered crop centre and half-size.
-- pycrop/REF/``%05d.avi`` (watchable, with audio), ``%05d.mkv`` (lossless FFV1 frames, 224 x 224 BGR),
+- pycrop/REF/``%05d.avi`` (watchable, with audio), ``%05d.mkv`` (lossless frames, 224 x 224, decode as bgr24),
   ``%05d.wav`` (the track's 16 kHz mono audio, frames ``[first, last + 1)``).
 
 Stage 2, ``run_syncnet``:

@@ -174,22 +174,21 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress) -> t
 def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict, weights_dir, device,
                     force: bool, progress: Progress, result: Stage1Result) -> tuple[dict, list, list]:
     """media.pckl, faces.pckl and scene.pckl, reused where valid; (media_info, faces, shots)."""
-    from pipeline.detect import FaceDetector  # the network is only imported when detection runs
-
     media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
     detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict()}
     info = None if force else cache.load_valid("media.pckl", media_key)
     shots = None if force else cache.load_valid("scene.pckl", media_key)
     faces = None if force else cache.load_valid("faces.pckl", detect_key)
-    user_faces = None
-    if faces is None and not force:
-        user_faces = _user_faces(cache, identity)
-    if force and cache.work("faces.pckl").is_file() and cache.read_manifest("faces.pckl") is None:
-        user_faces = _user_faces(cache, identity)  # --force never discards detections the user brought
+    # detections the user brought are kept, even with --force (delete faces.pckl to detect again)
+    user_faces = _user_faces(cache, identity) if faces is None else None
 
     need_detection = faces is None and user_faces is None
     if info is None or shots is None or need_detection:
-        detector = FaceDetector(cfg.detect, weights_dir, device) if need_detection else None
+        detector = None
+        if need_detection:
+            from pipeline.detect import FaceDetector  # torch is imported only when detection runs
+
+            detector = FaceDetector(cfg.detect, weights_dir, device)
         for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
             cache.invalidate(name)
         num_frames, width, height, shots, detected = scan_video(videofile, cfg, detector, progress)

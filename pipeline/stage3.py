@@ -1,0 +1,264 @@
+"""Stage 3, ``cluster``: voice activity, speaker embeddings, face identities and the audio-visual diarisation.
+
+Reads stage 1's ``media.pckl``, ``tracks.pckl``, crops and audio and stage 2's ``activesd.pckl`` and
+``sync.pckl``; writes four intermediates (layouts: ``pipeline/formats.py``), each reused while its manifest
+key still matches:
+
+- ``vad.pckl``: the ``vad`` config and method, the sha256 of ``audio.wav``, the digests of stage 1's outputs.
+- ``embeddings.pckl``: the ``embed`` config, the speaker model and its checkpoint's sha256, the audio.
+- ``faceid.pckl``: the ``faces`` config, the face checkpoint's sha256, ``tracks.pckl`` and crops.
+- ``diarization.pckl``: the ``diarise`` config and the digests of everything above plus stage 2's outputs.
+
+The decisions themselves are ``pipeline.fuse.diarise``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from scipy.io import wavfile
+
+from models.loader import checkpoint_path, find_network_checkpoint, resolve_weights_dir
+from pipeline import fuse
+from pipeline.cache import Cache, run_atomic_step, sha256_file
+from pipeline.config import Section
+from pipeline.errors import CacheError, CheckpointError, InputError
+from pipeline.formats import Turn, turns_from_pickle
+
+STAGE = "cluster"
+STAGE1_SCRIPT = "scripts/run_pipeline.py"
+STAGE2_SCRIPT = "scripts/run_syncnet.py"
+VAD_METHODS = ("webrtc", "silero")
+SPEAKER_MODELS = ("resnetse34", "ecapa")
+
+ProgressHook = Callable[..., None]
+
+
+def _no_progress(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+# ---- earlier stages ------------------------------------------------------------------------------
+def require_stage1(cache: Cache) -> tuple[dict, list[dict]]:
+    """Stage 1's media description and tracks, after checking its crops; CacheError names run_pipeline.py."""
+    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+    if not isinstance(media_info, Mapping) or "num_frames" not in media_info:
+        raise CacheError(f"{cache.work('media.pckl')} is not stage 1's media description: run {STAGE1_SCRIPT} again")
+    tracks = cache.require("tracks.pckl", STAGE1_SCRIPT)
+    if not isinstance(tracks, list) or not all(isinstance(t, Mapping) and "track" in t for t in tracks):
+        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {STAGE1_SCRIPT} again")
+    crops = cache.read_manifest("crops")
+    if crops is None:
+        raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: "
+                         f"run {STAGE1_SCRIPT} first")
+    recorded = (crops.get("key") or {}).get("upstream", {}).get("tracks.pckl")
+    if recorded is not None and recorded != cache.digest("tracks.pckl"):
+        raise CacheError(f"the crops are stale (tracks.pckl changed since): run {STAGE1_SCRIPT} again")
+    for idx in range(len(tracks)):
+        if not cache.crop_wav(idx).is_file():
+            raise CacheError(f"{cache.crop_wav(idx)} is missing: run {STAGE1_SCRIPT} again")
+    return dict(media_info), tracks
+
+
+def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], dict]:
+    """Stage 2's distance matrices and sync summary, made from the current tracks and crops."""
+    upstream = {"tracks.pckl": "", "crops": ""}
+    distances = cache.require_fresh("activesd.pckl", STAGE2_SCRIPT, upstream)
+    sync = cache.require_fresh("sync.pckl", STAGE2_SCRIPT, upstream)
+    if not isinstance(distances, list) or len(distances) != num_tracks:
+        raise CacheError(f"{cache.work('activesd.pckl')} does not hold one distance matrix per track: "
+                         f"run {STAGE2_SCRIPT} again")
+    if not isinstance(sync, Mapping) or "metric" not in sync:
+        raise CacheError(f"{cache.work('sync.pckl')} does not name its distance metric: run {STAGE2_SCRIPT} again")
+    return distances, dict(sync)
+
+
+def read_wav_int16(path: Path, sample_rate_hz: int) -> np.ndarray:
+    """int16 mono samples of a wav the pipeline wrote; a one-line CacheError when unreadable or unexpected."""
+    try:
+        rate, audio = wavfile.read(path)
+    except FileNotFoundError:
+        raise CacheError(f"{path} is missing: run {STAGE1_SCRIPT} again") from None
+    except Exception as err:  # scipy raises ValueError, OSError or struct errors on damaged headers
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CacheError(f"{path} is unreadable ({detail[:200]}): run {STAGE1_SCRIPT} again") from None
+    if rate != sample_rate_hz or audio.ndim != 1 or audio.dtype != np.int16:
+        raise CacheError(f"{path} is {rate} Hz {audio.dtype} with shape {audio.shape}, not {sample_rate_hz} Hz "
+                         f"int16 mono: run {STAGE1_SCRIPT} again")
+    return audio
+
+
+def _whole_audio(cache: Cache, sample_rate_hz: int) -> tuple[np.ndarray, str]:
+    """The whole-video audio (int16) and its sha256."""
+    audio = read_wav_int16(cache.audio_wav, sample_rate_hz)
+    return audio, sha256_file(cache.audio_wav)
+
+
+# ---- checkpoint identities -----------------------------------------------------------------------
+def _weights_identity(path: Path) -> dict[str, str]:
+    """sha256 of a checkpoint file, or of every file in a checkpoint folder."""
+    if path.is_dir():
+        return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    return {path.name: sha256_file(path)}
+
+
+def checkpoint_identity(network: str, file: str, weights_dir: str | Path | None) -> dict[str, str] | None:
+    """The hashes of the weights the loaders will use (``file``, else another published file of ``network``,
+    or the ECAPA folder); None when there are none, and the loader then says what is missing."""
+    if network == "ecapa":
+        folder = resolve_weights_dir(weights_dir) / file
+        return _weights_identity(folder) if folder.is_dir() else None
+    try:
+        return _weights_identity(checkpoint_path(find_network_checkpoint(network, file, weights_dir), weights_dir))
+    except CheckpointError:
+        return None
+
+
+def _speaker_checkpoint(cfg_embed: Any, weights_dir: str | Path | None, name: str) -> dict[str, str] | None:
+    if name == "ecapa":
+        return checkpoint_identity("ecapa", str(cfg_embed.ecapa_dir), weights_dir)
+    return checkpoint_identity("resnetse34", str(cfg_embed.resnetse34_checkpoint), weights_dir)
+
+
+# ---- the four steps ------------------------------------------------------------------------------
+def _upstream(cache: Cache, *names: str) -> dict[str, str | None]:
+    return {name: cache.digest(name) for name in names}
+
+
+def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audio_id: str, num_tracks: int,
+                force: bool, progress: ProgressHook) -> dict:
+    """``vad.pckl``: speech segments of the whole audio and of each track's audio."""
+    rate = int(cfg.media.sample_rate_hz)
+    key = {"stage": STAGE, "vad": {**cfg.vad.to_dict(), "method": method}, "sample_rate_hz": rate,
+           "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
+
+    def produce() -> dict:
+        from pipeline.vad import speech_segments
+
+        progress("vad", 0, num_tracks + 1)
+        whole = speech_segments(audio, rate, cfg.vad, method)
+        per_track = []
+        for idx in range(num_tracks):
+            progress("vad", idx + 1, num_tracks + 1)
+            track_audio = read_wav_int16(cache.crop_wav(idx), rate)
+            per_track.append([(float(s), float(e)) for s, e in speech_segments(track_audio, rate, cfg.vad, method)])
+        progress("vad", num_tracks + 1, num_tracks + 1)
+        return {"method": method, "audio": [(float(s), float(e)) for s, e in whole], "tracks": per_track}
+
+    return run_atomic_step(cache, "vad.pckl", produce, STAGE, key, force)[0]
+
+
+def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, name: str,
+                       audio: np.ndarray, audio_id: str, force: bool, progress: ProgressHook) -> dict:
+    """``embeddings.pckl``: sliding speaker embeddings of the whole audio."""
+    rate = int(cfg.media.sample_rate_hz)
+    settings = {k: v for k, v in cfg.embed.to_dict().items() if k != "batch_size"}  # batch size: speed only
+    key = {"stage": STAGE, "embed": {**settings, "speaker_model": name}, "sample_rate_hz": rate,
+           "checkpoint": _speaker_checkpoint(cfg.embed, weights_dir, name), "audio_sha256": audio_id,
+           "upstream": _upstream(cache, "media.pckl")}
+
+    def produce() -> dict:
+        from pipeline.embed import load_speaker_model, sliding_embeddings
+
+        model = load_speaker_model(cfg.embed, weights_dir, device, name=name)
+        feats = np.asarray(sliding_embeddings(model, audio, rate, cfg.embed, progress=progress), dtype=np.float32)
+        return {"model": model.name, "window_s": float(cfg.embed.window_s), "hop_s": float(cfg.embed.hop_s),
+                "embeddings": feats}
+
+    return run_atomic_step(cache, "embeddings.pckl", produce, STAGE, key, force)[0]
+
+
+def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, tracks: list[dict],
+                     force: bool, progress: ProgressHook) -> list[int]:
+    """``faceid.pckl``: one face identity per track."""
+    checkpoint = checkpoint_identity("vggface2", str(cfg.faces.checkpoint), weights_dir) if tracks else None
+    key = {"stage": STAGE, "faces": cfg.faces.to_dict(), "checkpoint": checkpoint,
+           "upstream": _upstream(cache, "tracks.pckl", "crops")}
+
+    def produce() -> list[int]:
+        if not tracks:
+            return []
+        from pipeline.faceid import assign_face_identities, load_face_model, track_face_embeddings
+
+        progress("face identities", 0, len(tracks))
+        model = load_face_model(cfg.faces, weights_dir, device)
+        features = track_face_embeddings(model, [cache.crop_frames(i) for i in range(len(tracks))], cfg.faces, device)
+        frames = [np.asarray(t["track"]["frame"], dtype=np.int64) for t in tracks]
+        identities = [int(i) for i in assign_face_identities(features, frames, cfg.faces)]
+        progress("face identities", len(tracks), len(tracks))
+        return identities
+
+    return run_atomic_step(cache, "faceid.pckl", produce, STAGE, key, force)[0]
+
+
+def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping,
+                   face_ids: list[int]) -> list[fuse.TrackEvidence]:
+    """Per-track inputs of the fusion rules, checked for matching lengths."""
+    if not (len(tracks) == len(distances) == len(vad["tracks"]) == len(face_ids)):
+        raise CacheError(f"stage 3's inputs disagree on the number of tracks ({len(tracks)} tracks, "
+                         f"{len(distances)} distance matrices, {len(vad['tracks'])} track VADs, {len(face_ids)} "
+                         f"identities): re-run with --force")
+    return [
+        fuse.TrackEvidence(frames=np.asarray(t["track"]["frame"], dtype=np.int64), dists=np.asarray(d),
+                           vad_s=list(v), identity=int(i))
+        for t, d, v, i in zip(tracks, distances, vad["tracks"], face_ids)
+    ]
+
+
+def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
+                        sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
+    """``diarization.pckl``: the turns, stored as plain tuples."""
+    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(),
+           "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "vad.pckl",
+                                 "embeddings.pckl", "faceid.pckl")}
+
+    def produce() -> list[tuple]:
+        turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, str(sync["metric"]),
+                             float(embeddings["hop_s"]), int(media_info["num_frames"]),
+                             media_info.get("duration_s"))
+        return [tuple(turn) for turn in turns]
+
+    rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
+    return turns_from_pickle(rows)
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = None, device: Any = "cpu",
+                vad_method: str | None = None, speaker_model: str | None = None, force: bool = False,
+                progress: ProgressHook | None = None) -> list[Turn]:
+    """Stage 3 on one cached video: the speaker turns, reusing every valid intermediate unless ``force``.
+
+    Raises CacheError when stage 1 or 2 is missing or stale (naming the script to run), CheckpointError
+    for a missing or unusable checkpoint, InputError for an unknown VAD method or speaker model.
+    """
+    progress = progress or _no_progress
+    method = vad_method or str(cfg.vad.method)
+    if method not in VAD_METHODS:
+        raise InputError(f"unknown VAD method {method!r}: choose one of {', '.join(VAD_METHODS)}")
+    model_name = speaker_model or str(cfg.embed.speaker_model)
+    if model_name not in SPEAKER_MODELS:
+        raise InputError(f"unknown speaker model {model_name!r}: choose one of {', '.join(SPEAKER_MODELS)}")
+
+    media_info, tracks = require_stage1(cache)
+    distances, sync = require_stage2(cache, len(tracks))
+    fuse.conf_thresholds(cfg.diarise, str(sync["metric"]))  # an unknown metric fails before any work
+    audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
+
+    vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
+    embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
+    face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
+    evidence = track_evidence(tracks, distances, vad, face_ids)
+    return compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
+
+
+def summary(turns: list[Turn]) -> dict[str, Any]:
+    """Counts for a one-line report: turns, named speakers, unknown turns, speech seconds."""
+    speakers = sorted({t.speaker for t in turns if t.speaker != fuse.UNKNOWN_SPEAKER})
+    return {"turns": len(turns), "speakers": speakers,
+            "unknown_turns": sum(t.speaker == fuse.UNKNOWN_SPEAKER for t in turns),
+            "av_turns": sum(t.source == "av" for t in turns),
+            "speech_s": sum(t.end_s - t.start_s for t in turns)}
+
+
+__all__ = ["run_cluster", "require_stage1", "require_stage2", "read_wav_int16", "summary"]

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Stage 3: voice activity, speaker embeddings, face identities and the audio-visual diarisation.
+
+    python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero] [--speaker_model resnetse34|ecapa]
+
+Runs after scripts/run_pipeline.py and scripts/run_syncnet.py; writes D/pywork/REF/diarization.pckl.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cache import Cache  # noqa: E402
+from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
+                          config_from_args, resolve_device, run_main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cluster.py", description=__doc__.split("\n")[0])
+    add_cache_args(parser)
+    parser.add_argument("--vad", choices=["webrtc", "silero"], default=None,
+                        help="voice activity detector (default: vad.method in the config, webrtc)")
+    parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None,
+                        help="speaker embedding network (default: embed.speaker_model in the config, resnetse34)")
+    add_config_args(parser)
+    add_runtime_args(parser)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.stage3 import run_cluster, summary
+
+    cfg = config_from_args(args)
+    cache = Cache(args.data_dir, args.reference)
+    progress = Progress(enabled=not args.quiet)
+    try:
+        turns = run_cluster(cache, cfg, args.weights_dir, resolve_device(args.device), args.vad,
+                            args.speaker_model, args.force, progress)
+    finally:
+        progress.close()
+    counts = summary(turns)
+    unknown = f", {counts['unknown_turns']} unknown" if counts["unknown_turns"] else ""
+    print(f"{args.reference}: {counts['turns']} turns ({counts['av_turns']} with a speaking face{unknown}), "
+          f"{len(counts['speakers'])} speakers, {counts['speech_s']:.1f} s of turns in "
+          f"{cache.work('diarization.pckl')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser()))
