@@ -21,9 +21,10 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value, e.g. --set detect.image_scale=0.25 (repeatable)")
 
 
-def add_cache_args(parser: argparse.ArgumentParser, reference_required: bool = True) -> None:
+def add_cache_args(parser: argparse.ArgumentParser, reference_required: bool = True,
+                   data_dir_required: bool = True) -> None:
     """--data_dir and --reference: where a video's intermediates live."""
-    parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages")
+    parser.add_argument("--data_dir", required=data_dir_required, default=None, help="cache folder shared by all stages")
     parser.add_argument("--reference", required=reference_required, default=None,
                         help="name of this video's sub-folder in the cache (no path separators)")
 

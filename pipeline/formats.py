@@ -21,10 +21,14 @@ Stage 1, ``run_pipeline`` (pywork/REF/):
 Stage 2, ``run_syncnet``:
 
 - ``activesd.pckl``: list over tracks of float32 ``[num_windows, 2 * vshift + 1]`` distances; row i compares
-  video window i with audio shifted by ``-vshift .. +vshift`` frames.
-- ``sync.pckl``: dict ``metric`` ('cosine' or 'euclidean'), ``vshift_frames``, and per track lists
-  ``offset_frames``, ``min_dist``, ``confidence``.
-- ``offsets.txt``: ``track offset_frames min_dist confidence`` per line.
+  video window i (frames i .. i + 4) with audio shifted by ``-vshift .. +vshift`` frames.
+  ``num_windows = min(num_frames, num_samples // 640) - 5`` as in the original (N x 640 samples give
+  4N - 1 MFCC frames); ``(0, 2 * vshift + 1)`` for a track shorter than one window.
+- ``sync.pckl``: dict ``metric`` ('cosine' or 'euclidean'), ``vshift_frames``, ``checkpoint`` (file name), and
+  per track lists ``offset_frames`` (NaN for a track too short or digitally silent), ``min_dist`` (NaN when
+  too short), ``confidence`` (0.0 for both).
+- ``offsets.txt``: two ``#`` header lines, then ``track offset_frames min_dist confidence`` per line
+  (``nan`` where undefined).
 
 Stage 3, ``cluster``:
 

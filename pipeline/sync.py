@@ -1,0 +1,329 @@
+"""SyncNet audio-video offset and confidence of one face track (syncnet_python's ``SyncNetInstance.evaluate``).
+
+The steps, as the original does them:
+
+1. MFCC of the track's 16 kHz int16 audio with ``python_speech_features.mfcc`` defaults (13 coefficients,
+   25 ms windows every 10 ms, i.e. 4 MFCC frames per 25 fps video frame).
+2. ``min_length = min(video frames, floor(audio samples / 640))`` and windows ``i = 0 .. min_length - 6``
+   (``min_length - 5`` windows): window i pairs video frames ``i .. i + 4`` with MFCC frames
+   ``4i .. 4i + 19``. An audio of N * 640 samples gives 4N - 1 MFCC frames, so the window starting at
+   ``N - 5`` would lack its last MFCC frame; the original stops one window earlier for that reason and so do we.
+3. Lip and audio embeddings of every window (here: streamed in batches, any batch size gives the same values).
+4. Row i of the distance matrix compares lip window i with audio windows ``i - vshift .. i + vshift``;
+   audio windows outside the track are zero vectors (``F.pad`` in the original's ``calc_pdist``).
+   ``euclidean``: ``F.pairwise_distance`` (syncnet_python); ``cosine``: ``1 - F.cosine_similarity`` (av-diar).
+5. The mean over windows of each column; ``offset = vshift - argmin`` (syncnet_python's sign: audio lagging
+   the video by d frames reads ``-d``), ``min_dist`` = that minimum, ``confidence = median - min``.
+
+Edge cases (documented results, never an exception):
+
+- fewer than ``window_frames + 1`` usable frames (video or audio too short): an empty ``[0, 2 * vshift + 1]``
+  matrix, offset and min dist NaN, confidence 0;
+- audio shorter than video (or the reverse): windows cover the common length only (step 2), so the matrix
+  may have fewer rows than ``num_frames - 5``;
+- digitally silent audio (all samples zero): distances are computed as usual, but the offset is NaN and the
+  confidence 0, since there is nothing to synchronise with.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import python_speech_features
+import torch
+import torch.nn.functional as F
+
+from models.syncnet import CROP_SIZE_PX, SyncNet
+from pipeline.errors import InputError
+
+METRICS = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Everything the offset search depends on (config sections ``syncnet``/``syncnet_demo`` and ``media``)."""
+
+    metric: str = "cosine"
+    vshift_frames: int = 10
+    window_frames: int = 5
+    mfcc_per_frame: int = 4
+    batch_size: int = 64
+    frame_rate_hz: float = 25.0
+    sample_rate_hz: int = 16000
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise InputError(f"syncnet metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if int(self.vshift_frames) != self.vshift_frames or self.vshift_frames < 0:
+            raise InputError(f"syncnet vshift_frames must be a whole number >= 0, got {self.vshift_frames!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise InputError(f"syncnet batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.window_frames != 5 or self.mfcc_per_frame != 4:
+            raise InputError("SyncNet's input is fixed: window_frames 5 and mfcc_per_frame 4")
+        spf = self.sample_rate_hz / self.frame_rate_hz
+        if spf != int(spf) or spf <= 0:
+            raise InputError(
+                f"media.sample_rate_hz / frame_rate_hz must be a whole number of samples per frame, got {spf}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, demo: bool = False) -> "SyncSettings":
+        """The pipeline's settings (``syncnet``), or the single-clip demo's (``syncnet_demo`` over ``syncnet``)."""
+        sync = cfg.syncnet.to_dict()
+        if demo:
+            sync.update({k: v for k, v in cfg.syncnet_demo.to_dict().items() if k != "checkpoint"})
+        return cls(
+            metric=str(sync["metric"]),
+            vshift_frames=int(sync["vshift_frames"]),
+            window_frames=int(sync["window_frames"]),
+            mfcc_per_frame=int(sync["mfcc_per_frame"]),
+            batch_size=int(sync["batch_size"]),
+            frame_rate_hz=float(cfg.media.frame_rate_hz),
+            sample_rate_hz=int(cfg.media.sample_rate_hz),
+        )
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per video frame (640 at 16 kHz and 25 fps)."""
+        return int(self.sample_rate_hz / self.frame_rate_hz)
+
+    @property
+    def num_shifts(self) -> int:
+        """Columns of the distance matrix: ``2 * vshift + 1``."""
+        return 2 * self.vshift_frames + 1
+
+
+@dataclass
+class SyncResult:
+    """One track's (or clip's) SyncNet result."""
+
+    distances: np.ndarray  # float32 [num_windows, 2 * vshift + 1]
+    offset_frames: float  # vshift - argmin; NaN when not measurable
+    min_dist: float
+    confidence: float
+    num_frames: int  # video frames used (at most the audio's length in frames)
+    silent: bool = False
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # 'lip', 'audio', 'lip_conv' when asked
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.distances.shape[0])
+
+
+# ---- audio features ------------------------------------------------------------------------------
+def compute_mfcc(audio: np.ndarray, settings: SyncSettings) -> np.ndarray:
+    """``[13, num_mfcc_frames]`` float32 MFCC of int16 mono audio, ``python_speech_features`` defaults.
+
+    The step is one ``mfcc_per_frame``-th of a video frame (10 ms at 25 fps, the library's default).
+    """
+    step_s = 1.0 / (settings.frame_rate_hz * settings.mfcc_per_frame)
+    feats = python_speech_features.mfcc(audio, samplerate=settings.sample_rate_hz, winstep=step_s)  # [M, 13]
+    return np.ascontiguousarray(feats.T, dtype=np.float32)
+
+
+def count_windows(num_frames: int, num_samples: int, settings: SyncSettings) -> int:
+    """Number of SyncNet windows: ``min(num_frames, floor(num_samples / 640)) - 5``, at least 0."""
+    min_length = min(num_frames, num_samples // settings.samples_per_frame)
+    return max(0, min_length - settings.window_frames)
+
+
+def mfcc_windows(mfcc: np.ndarray | torch.Tensor, start: int, stop: int, settings: SyncSettings) -> torch.Tensor:
+    """``[stop - start, 1, 13, 20]`` audio inputs: window i holds MFCC frames ``4i .. 4i + 19``."""
+    mfcc_t = torch.as_tensor(mfcc)
+    per, width = settings.mfcc_per_frame, settings.window_frames * settings.mfcc_per_frame
+    block = mfcc_t[:, start * per: (stop - 1) * per + width]  # [13, ...]
+    windows = block.unfold(1, width, per)  # [13, stop - start, 20]
+    return windows.permute(1, 0, 2).unsqueeze(1).contiguous()
+
+
+def lip_windows(frames_u8: torch.Tensor, window_frames: int = 5, channels_last: bool = False) -> torch.Tensor:
+    """``[T, H, W, 3]`` uint8 BGR frames -> ``[T - 4, 3, 5, H, W]`` float32 windows, values 0..255 (as the original).
+
+    ``channels_last`` stores them channels-last (same values): the CPU's 3-D convolutions run about 1.4x faster.
+    """
+    video = frames_u8.permute(3, 0, 1, 2).float()  # [3, T, H, W]
+    windows = video.unfold(1, window_frames, 1).permute(1, 0, 4, 2, 3)  # [T - 4, 3, 5, H, W]
+    return windows.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+# ---- distances and search ------------------------------------------------------------------------
+def _distance_rows(lip: torch.Tensor, context: torch.Tensor, metric: str) -> torch.Tensor:
+    """``[n, S]`` distances of ``n`` lip rows to ``S`` consecutive rows of ``context`` ``[n + S - 1, D]``."""
+    n, dim = lip.shape
+    num_shifts = context.shape[0] - n + 1
+    cand = context.unfold(0, num_shifts, 1).permute(0, 2, 1)  # [n, S, D]
+    ref = lip[:, None, :].expand(n, num_shifts, dim)
+    if metric == "euclidean":
+        return F.pairwise_distance(ref.reshape(-1, dim), cand.reshape(-1, dim)).reshape(n, num_shifts)
+    return 1 - F.cosine_similarity(ref, cand, dim=-1)
+
+
+def distance_matrix(lip: torch.Tensor | np.ndarray, audio: torch.Tensor | np.ndarray, vshift_frames: int,
+                    metric: str, chunk_windows: int = 512) -> np.ndarray:
+    """``[W, 2 * vshift + 1]`` float32: row i compares lip window i with audio windows ``i - vshift .. i + vshift``.
+
+    Audio windows outside ``[0, W)`` are zero vectors, as in the original's ``calc_pdist``.
+    """
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    lip_t, aud_t = torch.as_tensor(lip).float(), torch.as_tensor(audio).float()
+    if lip_t.shape != aud_t.shape or lip_t.ndim != 2:
+        raise InputError(
+            f"lip and audio embeddings must both be [W, D], got {tuple(lip_t.shape)} and {tuple(aud_t.shape)}")
+    padded = F.pad(aud_t, (0, 0, vshift_frames, vshift_frames))  # [W + 2v, D]
+    rows = [
+        _distance_rows(lip_t[s: s + chunk_windows], padded[s: s + chunk_windows + 2 * vshift_frames], metric)
+        for s in range(0, lip_t.shape[0], chunk_windows)
+    ]
+    if not rows:
+        return np.zeros((0, 2 * vshift_frames + 1), dtype=np.float32)
+    return torch.cat(rows).cpu().numpy().astype(np.float32, copy=False)
+
+
+def offset_search(distances: np.ndarray, vshift_frames: int) -> tuple[float, float, float]:
+    """(offset_frames, min_dist, confidence) from a ``[W, 2 * vshift + 1]`` distance matrix.
+
+    Mean distance per shift over all windows; ``offset = vshift - argmin`` (first minimum on ties),
+    ``confidence = median - min``. No windows: ``(nan, nan, 0.0)``.
+    """
+    dists = np.asarray(distances, dtype=np.float32)
+    if dists.ndim != 2 or dists.shape[1] != 2 * vshift_frames + 1:
+        raise InputError(f"distance matrix must be [W, {2 * vshift_frames + 1}], got {dists.shape}")
+    if dists.shape[0] == 0:
+        return math.nan, math.nan, 0.0
+    mean_dist = torch.from_numpy(np.ascontiguousarray(dists.T)).mean(1)  # [S], float32 like the original
+    min_val, min_idx = torch.min(mean_dist, 0)
+    confidence = torch.median(mean_dist) - min_val
+    return float(vshift_frames - int(min_idx)), float(min_val), float(confidence)
+
+
+class _DistanceStream:
+    """Distance rows computed as embeddings arrive, keeping only ``2 * vshift`` audio rows of context."""
+
+    def __init__(self, vshift_frames: int, metric: str) -> None:
+        self.vshift = vshift_frames
+        self.metric = metric
+        self.lip: torch.Tensor | None = None  # [pending, D]: lip rows not yet scored
+        self.context: torch.Tensor | None = None  # [*, D]: audio rows from (first pending - vshift)
+        self.rows: list[np.ndarray] = []
+
+    def push(self, lip: torch.Tensor, audio: torch.Tensor) -> None:
+        if self.lip is None:
+            self.lip = lip[:0]
+            self.context = audio.new_zeros((self.vshift, audio.shape[1]))  # rows before window 0
+        self.lip = torch.cat([self.lip, lip])
+        self.context = torch.cat([self.context, audio])
+        self._drain()
+
+    def _drain(self) -> None:
+        ready = min(self.lip.shape[0], self.context.shape[0] - 2 * self.vshift)
+        if ready <= 0:
+            return
+        rows = _distance_rows(self.lip[:ready], self.context[: ready + 2 * self.vshift], self.metric)
+        self.rows.append(rows.float().cpu().numpy())
+        self.lip = self.lip[ready:]
+        self.context = self.context[ready:]
+
+    def finish(self) -> np.ndarray:
+        """All rows, the last ones scored against zero audio past the end."""
+        if self.lip is not None and self.lip.shape[0]:
+            self.context = torch.cat([self.context, self.context.new_zeros((self.vshift, self.context.shape[1]))])
+            self._drain()
+        if not self.rows:
+            return np.zeros((0, 2 * self.vshift + 1), dtype=np.float32)
+        return np.concatenate(self.rows).astype(np.float32, copy=False)
+
+
+# ---- one track ----------------------------------------------------------------------------------
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or audio.dtype != np.int16:
+        raise InputError(f"SyncNet needs mono int16 audio, got {audio.dtype} of shape {audio.shape}")
+    return audio
+
+
+def _check_frame(frame: np.ndarray, index: int) -> None:
+    if frame.shape != (CROP_SIZE_PX, CROP_SIZE_PX, 3) or frame.dtype != np.uint8:
+        raise InputError(
+            f"frame {index} is {frame.dtype} {tuple(frame.shape)}; SyncNet needs {CROP_SIZE_PX}x{CROP_SIZE_PX} "
+            "BGR uint8 face crops (like pycrop/REF/00000.avi)")
+
+
+@torch.inference_mode()
+def sync_track(model: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, settings: SyncSettings,
+               device: torch.device | str = "cpu", keep_embeddings: bool = False) -> SyncResult:
+    """SyncNet offset, min dist, confidence and distance matrix of one face track.
+
+    ``frames``: 224 x 224 BGR uint8 frames at 25 fps (decoded lazily; at most as many as the audio covers
+    are read). ``audio``: the track's int16 mono samples at ``settings.sample_rate_hz``, aligned with frame 0.
+    Memory is bounded by ``batch_size`` windows whatever the track length (plus the result itself and, with
+    ``keep_embeddings``, the embeddings).
+    """
+    audio = _check_audio(audio)
+    device = torch.device(device)
+    silent = not np.any(audio)
+    max_frames = len(audio) // settings.samples_per_frame
+    if max_frames <= settings.window_frames:  # not one window: no need to decode anything
+        return _too_short(settings, num_frames=0, silent=silent, keep=keep_embeddings)
+    mfcc = torch.from_numpy(compute_mfcc(audio, settings))
+    stream = _DistanceStream(settings.vshift_frames, settings.metric)
+    kept: dict[str, list[np.ndarray]] = {"lip": [], "audio": [], "lip_conv": []}
+    batch, win = settings.batch_size, settings.window_frames
+    buffer: list[np.ndarray] = []
+    first_window = 0
+    num_frames = 0
+
+    def run(num_windows: int) -> None:
+        frames_u8 = torch.from_numpy(np.stack(buffer[: num_windows + win - 1])).to(device)  # [n + 4, H, W, 3]
+        lip_conv = model.forward_lipfeat(lip_windows(frames_u8, win, device.type == "cpu"))  # [n, 512]
+        lip = model.netfclip(lip_conv)  # [n, 1024]
+        aud = model.forward_aud(mfcc_windows(mfcc, first_window, first_window + num_windows, settings).to(device))
+        stream.push(lip, aud)
+        if keep_embeddings:
+            kept["lip"].append(lip.cpu().numpy())
+            kept["audio"].append(aud.cpu().numpy())
+            kept["lip_conv"].append(lip_conv.cpu().numpy())
+
+    for frame in itertools.islice(frames, max_frames):
+        _check_frame(frame, num_frames)
+        buffer.append(frame)
+        num_frames += 1
+        if len(buffer) >= batch + win:  # window i counts only once frame i + 5 exists (step 2)
+            run(batch)
+            del buffer[:batch]
+            first_window += batch
+    if len(buffer) > win:
+        run(len(buffer) - win)
+    if num_frames <= win:
+        return _too_short(settings, num_frames=num_frames, silent=silent, keep=keep_embeddings)
+    distances = stream.finish()
+    offset, min_dist, confidence = offset_search(distances, settings.vshift_frames)
+    if silent:
+        offset, confidence = math.nan, 0.0
+    embeddings = {k: np.concatenate(v).astype(np.float32) for k, v in kept.items()} if keep_embeddings else {}
+    return SyncResult(distances, offset, min_dist, confidence, num_frames, silent, embeddings)
+
+
+def _too_short(settings: SyncSettings, num_frames: int, silent: bool, keep: bool) -> SyncResult:
+    empty = np.zeros((0, settings.num_shifts), dtype=np.float32)
+    embeddings = {"lip": np.zeros((0, 1024), np.float32), "audio": np.zeros((0, 1024), np.float32),
+                  "lip_conv": np.zeros((0, 512), np.float32)} if keep else {}
+    return SyncResult(empty, math.nan, math.nan, 0.0, num_frames, silent, embeddings)
+
+
+def summarise(results: list[SyncResult], settings: SyncSettings) -> dict[str, Any]:
+    """The ``sync.pckl`` dict: metric, vshift and per-track offset, min dist, confidence (plain floats)."""
+    return {
+        "metric": settings.metric,
+        "vshift_frames": settings.vshift_frames,
+        "offset_frames": [float(r.offset_frames) for r in results],
+        "min_dist": [float(r.min_dist) for r in results],
+        "confidence": [float(r.confidence) for r in results],
+    }
+
+
+def settings_key(settings: SyncSettings) -> Mapping[str, Any]:
+    """The settings as a plain dict, for cache keys."""
+    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Stage 2: SyncNet offset, confidence and distance curves of every face track.
+
+    python scripts/run_syncnet.py --data_dir D --reference REF      # after scripts/run_pipeline.py
+    python scripts/run_syncnet.py --videofile CLIP.avi [--features OUT.npz]   # one face clip, like the demo
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cache import Cache  # noqa: E402
+from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
+                          config_from_args, default_reference, info, input_file, resolve_device, run_main)
+from pipeline.errors import InputError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_syncnet.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--videofile", default=None,
+                        help="with --data_dir: names the reference (its file stem); alone: one face-crop clip "
+                             "to evaluate like syncnet_python's demo_syncnet.py")
+    parser.add_argument("--features", default=None, metavar="OUT.npz",
+                        help="single-clip mode: also save the per-window lip and audio embeddings")
+    add_cache_args(parser, reference_required=False, data_dir_required=False)  # no --data_dir: single clip
+    add_config_args(parser)
+    add_runtime_args(parser)
+    return parser
+
+
+def run_clip(args: argparse.Namespace) -> int:
+    from pipeline.stage2 import demo_report, save_features, sync_clip
+    from pipeline.sync import SyncSettings
+
+    cfg = config_from_args(args)
+    clip = input_file(args.videofile, "video file")
+    result = sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device), keep_embeddings=bool(args.features))
+    if result.silent:
+        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
+    print(demo_report(result), flush=True)
+    if args.features:
+        path = save_features(args.features, result, SyncSettings.from_config(cfg, demo=True))
+        info(f"saved {result.num_windows} windows of lip and audio embeddings to {path}", args.quiet)
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from pipeline.stage2 import run_stage2
+
+    reference = args.reference or (default_reference(args.videofile) if args.videofile else None)
+    if reference is None:
+        raise InputError("--data_dir needs --reference (or --videofile to name it)")
+    cfg = config_from_args(args)
+    cache = Cache(args.data_dir, reference)
+    progress = Progress(enabled=not args.quiet)
+    try:
+        out = run_stage2(cache, cfg, args.weights_dir, resolve_device(args.device), args.force, progress)
+    finally:
+        progress.close()
+    where = cache.work_dir
+    if out.reused:
+        info(f"SyncNet results for {reference!r} are up to date in {where} (use --force to redo)", args.quiet)
+    elif out.num_tracks == 0:
+        info(f"no face tracks in {reference!r}: wrote empty activesd.pckl, sync.pckl and offsets.txt to {where}",
+             args.quiet)
+    else:
+        info(f"SyncNet ({out.sync['metric']}) on {out.num_tracks} tracks in "
+             f"{progress.seconds.get('syncnet', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
+             args.quiet)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.data_dir:
+        if args.features:
+            raise InputError("--features belongs to single-clip mode (--videofile without --data_dir)")
+        return run_cache(args)
+    if args.videofile:
+        if args.reference:
+            raise InputError("--reference needs --data_dir (single-clip mode takes only --videofile)")
+        return run_clip(args)
+    raise InputError("give --data_dir and --reference (stage 2 of the pipeline), or --videofile CLIP (one clip)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser()))
