@@ -180,6 +180,12 @@ def sync_confidence(dists: np.ndarray, pad_frames: int, pad_value: float, medfil
         return signal.medfilt(confidence, kernel_size=medfilt_frames)
 
 
+def track_confidence(dists: np.ndarray, cfg_diarise) -> np.ndarray:
+    """``sync_confidence`` with the config's padding and filter: the smoothed per-frame confidence of a track."""
+    return sync_confidence(dists, int(cfg_diarise.conf_pad_frames), float(cfg_diarise.conf_pad_value),
+                           int(cfg_diarise.conf_medfilt_frames))
+
+
 def vad_frame_counts(segments_s: Sequence[tuple[float, float]], num_frames: int, frame_rate_hz: float) -> np.ndarray:
     """How many VAD segments cover each frame: [num_frames]; frames ``int(start * fps) .. int(end * fps) - 1``."""
     counts = np.zeros(num_frames, dtype=np.float64)
@@ -207,8 +213,7 @@ def active_speaker_frames(confidence: np.ndarray, vad_counts: np.ndarray, thresh
 def track_activity(track_idx: int, track: TrackEvidence, cfg_diarise: Any,
                    thresholds: Sequence[float]) -> TrackActivity:
     """One track's active-speech frames from its SyncNet distances and its own VAD."""
-    confidence = sync_confidence(track.dists, int(cfg_diarise.conf_pad_frames), float(cfg_diarise.conf_pad_value),
-                                 int(cfg_diarise.conf_medfilt_frames))
+    confidence = track_confidence(track.dists, cfg_diarise)
     vad_counts = vad_frame_counts(track.vad_s, confidence.size, float(cfg_diarise.frame_rate_hz))
     active = active_speaker_frames(confidence, vad_counts, thresholds, int(cfg_diarise.min_votes),
                                    int(cfg_diarise.closing_frames))

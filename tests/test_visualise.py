@@ -26,16 +26,6 @@ WIDTH, HEIGHT = 160, 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def confidence_function(monkeypatch):
-    """Use stage 3's track_confidence; until it exists, the same computation from fuse.sync_confidence."""
-    if not hasattr(fuse, "track_confidence"):
-        def track_confidence(dists, cfg_diarise):
-            return fuse.sync_confidence(dists, int(cfg_diarise.conf_pad_frames), float(cfg_diarise.conf_pad_value),
-                                        int(cfg_diarise.conf_medfilt_frames))
-        monkeypatch.setattr(fuse, "track_confidence", track_confidence, raising=False)
-
-
 def _track(first: int, last: int, centre_x: float) -> dict:
     frames = np.arange(first, last + 1)
     n = frames.size
