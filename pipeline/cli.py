@@ -67,6 +67,20 @@ def input_file(path: str, what: str = "file") -> Path:
     return candidate
 
 
+def writable_dir(path: str, option: str) -> Path:
+    """Create ``path`` if needed and check a file can be written there, or a one-line InputError."""
+    import tempfile
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write to {option} {folder}: {err.strerror or err}") from None
+    return folder
+
+
 def default_reference(videofile: str) -> str:
     """The reference a video gets when none is given: its file name without the extension."""
     return Path(videofile).stem or "video"

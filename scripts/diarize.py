@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
 from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
-                          info, input_file, resolve_device, run_main)
+                          info, input_file, resolve_device, run_main, writable_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
     videofile = input_file(args.videofile, "video file")
     cfg = config_from_args(args)
+    if args.out_dir is not None:
+        writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
     cache = Cache(args.data_dir, args.reference or default_reference(args.videofile))
     device = resolve_device(args.device)
     progress = Progress(enabled=not args.quiet)
