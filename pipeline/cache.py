@@ -131,7 +131,8 @@ class Cache:
     def manifest_path(self, name: str) -> Path:
         return self.manifest_dir / f"{name}.json"
 
-    def _rel(self, path: Path) -> str:
+    def relative(self, path: Path) -> str:
+        """``path`` relative to ``data_dir``, as manifests list files."""
         return str(Path(path).resolve().relative_to(self.data_dir.resolve()))
 
     # ---- manifests ---------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class Cache:
             "name": name,
             "stage": stage,
             "key": _jsonable(key),
-            "files": {self._rel(path): sha256_file(Path(path)) for path in files},
+            "files": {self.relative(path): sha256_file(Path(path)) for path in files},
             "version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

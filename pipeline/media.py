@@ -153,10 +153,7 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
     """
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _video_stream(container, path)
         start_us = container.start_time or 0
         guessed = float(stream.guessed_rate) if stream.guessed_rate else 0.0
         default_duration = min(frame_rate_hz / guessed, 1.0) if guessed > 0 else 1.0
@@ -203,6 +200,15 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
         container.close()
 
 
+def _video_stream(container, path) -> av.video.stream.VideoStream:
+    """The first video stream, set to decode with threads; InputError when there is none."""
+    if not container.streams.video:
+        raise InputError(f"{path} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
 def _with_last(items):
     """Pairs (item, is_last) with one item of look-ahead."""
     iterator = iter(items)
@@ -227,10 +233,7 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Every decoded frame of ``path`` as BGR uint8, without frame-rate conversion (crops, single clips)."""
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _video_stream(container, path)
         for frame in _decode(container, stream, path):
             yield to_bgr(frame)
     finally:

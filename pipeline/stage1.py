@@ -25,6 +25,7 @@ from pipeline.scenes import ShotDetector
 from pipeline.track import track_faces
 
 STAGE = "run_pipeline"
+SCRIPT = "scripts/run_pipeline.py"
 Progress = Callable[..., None]
 
 
@@ -303,4 +304,26 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     return result
 
 
-__all__ = ["Stage1Result", "prefetch", "read_wav", "run_pipeline", "write_wav"]
+def require_tracks_and_crops(cache: Cache) -> list[dict]:
+    """Stage 1's tracks, after checking that every track's crops exist and were made from those tracks.
+
+    For later stages: a CacheError names scripts/run_pipeline.py when anything is missing or stale.
+    """
+    tracks = cache.require("tracks.pckl", SCRIPT)
+    if not isinstance(tracks, list) or not all(isinstance(t, dict) and "track" in t for t in tracks):
+        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {SCRIPT} again")
+    manifest = cache.read_manifest("crops")
+    if manifest is None:
+        raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: run {SCRIPT} first")
+    recorded = (manifest.get("key") or {}).get("upstream", {}).get("tracks.pckl")
+    if recorded is not None and recorded != cache.digest("tracks.pckl"):
+        raise CacheError(f"the crops are stale (tracks.pckl changed since): run {SCRIPT} again")
+    listed = manifest.get("files", {})
+    for idx in range(len(tracks)):
+        for path in (cache.crop_frames(idx), cache.crop_wav(idx)):
+            if not path.is_file() or cache.relative(path) not in listed:
+                raise CacheError(f"{path} is missing from the crops of stage 1: run {SCRIPT} again")
+    return tracks
+
+
+__all__ = ["Stage1Result", "prefetch", "read_wav", "require_tracks_and_crops", "run_pipeline", "write_wav"]

@@ -26,6 +26,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, sha256_file, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
+from pipeline.stage1 import require_tracks_and_crops
 from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 
 STAGE = "run_syncnet"
@@ -51,28 +52,9 @@ class Stage2Output:
 
 
 # ---- stage 1 inputs ------------------------------------------------------------------------------
-def _rel(cache: Cache, path: Path) -> str:
-    return str(path.resolve().relative_to(cache.data_dir.resolve()))
-
-
 def require_stage1(cache: Cache) -> list[dict]:
     """Stage 1's tracks, after checking that its crops exist and were made from those tracks."""
-    tracks = cache.require("tracks.pckl", STAGE1_SCRIPT)
-    if not isinstance(tracks, list) or not all(isinstance(t, Mapping) and "track" in t for t in tracks):
-        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {STAGE1_SCRIPT} again")
-    manifest = cache.read_manifest("crops")
-    if manifest is None:
-        raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: "
-                         f"run {STAGE1_SCRIPT} first")
-    recorded = (manifest.get("key") or {}).get("upstream", {}).get("tracks.pckl")
-    if recorded is not None and recorded != cache.digest("tracks.pckl"):
-        raise CacheError(f"the crops are stale (tracks.pckl changed since): run {STAGE1_SCRIPT} again")
-    listed = manifest.get("files", {})
-    for idx in range(len(tracks)):
-        for path in (cache.crop_frames(idx), cache.crop_wav(idx)):
-            if not path.is_file() or _rel(cache, path) not in listed:
-                raise CacheError(f"{path} is missing from the crops of stage 1: run {STAGE1_SCRIPT} again")
-    return tracks
+    return require_tracks_and_crops(cache)
 
 
 def stage2_key(cache: Cache, cfg: Section, checkpoint_file: str, checkpoint_sha256: str) -> dict[str, Any]:

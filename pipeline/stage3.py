@@ -23,6 +23,7 @@ from models.loader import checkpoint_path, find_network_checkpoint, resolve_weig
 from pipeline import fuse
 from pipeline.cache import Cache, run_atomic_step, sha256_file
 from pipeline.config import Section
+from pipeline.stage1 import require_tracks_and_crops
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.formats import Turn, turns_from_pickle
 
@@ -45,19 +46,7 @@ def require_stage1(cache: Cache) -> tuple[dict, list[dict]]:
     media_info = cache.require("media.pckl", STAGE1_SCRIPT)
     if not isinstance(media_info, Mapping) or "num_frames" not in media_info:
         raise CacheError(f"{cache.work('media.pckl')} is not stage 1's media description: run {STAGE1_SCRIPT} again")
-    tracks = cache.require("tracks.pckl", STAGE1_SCRIPT)
-    if not isinstance(tracks, list) or not all(isinstance(t, Mapping) and "track" in t for t in tracks):
-        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {STAGE1_SCRIPT} again")
-    crops = cache.read_manifest("crops")
-    if crops is None:
-        raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: "
-                         f"run {STAGE1_SCRIPT} first")
-    recorded = (crops.get("key") or {}).get("upstream", {}).get("tracks.pckl")
-    if recorded is not None and recorded != cache.digest("tracks.pckl"):
-        raise CacheError(f"the crops are stale (tracks.pckl changed since): run {STAGE1_SCRIPT} again")
-    for idx in range(len(tracks)):
-        if not cache.crop_wav(idx).is_file():
-            raise CacheError(f"{cache.crop_wav(idx)} is missing: run {STAGE1_SCRIPT} again")
+    tracks = require_tracks_and_crops(cache)
     return dict(media_info), tracks
 
 

@@ -20,6 +20,7 @@ from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.formats import turns_from_pickle
 from tests import fakespeaker, fakeweights
+from tests.synth import make_video
 from tests.conftest import DETECTIONS, clip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +82,9 @@ def fake_stage1(data_dir: Path, tracks: list | None = None, seconds: float = 3.0
     for idx, t in enumerate(tracks):
         frames = len(t["track"]["frame"])
         wavfile.write(cache.crop_wav(idx), RATE_HZ, np.zeros(frames * 640, dtype=np.int16))
-        crop_files.append(cache.crop_wav(idx))
+        make_video(cache.crop_frames(idx), num_frames=frames, size=(224, 224), codec="ffv1",
+                   container_format="matroska")
+        crop_files += [cache.crop_wav(idx), cache.crop_frames(idx)]
     cache.record("crops", "run_pipeline", {"upstream": {"tracks.pckl": cache.digest("tracks.pckl")}}, crop_files)
     return cache
 
