@@ -26,7 +26,8 @@ setup(
         "torchaudio>=2.4,<2.12",
         "numpy>=1.24",
         "scipy>=1.10",
-        "opencv-python-headless>=4.8",
+        # scenedetect 0.7 requires opencv-python itself; a second, headless OpenCV would share its files.
+        "opencv-python>=4.8",
         # PyAV bundles FFmpeg's libraries: no system ffmpeg program is needed.
         "av>=12",
         "scenedetect>=0.6.4,<0.8",

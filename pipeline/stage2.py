@@ -183,6 +183,7 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     as the original extracts them with ffmpeg. InputError when the clip has no usable window.
     """
     settings = SyncSettings.from_config(cfg, demo=True)
+    media.check_video_input(videofile, need_audio=True)  # a bad clip is reported before a missing checkpoint
     ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet_demo.checkpoint)
     audio = media.decode_audio(videofile, settings.sample_rate_hz)
     device = torch.device(device)

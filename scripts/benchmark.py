@@ -46,7 +46,7 @@ def peak_rss_mb() -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--videofile", required=True)
     parser.add_argument("--faces", default=None, help="precomputed faces.pckl to time stage 1 without the network")
     parser.add_argument("--weights_dir", default=None, help="checkpoints (default: seeded random ones)")

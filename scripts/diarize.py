@@ -20,7 +20,7 @@ from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_fr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diarize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="diarize.py", description=__doc__.splitlines()[0])
     parser.add_argument("--videofile", required=True, help="input video (any container, codec and frame rate)")
     parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages")
     parser.add_argument("--reference", default=None, help="name of this video in the cache (default: file name)")

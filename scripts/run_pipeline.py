@@ -17,7 +17,7 @@ from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
     parser.add_argument("--videofile", required=True, help="input video (any container, codec and frame rate)")
     add_cache_args(parser, reference_required=False)
     add_config_args(parser)

@@ -73,4 +73,4 @@ def test_unwritable_out_dir_is_one_line(tmp_path, random_weights):
     proc = diarize("--videofile", str(clip(name)), "--data_dir", str(tmp_path), "--out_dir", str(blocker / "out"),
                    "--weights_dir", str(random_weights))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"diarize: error: cannot write to --out_dir {blocker / 'out'}: Not a directory"]
+    assert proc.stderr.strip().splitlines() == [f"diarize.py: error: cannot write to --out_dir {blocker / 'out'}: Not a directory"]
