@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Download the published checkpoints listed in models/checkpoints.tsv (the registry the Python loader reads).
-#   bash download_models.sh [WEIGHTS_DIR] [NETWORK ...]
+#   bash download_models.sh [WEIGHTS_DIR] [NETWORK ... | all]
 # WEIGHTS_DIR defaults to $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights. NETWORK is one of
-# s3fd syncnet resnetse34 vggface2 ecapa (default: all). Files with a published sha256 are checked; a file
-# is written under a temporary name and moved into place only when complete and verified.
+# s3fd syncnet resnetse34 vggface2 ecapa: every published file of those networks; `all`: every file;
+# nothing: the files the default config uses (registry column `default`). Files with a published sha256
+# are checked; a file is written under a temporary name and moved into place only when complete and verified.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,9 +24,13 @@ fetch() {  # fetch URL OUT
 }
 
 status=0
-while IFS=$'\t' read -r network file sha256 url; do
+while IFS=$'\t' read -r network file sha256 default url; do
     [[ -z "$network" || "$network" == \#* ]] && continue
-    [[ "$wanted" != "  " && "$wanted" != *" $network "* ]] && continue
+    if [[ "$wanted" == "  " ]]; then
+        [[ "$default" == "1" ]] || continue
+    elif [[ "$wanted" != *" all "* && "$wanted" != *" $network "* ]]; then
+        continue
+    fi
     out="$dest/$file"
     mkdir -p "$(dirname "$out")"
     if [[ -f "$out" && "$sha256" != "-" ]] && echo "$sha256  $out" | sha256sum -c --status; then

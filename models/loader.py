@@ -33,6 +33,7 @@ class CheckpointEntry:
     network: str
     file: str
     sha256: str | None
+    default: bool  # fetched by a plain `bash download_models.sh` (the default config's files)
     url: str
 
 
@@ -42,8 +43,8 @@ def read_registry(path: Path = REGISTRY_PATH) -> list[CheckpointEntry]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        network, file, sha256, url = line.split("\t")
-        entries.append(CheckpointEntry(network, file, None if sha256 == "-" else sha256, url))
+        network, file, sha256, default, url = line.split("\t")
+        entries.append(CheckpointEntry(network, file, None if sha256 == "-" else sha256, default == "1", url))
     return entries
 
 

@@ -101,10 +101,10 @@ def test_download_script_checks_hashes_and_keeps_no_partial_file(tmp_path):
     digest = hashlib.sha256(good.read_bytes()).hexdigest()
     registry = tmp_path / "registry.tsv"
     registry.write_text(
-        "# network\tfile\tsha256\turl\n"
-        f"net\tgood.model\t{digest}\tfile://{good}\n"
-        f"net\tbad.model\t{'0' * 64}\tfile://{good}\n"
-        f"other\tskipped.model\t-\tfile://{good}\n"
+        "# network\tfile\tsha256\tdefault\turl\n"
+        f"net\tgood.model\t{digest}\t1\tfile://{good}\n"
+        f"net\tbad.model\t{'0' * 64}\t0\tfile://{good}\n"
+        f"other\tskipped.model\t-\t0\tfile://{good}\n"
     )
     dest = tmp_path / "weights"
     proc = _script(registry, dest, "net")
@@ -115,6 +115,26 @@ def test_download_script_checks_hashes_and_keeps_no_partial_file(tmp_path):
     assert "does not match its published sha256" in proc.stderr
     again = _script(registry, dest, "other")
     assert again.returncode == 0 and (dest / "skipped.model").exists()
+
+
+def test_download_script_without_networks_fetches_the_default_files(tmp_path):
+    source = tmp_path / "published.model"
+    source.write_bytes(b"weights")
+    registry = tmp_path / "registry.tsv"
+    registry.write_text(f"a\tdefault.model\t-\t1\tfile://{source}\nb\toptional.model\t-\t0\tfile://{source}\n")
+    assert _script(registry, tmp_path / "w").returncode == 0
+    assert (tmp_path / "w" / "default.model").exists() and not (tmp_path / "w" / "optional.model").exists()
+    assert _script(registry, tmp_path / "w", "all").returncode == 0
+    assert (tmp_path / "w" / "optional.model").exists()
+
+
+def test_registry_default_files_are_the_default_config_files():
+    from pipeline.config import load_config
+
+    cfg = load_config()
+    defaults = {entry.file for entry in loader.read_registry() if entry.default}
+    assert defaults == {cfg.detect.checkpoint, cfg.syncnet.checkpoint, cfg.embed.resnetse34_checkpoint,
+                        cfg.faces.checkpoint}
 
 
 def test_python_and_shell_read_the_same_registry():
