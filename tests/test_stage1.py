@@ -227,3 +227,12 @@ def test_awkward_file_names_work(tmp_path, name):
     proc = run_script(f"--videofile={video}", "--data_dir", str(tmp_path), "--reference", "w")
     assert proc.returncode == 0, proc.stderr
     assert "1 face tracks" in proc.stdout
+
+
+def test_written_files_get_ordinary_permissions(gestsync_b):
+    """Regression: files written through temporary names were left 0600, unreadable by the user's group."""
+    cache, _ = gestsync_b
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (cache.work("tracks.pckl"), cache.audio_wav, cache.crop_avi(0)):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
