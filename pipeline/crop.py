@@ -1,6 +1,8 @@
 """224 x 224 face-track crops, as syncnet_python's ``crop_video`` makes them, written while frames stream by."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -138,6 +140,7 @@ def write_track_crops(frames: Iterable[np.ndarray], tracks: Sequence[dict], smoo
     samples_per_frame = sample_rate_hz // frame_rate_hz
     open_writers: dict[int, tuple[ExitStack, TrackCropWriter]] = {}
     frame_idx = -1
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
     try:
         for frame_idx, frame in enumerate(frames):
             if frame_idx > last_frame:
@@ -154,19 +157,29 @@ def write_track_crops(frames: Iterable[np.ndarray], tracks: Sequence[dict], smoo
                     stack.close()
                     raise
                 open_writers[idx] = (stack, writer)
-            for idx in list(open_writers):
+            def advance(idx: int, frame=frame, frame_idx=frame_idx) -> bool:
+                """Write track ``idx``'s crop of this frame; True when the track is finished and renamed."""
                 stack, writer = open_writers[idx]
                 pos = frame_idx - int(tracks[idx]["frame"][0])
                 sm = smoothed[idx]
                 writer.write(crop_face(frame, sm["x"][pos], sm["y"][pos], sm["s"][pos], cfg_crop.scale,
                                        cfg_crop.pad_value, cfg_crop.size_px))
-                if frame_idx == int(tracks[idx]["frame"][-1]):
-                    writer.flush()
-                    stack.close()  # renames the finished files into place
+                if frame_idx != int(tracks[idx]["frame"][-1]):
+                    return False
+                writer.flush()
+                stack.close()  # renames the finished files into place
+                return True
+
+            active = list(open_writers)
+            # tracks of one frame are cropped and encoded in parallel (cv2 and FFmpeg release the GIL)
+            finished = list(pool.map(advance, active)) if len(active) > 1 else [advance(i) for i in active]
+            for idx, done in zip(active, finished):
+                if done:
                     del open_writers[idx]
             if progress is not None:
                 progress("crop", frame_idx + 1, last_frame + 1)
     finally:
+        pool.shutdown(wait=True)
         for stack, _ in open_writers.values():
             # unfinished tracks: discard their temporary files
             stack.__exit__(RuntimeError, RuntimeError("unfinished"), None)
