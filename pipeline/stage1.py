@@ -86,23 +86,27 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
         wavfile.write(tmp, sample_rate_hz, samples.astype(np.int16, copy=False))
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """(int16 samples, sample rate) of a mono wav written by this pipeline."""
+def read_wav(path: Path, sample_rate_hz: int) -> np.ndarray:
+    """int16 mono samples of a wav stage 1 wrote; a one-line CacheError naming this stage when it is
+    missing, unreadable or not ``sample_rate_hz`` int16 mono."""
     try:
-        sample_rate_hz, samples = wavfile.read(path)
+        rate, audio = wavfile.read(path)
     except FileNotFoundError:
-        raise CacheError(f"{path} is missing") from None
-    except ValueError as err:
-        raise CacheError(f"{path} is not a readable wav ({err})") from None
-    return samples, sample_rate_hz
+        raise CacheError(f"{path} is missing: run {SCRIPT} again") from None
+    except Exception as err:  # scipy raises ValueError, OSError or struct errors on damaged headers
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CacheError(f"{path} is unreadable ({detail[:200]}): run {SCRIPT} again") from None
+    if rate != sample_rate_hz or audio.ndim != 1 or audio.dtype != np.int16:
+        raise CacheError(f"{path} is {rate} Hz {audio.dtype} with shape {audio.shape}, not {sample_rate_hz} Hz "
+                         f"int16 mono: run {SCRIPT} again")
+    return audio
 
 
 def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
     """16 kHz mono audio of the video at pyavi/REF/audio.wav; (samples, reused)."""
     key = {"input": identity, "media": cfg.media.to_dict()}
     if not force and cache.is_valid("audio.wav", key):
-        samples, _ = read_wav(cache.audio_wav)
-        return samples, True
+        return read_wav(cache.audio_wav, cfg.media.sample_rate_hz), True
     cache.invalidate("audio.wav")
     samples = media.decode_audio(videofile, cfg.media.sample_rate_hz)
     if samples.size == 0:

@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from scipy.io import wavfile
 
 from models.loader import checkpoint_path
 from models.syncnet import load_syncnet, syncnet_checkpoint
@@ -26,7 +25,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, sha256_file, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
-from pipeline.stage1 import require_tracks_and_crops
+from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 
 STAGE = "run_syncnet"
@@ -68,20 +67,8 @@ def stage2_key(cache: Cache, cfg: Section, checkpoint_file: str, checkpoint_sha2
     }
 
 
-def read_track_audio(path: Path, sample_rate_hz: int) -> np.ndarray:
-    """A crop's int16 mono audio; CacheError when it is unreadable or not what stage 1 writes."""
-    try:
-        rate, audio = wavfile.read(path)
-    except (OSError, ValueError) as err:
-        raise CacheError(f"{path} is unreadable ({err}): run {STAGE1_SCRIPT} again") from None
-    if rate != sample_rate_hz or audio.ndim != 1 or audio.dtype != np.int16:
-        raise CacheError(f"{path} is {rate} Hz {audio.dtype} with shape {audio.shape}, not {sample_rate_hz} Hz "
-                         f"int16 mono: run {STAGE1_SCRIPT} again")
-    return audio
-
-
 def _sync_crop(cache: Cache, idx: int, model, settings: SyncSettings, device: torch.device) -> SyncResult:
-    audio = read_track_audio(cache.crop_wav(idx), settings.sample_rate_hz)
+    audio = read_wav(cache.crop_wav(idx), settings.sample_rate_hz)
     frames_path = cache.crop_frames(idx)
     with contextlib.closing(media.iter_video_frames(frames_path)) as frames:
         try:

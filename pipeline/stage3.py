@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from scipy.io import wavfile
 
 from models.loader import checkpoint_path, find_network_checkpoint, resolve_weights_dir
 from pipeline import fuse
 from pipeline.cache import Cache, run_atomic_step, sha256_file
 from pipeline.config import Section
-from pipeline.stage1 import require_tracks_and_crops
+from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.formats import Turn, turns_from_pickle
 
@@ -63,24 +62,9 @@ def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], dic
     return distances, dict(sync)
 
 
-def read_wav_int16(path: Path, sample_rate_hz: int) -> np.ndarray:
-    """int16 mono samples of a wav the pipeline wrote; a one-line CacheError when unreadable or unexpected."""
-    try:
-        rate, audio = wavfile.read(path)
-    except FileNotFoundError:
-        raise CacheError(f"{path} is missing: run {STAGE1_SCRIPT} again") from None
-    except Exception as err:  # scipy raises ValueError, OSError or struct errors on damaged headers
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CacheError(f"{path} is unreadable ({detail[:200]}): run {STAGE1_SCRIPT} again") from None
-    if rate != sample_rate_hz or audio.ndim != 1 or audio.dtype != np.int16:
-        raise CacheError(f"{path} is {rate} Hz {audio.dtype} with shape {audio.shape}, not {sample_rate_hz} Hz "
-                         f"int16 mono: run {STAGE1_SCRIPT} again")
-    return audio
-
-
 def _whole_audio(cache: Cache, sample_rate_hz: int) -> tuple[np.ndarray, str]:
     """The whole-video audio (int16) and its sha256."""
-    audio = read_wav_int16(cache.audio_wav, sample_rate_hz)
+    audio = read_wav(cache.audio_wav, sample_rate_hz)
     return audio, sha256_file(cache.audio_wav)
 
 
@@ -130,7 +114,7 @@ def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audi
         per_track = []
         for idx in range(num_tracks):
             progress("vad", idx + 1, num_tracks + 1)
-            track_audio = read_wav_int16(cache.crop_wav(idx), rate)
+            track_audio = read_wav(cache.crop_wav(idx), rate)
             per_track.append([(float(s), float(e)) for s, e in speech_segments(track_audio, rate, cfg.vad, method)])
         progress("vad", num_tracks + 1, num_tracks + 1)
         return {"method": method, "audio": [(float(s), float(e)) for s, e in whole], "tracks": per_track}
@@ -250,4 +234,4 @@ def summary(turns: list[Turn]) -> dict[str, Any]:
             "speech_s": sum(t.end_s - t.start_s for t in turns)}
 
 
-__all__ = ["run_cluster", "require_stage1", "require_stage2", "read_wav_int16", "summary"]
+__all__ = ["run_cluster", "require_stage1", "require_stage2", "summary"]

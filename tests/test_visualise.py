@@ -9,7 +9,6 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import fuse
 from pipeline.annotate import Overlay, write_annotated_video
 from pipeline.cache import Cache, file_identity
 from pipeline.config import load_config
