@@ -46,6 +46,11 @@ from typing import Any, NamedTuple, Sequence
 
 from pipeline.errors import CacheError
 
+# The script that writes each stage's intermediates, named in errors about a missing or stale cache.
+RUN_PIPELINE = "scripts/run_pipeline.py"
+RUN_SYNCNET = "scripts/run_syncnet.py"
+CLUSTER = "scripts/cluster.py"
+
 
 class Turn(NamedTuple):
     """One speaker turn; pickled as a plain tuple."""

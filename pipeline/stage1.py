@@ -23,9 +23,9 @@ from pipeline.errors import CacheError, InputError
 from pipeline.formats import validate_faces
 from pipeline.scenes import ShotDetector
 from pipeline.track import track_faces
+from pipeline.formats import RUN_PIPELINE as SCRIPT
 
 STAGE = "run_pipeline"
-SCRIPT = "scripts/run_pipeline.py"
 Progress = Callable[..., None]
 
 

@@ -27,10 +27,9 @@ from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
+from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 
 STAGE = "run_syncnet"
-STAGE1_SCRIPT = "scripts/run_pipeline.py"
-STAGE2_SCRIPT = "scripts/run_syncnet.py"
 OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")
 SPEED_ONLY_KEYS = ("batch_size", "parallel_tracks")  # left out of the cache key: results do not depend on them
 

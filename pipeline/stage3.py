@@ -25,10 +25,10 @@ from pipeline.config import Section
 from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.formats import Turn, turns_from_pickle
+from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
+from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
 
 STAGE = "cluster"
-STAGE1_SCRIPT = "scripts/run_pipeline.py"
-STAGE2_SCRIPT = "scripts/run_syncnet.py"
 VAD_METHODS = ("webrtc", "silero")
 SPEAKER_MODELS = ("resnetse34", "ecapa")
 

@@ -27,10 +27,8 @@ from pipeline.errors import CacheError, InputError
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import Turn, turns_from_pickle
 from pipeline.plots import track_labels
+from pipeline.formats import CLUSTER, RUN_PIPELINE, RUN_SYNCNET
 
-RUN_PIPELINE = "scripts/run_pipeline.py"
-RUN_SYNCNET = "scripts/run_syncnet.py"
-CLUSTER = "scripts/cluster.py"
 
 
 @dataclass(frozen=True)
