@@ -51,3 +51,13 @@ def weights_dir(tmp_path_factory) -> Path:
         for name in names:
             fakeweights.save_checkpoint(state, folder / name)
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only where a CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,56 @@
+"""The GPU paths give the CPU's results (run only where a CUDA GPU is present)."""
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from models.random_weights import write_random_checkpoints
+from pipeline import media
+from pipeline.config import load_config
+from tests.conftest import clip
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    return write_random_checkpoints(tmp_path_factory.mktemp("weights"))
+
+
+def test_detector_on_cuda_matches_cpu(random_weights):
+    from pipeline.detect import FaceDetector
+
+    cfg = load_config(overrides=["detect.conf_threshold=0.5"]).detect  # random weights: keep some boxes
+    frames = list(islice(media.iter_frames(clip("syncnetdiar_3spk_newsmax")), 8))
+    on_cpu = FaceDetector(cfg, random_weights, torch.device("cpu")).detect_batch(frames)
+    on_gpu = FaceDetector(cfg, random_weights, torch.device("cuda")).detect_batch(frames)
+    for cpu_boxes, gpu_boxes in zip(on_cpu, on_gpu):
+        assert cpu_boxes.shape == gpu_boxes.shape
+        np.testing.assert_allclose(cpu_boxes, gpu_boxes, atol=0.5)
+
+
+def test_syncnet_on_cuda_matches_cpu(random_weights):
+    from models.syncnet import load_syncnet
+    from pipeline.sync import SyncSettings, sync_track
+
+    cfg = load_config()
+    settings = SyncSettings.from_config(cfg)
+    frames = [np.ascontiguousarray(f[200:424, 500:724]) for f in islice(media.iter_frames(clip("syncnetdiar_3spk_newsmax")), 60)]
+    audio = media.decode_audio(clip("syncnetdiar_3spk_newsmax"))[: 60 * 640]
+    results = [sync_track(load_syncnet(random_weights, "syncnet.model", device), iter(frames), audio, settings,
+                          torch.device(device)) for device in ("cpu", "cuda")]
+    np.testing.assert_allclose(results[0].distances, results[1].distances, atol=1e-3)
+
+
+def test_speaker_embeddings_on_cuda_match_cpu(random_weights):
+    from pipeline.embed import load_speaker_model, sliding_embeddings
+
+    cfg = load_config()
+    audio = media.decode_audio(clip("syncnetdiar_3spk_newsmax"))
+    cpu = sliding_embeddings(load_speaker_model(cfg.embed, random_weights, "cpu", "resnetse34"), audio, 16000, cfg.embed)
+    gpu = sliding_embeddings(load_speaker_model(cfg.embed, random_weights, "cuda", "resnetse34"), audio, 16000, cfg.embed)
+    cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cosine.min() > 0.999
