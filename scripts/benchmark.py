@@ -120,7 +120,7 @@ def bench_stage2(cache, cfg, weights_dir, device, timer: Timer) -> None:
     from pipeline.config import load_config
     from pipeline.stage2 import run_stage2
 
-    for label, run_cfg in (("stage 2 SyncNet", cfg), ("stage 2 SyncNet, reference batching 20",
+    for label, run_cfg in (("stage 2 SyncNet", cfg), ("stage 2 SyncNet, our code at batch 20",
                                                       load_config(overrides=["syncnet.batch_size=20"]))):
         start = time.perf_counter()
         out = run_stage2(cache, run_cfg, weights_dir, device, force=True)
