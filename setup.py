@@ -18,8 +18,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["pipeline", "models"],
-    package_data={"models": ["checkpoints.tsv"]},
+    # configs/ ships beside the packages so that a non-editable install finds configs/default.yaml too
+    packages=["pipeline", "models", "configs"],
+    package_data={"models": ["checkpoints.tsv"], "configs": ["*.yaml"]},
     install_requires=[
         # torch/torchaudio 2.11 is the newest pair with a torchaudio release; speechbrain needs torchaudio.
         "torch>=2.4,<2.12",
