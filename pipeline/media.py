@@ -103,6 +103,8 @@ class CfrSchedule:
 
     ``push(pts_ticks, duration_ticks)`` takes a decoded frame's timestamp and duration in output frame
     ticks (1 / 25 s) and returns how many output frames repeat the previous frame and how many show this one.
+    The constants (0.5, 0.6, 1.1 ticks) are ffmpeg's own, not settings: changing them would no longer give
+    ffmpeg's frames.
     """
 
     def __init__(self, single_stream_input: bool = False) -> None:
