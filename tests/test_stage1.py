@@ -236,3 +236,23 @@ def test_written_files_get_ordinary_permissions(gestsync_b):
     os.umask(umask)
     for path in (cache.work("tracks.pckl"), cache.audio_wav, cache.crop_avi(0)):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_ctrl_c_is_one_line_and_keeps_only_finished_work(tmp_path, weights_dir):
+    """SIGINT during detection: exit 130, one line, no traceback; only complete intermediates recorded."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--videofile", str(clip("gestsync_asd2spk_a")),
+                             "--data_dir", str(tmp_path), "--reference", "c", "--weights_dir", str(weights_dir),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    audio_manifest = tmp_path / "pywork" / "c" / "manifest" / "audio.wav.json"
+    deadline = time.time() + 120
+    while not audio_manifest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside detection
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if ": warning:" not in line]
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], stderr
+    cache = Cache(tmp_path, "c")
+    assert cache.read_manifest("faces.pckl") is None and cache.read_manifest("tracks.pckl") is None
+    assert cache.is_valid("audio.wav", cache.read_manifest("audio.wav")["key"])
