@@ -21,27 +21,30 @@ setup(
     # configs/ ships beside the packages so that a non-editable install finds configs/default.yaml too
     packages=["pipeline", "models", "configs"],
     package_data={"models": ["checkpoints.tsv"], "configs": ["*.yaml"]},
+    # Every pin is a tested set with an upper bound at the next release line that could break us: a fresh
+    # install today and after upstream releases resolves to versions that import and run every stage.
     install_requires=[
-        # torch/torchaudio 2.11 is the newest pair with a torchaudio release; speechbrain needs torchaudio.
-        "torch>=2.4,<2.12",
-        "torchaudio>=2.4,<2.12",
-        "numpy>=1.24",
-        "scipy>=1.10",
+        # torch and torchaudio work only as the exact pair they were built together (torchaudio 2.11.1 needs a
+        # newer torch than 2.11.0); only ECAPA (speechbrain) imports torchaudio, ResNetSE34V2's front end is torch.
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "numpy>=1.24,<3",
+        "scipy>=1.10,<2",
         # scenedetect 0.7 requires opencv-python itself; a second, headless OpenCV would share its files.
-        "opencv-python>=4.8",
+        "opencv-python>=4.8,<6",
         # PyAV bundles FFmpeg's libraries: no system ffmpeg program is needed.
-        "av>=12",
+        "av>=12,<19",
         "scenedetect>=0.6.4,<0.8",
         # webrtcvad-wheels ships the same `webrtcvad` module as prebuilt wheels (no compiler, no pkg_resources).
-        "webrtcvad-wheels>=2.0.11",
-        "silero-vad>=5.1",
-        "speechbrain>=1.0",
-        "python_speech_features>=0.6",
-        "PyYAML>=6",
-        "tqdm>=4.60",
-        "matplotlib>=3.7",
-        "pyannote.core>=5",
-        "pyannote.metrics>=3.2",
+        "webrtcvad-wheels>=2.0.11,<3",
+        "silero-vad>=5.1,<7",
+        "speechbrain>=1.0,<1.2",
+        "python_speech_features>=0.6,<0.7",
+        "PyYAML>=6,<7",
+        "tqdm>=4.60,<5",
+        "matplotlib>=3.7,<4",
+        "pyannote.core>=5,<7",
+        "pyannote.metrics>=3.2,<5",
     ],
     extras_require={"test": ["pytest>=7"]},
 )

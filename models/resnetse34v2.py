@@ -5,12 +5,12 @@ The published files hold the front end's constants too (pre-emphasis filter, Ham
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio
 
 from models.loader import find_network_checkpoint, load_checkpoint
 
@@ -31,6 +31,65 @@ class PreEmphasis(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         padded = F.pad(waveforms.unsqueeze(1), (1, 0), mode="reflect")  # [B, 1, T + 1]
         return F.conv1d(padded, self.flipped_filter).squeeze(1)  # [B, T]
+
+
+def htk_mel_filterbank(n_freqs: int, n_mels: int, sample_rate_hz: int, f_min_hz: float = 0.0,
+                       f_max_hz: float | None = None) -> torch.Tensor:
+    """Triangular HTK-scale mel filters ``[n_freqs, n_mels]``, unnormalised (torchaudio's ``melscale_fbanks``
+    with its defaults, the filter bank voxceleb_trainer's ``MelSpectrogram`` builds)."""
+    f_max_hz = sample_rate_hz / 2 if f_max_hz is None else f_max_hz
+    all_freqs = torch.linspace(0, sample_rate_hz // 2, n_freqs)
+    m_min = 2595.0 * math.log10(1.0 + f_min_hz / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + f_max_hz / 700.0)
+    m_pts = torch.linspace(m_min, m_max, n_mels + 2)
+    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]  # [n_mels + 1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # [n_freqs, n_mels + 2]
+    down_slopes = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up_slopes = slopes[:, 2:] / f_diff[1:]
+    return torch.max(torch.zeros(1), torch.min(down_slopes, up_slopes))
+
+
+class Spectrogram(nn.Module):
+    """Power spectrogram, centred frames with reflect padding (torchaudio ``Spectrogram`` defaults, power 2)."""
+
+    def __init__(self, n_fft: int, win_length: int, hop_length: int) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.register_buffer("window", torch.hamming_window(win_length))
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(waveforms, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="reflect", normalized=False, onesided=True,
+                          return_complex=True)
+        return spec.abs().pow(2.0)  # [B, n_fft // 2 + 1, frames]
+
+
+class MelScale(nn.Module):
+    """Projects a power spectrogram onto the stored mel filter bank ``fb`` ``[n_freqs, n_mels]``."""
+
+    def __init__(self, n_mels: int, sample_rate_hz: int, n_freqs: int) -> None:
+        super().__init__()
+        self.register_buffer("fb", htk_mel_filterbank(n_freqs, n_mels, sample_rate_hz))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(spec.transpose(-1, -2), self.fb).transpose(-1, -2)  # [B, n_mels, frames]
+
+
+class MelSpectrogram(nn.Module):
+    """voxceleb_trainer's ``torchaudio.transforms.MelSpectrogram(n_fft=512, win_length=400, hop_length=160,
+    window_fn=torch.hamming_window, n_mels=64)`` in plain torch, with the same state-dict keys
+    (``spectrogram.window``, ``mel_scale.fb``): torchaudio's compiled library is not needed to run it."""
+
+    def __init__(self, sample_rate_hz: int, n_fft: int, win_length: int, hop_length: int, n_mels: int) -> None:
+        super().__init__()
+        self.spectrogram = Spectrogram(n_fft, win_length, hop_length)
+        self.mel_scale = MelScale(n_mels, sample_rate_hz, n_fft // 2 + 1)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.mel_scale(self.spectrogram(waveforms))
 
 
 class SELayer(nn.Module):
@@ -92,10 +151,7 @@ class ResNetSE34V2(nn.Module):
         self.instancenorm = nn.InstanceNorm1d(n_mels)
         self.torchfb = nn.Sequential(
             PreEmphasis(),
-            torchaudio.transforms.MelSpectrogram(
-                sample_rate=SAMPLE_RATE_HZ, n_fft=512, win_length=400, hop_length=160,
-                window_fn=torch.hamming_window, n_mels=n_mels,
-            ),
+            MelSpectrogram(SAMPLE_RATE_HZ, n_fft=512, win_length=400, hop_length=160, n_mels=n_mels),
         )
         pooled_channels = num_filters[3] * (n_mels // 8)
         self.attention = nn.Sequential(

@@ -108,6 +108,34 @@ def load_speaker_model(cfg_embed: Any, weights_dir: str | Path | None, device: s
     raise InputError(f"unknown speaker model {name!r}: choose one of {', '.join(SPEAKER_MODELS)}")
 
 
+def _import_speechbrain() -> tuple[Any, Any, Any]:
+    """speechbrain's classes, or one line naming the torch/torchaudio pair when torchaudio cannot load.
+
+    Only ECAPA needs torchaudio (through speechbrain); torchaudio's compiled library must match torch exactly,
+    so a mismatched pair fails here and nowhere else in the pipeline.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before speechbrain imports huggingface_hub
+    try:
+        from speechbrain.inference.speaker import EncoderClassifier
+        from speechbrain.utils.fetching import FetchConfig, LocalStrategy
+    except (ImportError, OSError) as err:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(dist: str) -> str:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "not installed"
+
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"ECAPA-TDNN needs speechbrain and torchaudio, which cannot be imported with torch {installed('torch')}, "
+            f"torchaudio {installed('torchaudio')}, speechbrain {installed('speechbrain')} ({reason[:160]}); "
+            "reinstall the pair setup.py pins (pip install -e .) or use --speaker_model resnetse34"
+        ) from None
+    return EncoderClassifier, FetchConfig, LocalStrategy
+
+
 def load_ecapa(folder: Path, device: torch.device) -> Any:
     """speechbrain's EncoderClassifier from a local folder laid out like ``speechbrain/spkrec-ecapa-voxceleb``.
 
@@ -121,9 +149,7 @@ def load_ecapa(folder: Path, device: torch.device) -> Any:
             f"ECAPA-TDNN folder {folder} {what} (set --weights_dir or $AVDIARISE_WEIGHTS_DIR); "
             f"`bash download_models.sh {folder.parent} ecapa` fetches it"
         )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before speechbrain imports huggingface_hub
-    from speechbrain.inference.speaker import EncoderClassifier
-    from speechbrain.utils.fetching import FetchConfig, LocalStrategy
+    EncoderClassifier, FetchConfig, LocalStrategy = _import_speechbrain()
 
     source = str(folder.resolve())
     try:
