@@ -291,18 +291,6 @@ def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s:
         container.close()
 
 
-def frame_count_to_seconds(num_frames: int, frame_rate_hz: float) -> float:
-    """Duration of ``num_frames`` frames."""
-    return num_frames / frame_rate_hz
-
-
-def samples_for_frames(first_frame: int, end_frame: int, frame_rate_hz: float, sample_rate_hz: int) -> slice:
-    """The audio samples of frames ``[first_frame, end_frame)``."""
-    start = int(round(first_frame * sample_rate_hz / frame_rate_hz))
-    stop = int(round(end_frame * sample_rate_hz / frame_rate_hz))
-    return slice(start, max(start, stop))
-
-
 __all__ = [
     "CfrSchedule",
     "MediaInfo",
@@ -311,5 +299,4 @@ __all__ = [
     "iter_frames",
     "iter_video_frames",
     "probe",
-    "samples_for_frames",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import numpy as np
 import python_speech_features
@@ -323,7 +323,3 @@ def summarise(results: list[SyncResult], settings: SyncSettings) -> dict[str, An
         "confidence": [float(r.confidence) for r in results],
     }
 
-
-def settings_key(settings: SyncSettings) -> Mapping[str, Any]:
-    """The settings as a plain dict, for cache keys."""
-    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
