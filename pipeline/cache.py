@@ -17,6 +17,7 @@ rewritten, so a run killed at any moment leaves nothing a later run trusts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from pipeline.errors import CacheError, InputError, PipelineError
+from pipeline.errors import BusyError, CacheError, DiskFullError, InputError, PipelineError
 from pipeline.version import __version__
 
 _REFERENCE_RE = re.compile(r"^[^/\\\x00]+$")
@@ -67,19 +68,57 @@ def check_reference(reference: str) -> str:
     return reference
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for an OSError (PyAV's included) that says the disk is full or the quota is exceeded."""
+    return isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS
+
+
+def disk_full_error(folder: Path) -> DiskFullError:
+    """The one-line error for a full file system under ``folder``."""
+    return DiskFullError(f"no space left on the device holding {folder}: free some space (or use another "
+                         f"folder) and re-run; finished intermediates are kept")
+
+
+# Names of the temporary files ``atomic_path`` makes (``.NAME.XXXXXXXX.partSUFFIX``, XXXXXXXX from mkstemp)
+# and of the write tests below (``.write-test-XXXXXXXX``): what a killed run can leave behind.
+_PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*$")
+_WRITE_TEST_RE = re.compile(r"^\.write-test-[A-Za-z0-9_]{8}$")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for the name of a temporary file of ``atomic_path`` or of a write test."""
+    return bool(_PART_RE.match(name) or _WRITE_TEST_RE.match(name))
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
+
+    A full disk while the block writes (or while the file is made) is a one-line ``DiskFullError`` naming
+    the folder.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix if suffix is not None else f".part{final.suffix}", dir=final.parent
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=suffix if suffix is not None else f".part{final.suffix}", dir=final.parent
+        )
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(final.parent) from err
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, final)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(final.parent) from err
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -114,7 +153,83 @@ class Cache:
             with tempfile.NamedTemporaryFile(dir=self.work_dir, prefix=".write-test-"):
                 pass
         except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(self.data_dir) from None
             raise InputError(f"cannot write to --data_dir {self.data_dir}: {err.strerror or err}") from None
+
+    # ---- one run at a time ----------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """The lock file of this reference (pywork/REF/.lock)."""
+        return self.work_dir / ".lock"
+
+    @contextlib.contextmanager
+    def locked(self, extra_dirs: Sequence[Path] = ()) -> Iterator[None]:
+        """Hold this reference's lock for the block, then remove what killed runs left (``remove_stale_parts``).
+
+        The lock is ``fcntl.flock`` on pywork/REF/.lock: the kernel releases it when the process ends,
+        however it ends (kill -9 included), so a stale lock file never blocks. A second process asking
+        for it gets a one-line ``BusyError``. Re-entrant within one process (a script that runs several
+        stages, or a stage function called under a script's lock).
+        """
+        import fcntl
+
+        key = str(self.lock_path.resolve())
+        if key in _HELD_LOCKS:
+            _HELD_LOCKS[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD_LOCKS[key][1] -= 1
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                raise BusyError(f"another run is working on reference {self.reference!r} in {self.data_dir}"
+                                f"{f' ({holder})' if holder else ''}: wait for it to finish, or use another "
+                                f"--reference") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            _HELD_LOCKS[key] = [handle, 1]
+            try:
+                self.remove_stale_parts(extra_dirs)
+                yield
+            finally:
+                del _HELD_LOCKS[key]
+                with contextlib.suppress(OSError):
+                    handle.truncate(0)
+        finally:
+            handle.close()  # closing releases the flock
+
+    def remove_stale_parts(self, extra_dirs: Sequence[Path] = ()) -> list[Path]:
+        """Remove the temporary files (``atomic_path``'s ``.NAME.XXXXXXXX.part*``, write tests) that a killed
+        run left in this reference's folders, and those of this reference's outputs in ``extra_dirs``.
+
+        Call only while holding the lock (``locked`` does): then no other run of ours is writing them.
+        Only names of our temporary-file pattern are touched; in ``extra_dirs`` (an --out_dir shared by
+        several references) only those of files named after this reference.
+        """
+        removed = []
+        folders = [(folder, "") for folder in (self.avi_dir, self.work_dir, self.crop_dir, self.manifest_dir)]
+        folders += [(Path(folder), f".{self.reference}") for folder in extra_dirs]
+        for folder, prefix in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(prefix) and is_temporary_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+        return removed
 
     # ---- names -------------------------------------------------------------------------------
     @property
@@ -246,6 +361,9 @@ class Cache:
         return obj
 
 
+_HELD_LOCKS: dict[str, list] = {}  # lock file -> [open handle, depth], for re-entry in one process
+
+
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON so keys compare equal to what a manifest stores."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -269,6 +387,9 @@ __all__ = [
     "PipelineError",
     "atomic_path",
     "check_reference",
+    "disk_full_error",
+    "is_disk_full",
+    "is_temporary_name",
     "file_identity",
     "run_atomic_step",
     "sha256_file",
