@@ -69,3 +69,21 @@ def test_run_pipeline_refuses_before_detecting(good_weights, tmp_path):
     assert "s3fd.model loads but its S3FD gives non-finite output" in lines[0]
     manifests = {p.name for p in (data_dir / "pywork" / "gestsync_asd2spk_b" / "manifest").iterdir()}
     assert manifests <= {"audio.wav.json"}  # no detections (or anything made from them) recorded
+
+
+def test_ecapa_with_non_finite_output_is_refused_at_load(tmp_path):
+    pytest.importorskip("speechbrain")
+    from pipeline import embed
+    from pipeline.config import load_config
+    from tests import fakespeaker
+
+    cfg = load_config().embed
+    folder = fakespeaker.build_ecapa_folder(tmp_path / cfg.ecapa_dir, seed=7)
+    embed.load_speaker_model(cfg, tmp_path, "cpu", name="ecapa")  # the unbroken folder loads
+    state = torch.load(folder / "embedding_model.ckpt", weights_only=True)
+    for key in [k for k in state if k.endswith("weight") and state[k].dim() > 1][:2]:
+        state[key] = state[key] * 1e30
+    torch.save(state, folder / "embedding_model.ckpt")
+    with pytest.raises(CheckpointError) as err:
+        embed.load_speaker_model(cfg, tmp_path, "cpu", name="ecapa")
+    assert "\n" not in str(err.value) and str(folder) in str(err.value) and "non-finite output" in str(err.value)
