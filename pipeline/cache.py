@@ -233,7 +233,8 @@ class Cache:
             except OSError:
                 continue
             for entry in entries:
-                if entry.name.startswith(prefix) and is_temporary_name(entry.name) and entry.is_file(follow_symlinks=False):
+                ours = entry.name.startswith(prefix) and is_temporary_name(entry.name)
+                if ours and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(Path(entry.path))

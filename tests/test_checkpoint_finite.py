@@ -47,7 +47,7 @@ def broken_copy(good: Path, folder: Path, file: str, how: str) -> Path:
     return folder / file
 
 
-@pytest.mark.parametrize("file, how, needle", [(file, "nan_output", "gives non-finite output") for file in sorted(LOADERS)]
+@pytest.mark.parametrize("file, how, needle", [(f, "nan_output", "gives non-finite output") for f in sorted(LOADERS)]
                          + [("syncnet.model", "inf_weight", "non-finite weights")])  # the weight scan is generic
 def test_non_finite_network_is_refused_at_load(good_weights, tmp_path, file, how, needle):
     LOADERS[file](good_weights)  # the unbroken file loads

@@ -53,7 +53,8 @@ def probe(script: str, *args: str) -> tuple[int, list[str], str]:
     """Run ``script`` as __main__ and report its exit code and which heavy modules it had imported by then."""
     result = subprocess.run([sys.executable, "-c", _PROBE.replace("{heavy!r}", repr(HEAVY)),
                              str(SCRIPTS / script), *args, "--quiet"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     words = result.stdout.split()
     assert words[:1] == ["exit"], result.stdout + result.stderr
     return int(words[1]), [] if words[3] == "-" else words[3].split(","), result.stderr
@@ -113,7 +114,8 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across(tmp_path):
 
 def test_lock_of_a_killed_run_is_released(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.cache import Cache\n"
-                               "with Cache(sys.argv[1], 'ref').locked():\n    print('held', flush=True); time.sleep(60)",
+                               "with Cache(sys.argv[1], 'ref').locked():\n"
+                               "    print('held', flush=True); time.sleep(60)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
