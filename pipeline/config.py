@@ -245,7 +245,10 @@ def _show(value: Any) -> str:
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default``, or a one-line InputError naming ``key``."""
-    if isinstance(default, list):
+    if isinstance(default, list) and not default:  # an empty default says nothing about length or items
+        if not isinstance(value, list):
+            raise InputError(f"config value {key} must be a list, got {_show(value)}")
+    elif isinstance(default, list):
         if not isinstance(value, list) or len(value) != len(default):
             raise InputError(f"config value {key} must be a list of {len(default)} values like {default}, "
                              f"got {_show(value)}")

@@ -83,11 +83,14 @@ def test_keys_without_a_rule_are_type_checked_from_their_default(tmp_path, monke
     defaults = tmp_path / "default.yaml"
     defaults.write_text(config.DEFAULT_CONFIG_PATH.read_text()
                         + "\nnewsection:\n  count_frames: 3\n  ratio: 0.5\n  name: x\n  pair: [1.0, 2.0]\n"
-                          "  flag: false\n  batch_size: 4\n")
+                          "  flag: false\n  batch_size: 4\n  anything: null\n  names: []\n")
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", defaults)
     cfg = load_config()
     assert cfg.newsection.to_dict() == {"count_frames": 3, "ratio": 0.5, "name": "x", "pair": [1.0, 2.0],
-                                        "flag": False, "batch_size": 4}
+                                        "flag": False, "batch_size": 4, "anything": None, "names": []}
+    assert load_config(overrides=["newsection.anything=[1, x]", "newsection.names=[a, b, c]"]).newsection.names == \
+        ["a", "b", "c"]
+    assert "newsection.names must be a list" in refused("newsection.names=a")
     assert load_config(overrides=["newsection.count_frames=-7", "newsection.ratio=-2"]).newsection.ratio == -2.0
     assert "newsection.count_frames must be an integer" in refused("newsection.count_frames=1.5")
     assert "newsection.ratio must be a finite number" in refused("newsection.ratio=abc")
