@@ -90,15 +90,15 @@ def disk_full_error(folder: Path) -> DiskFullError:
                          f"folder) and re-run; finished intermediates are kept")
 
 
-# Names of the temporary files ``atomic_path`` makes (``.NAME.XXXXXXXX.partSUFFIX``, XXXXXXXX from mkstemp)
-# and of the write tests below (``.write-test-XXXXXXXX``): what a killed run can leave behind.
+# Names of the temporary files ``atomic_path`` makes (``.NAME.XXXXXXXX.partSUFFIX``, XXXXXXXX from mkstemp):
+# what a killed run can leave behind. (The empty ``.write-test-*`` files live microseconds and are left alone:
+# another process may be between making and removing one.)
 _PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*$")
-_WRITE_TEST_RE = re.compile(r"^\.write-test-[A-Za-z0-9_]{8}$")
 
 
 def is_temporary_name(name: str) -> bool:
-    """True for the name of a temporary file of ``atomic_path`` or of a write test."""
-    return bool(_PART_RE.match(name) or _WRITE_TEST_RE.match(name))
+    """True for the name of a temporary file of ``atomic_path``."""
+    return bool(_PART_RE.match(name))
 
 
 @contextlib.contextmanager
@@ -217,8 +217,7 @@ class Cache:
             handle.close()  # closing releases the flock
 
     def remove_stale_parts(self, extra_dirs: Sequence[Path] = ()) -> list[Path]:
-        """Remove the temporary files (``atomic_path``'s ``.NAME.XXXXXXXX.part*``, write tests) that a killed
-        run left in this reference's folders, and those of this reference's outputs in ``extra_dirs``.
+        """Remove the temporary files (``atomic_path``'s ``.NAME.XXXXXXXX.part*``) that a killed run left in this reference's folders, and those of this reference's outputs in ``extra_dirs``.
 
         Call only while holding the lock (``locked`` does): then no other run of ours is writing them.
         Only names of our temporary-file pattern are touched; in ``extra_dirs`` (an --out_dir shared by

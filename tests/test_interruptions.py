@@ -154,7 +154,7 @@ def test_next_run_removes_a_killed_runs_temporary_files(tmp_path):
             _killed_writer(cache.manifest_path("faces.pckl"), None),
             _killed_writer(out_dir / "REF_sync.png", None)]
     assert all(is_temporary_name(p.name) for p in left)
-    kept = [cache.work("my.part.notes"), cache.work(".hidden"), cache.crop_dir / "00000.mkv",
+    kept = [cache.work("my.part.notes"), cache.work(".hidden.part"), cache.crop_dir / "00000.mkv",
             _killed_writer(out_dir / "OTHER_sync.png", None)]  # another reference's output in a shared --out_dir
     for path in kept[:3]:
         path.write_text("user's")
