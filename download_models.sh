@@ -13,14 +13,26 @@ dest="${1:-${AVDIARISE_WEIGHTS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/av-diarise/w
 shift || true
 wanted=" $* "
 
-fetch() {  # fetch URL OUT
+fetch() {  # fetch URL OUT: no progress meter and no retry chatter; on failure the reason on stdout, one line
+    local reason rc=0
     if command -v curl >/dev/null 2>&1; then
-        curl -fL --retry 3 --connect-timeout 30 -o "$2" "$1"
+        # -s: no meter, no "Will retry" warnings; -S: still the final error; transient errors retried twice
+        reason="$(curl -fsSL --retry 2 --connect-timeout 20 -o "$2" "$1" 2>&1)" || rc=$?
     elif command -v wget >/dev/null 2>&1; then
-        wget -q -O "$2" "$1"
+        reason="$(wget -q --tries=3 --timeout=20 -O "$2" "$1" 2>&1)" || rc=$?
+        [[ -n "$reason" || $rc -eq 0 ]] || reason="wget exit status $rc"
     else
-        python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$1" "$2"
+        reason="$(python3 -c 'import sys, urllib.request
+try:
+    urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+except Exception as err:
+    sys.exit(f"{type(err).__name__}: {err}")' "$1" "$2" 2>&1)" || rc=$?
     fi
+    if [[ $rc -ne 0 ]]; then
+        reason="${reason%$'\n'}"; reason="${reason##*$'\n'}"  # the last line: curl -S repeats it per try
+        echo "${reason:-exit status $rc}"
+    fi
+    return $rc
 }
 
 status=0
@@ -42,8 +54,8 @@ while IFS=$'\t' read -r network file sha256 default url; do
     fi
     echo "fetching $file"
     tmp="$out.part"
-    if ! fetch "$url" "$tmp"; then
-        echo "error: could not download $file from $url" >&2
+    if ! reason="$(fetch "$url" "$tmp")"; then
+        echo "error: could not download $file from $url (${reason}); check the network and re-run" >&2
         rm -f "$tmp"; status=1; continue
     fi
     if [[ "$sha256" != "-" ]] && ! echo "$sha256  $tmp" | sha256sum -c --status; then

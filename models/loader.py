@@ -6,7 +6,10 @@ module and ``download_models.sh`` both read it. The weights folder is ``--weight
 
 A file that ``download_models.sh`` fetched was hash-checked when it arrived. Here, a file whose registry
 hash is known is checked again, and a mismatch only warns (once per file): users may bring their own or
-retrained checkpoints under a registry name. Every load is ``weights_only=True`` and strict.
+retrained checkpoints under a registry name. Every load is ``weights_only=True`` and strict, and every
+loaded network is run once on a tiny seeded input (``check_finite``): a checkpoint whose network gives NaN
+or infinity (a diverged fine-tune, a damaged file) is one line naming the file when it is loaded, not
+after hours of stages that feed on its output.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -24,6 +27,7 @@ from pipeline.errors import CheckpointError
 REGISTRY_PATH = Path(__file__).resolve().parent / "checkpoints.tsv"
 WEIGHTS_ENV = "AVDIARISE_WEIGHTS_DIR"
 _warned_hashes: set[Path] = set()
+_checked_finite: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -132,19 +136,62 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
     return module
 
 
+def probe_input(*shape: int, scale: float = 1.0) -> torch.Tensor:
+    """A seeded standard-normal tensor (times ``scale``): the tiny input ``check_finite`` runs a network on."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)) * scale
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def check_finite(module: torch.nn.Module, source: Path | str, probe: Callable[[torch.nn.Module], Any]) -> None:
+    """Check the weights are finite and ``probe(module)`` (the network on a tiny input) gives finite output;
+    else a one-line CheckpointError naming ``source``. Runs in eval mode without gradients."""
+    bad = [name for name, tensor in module.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {source} holds non-finite weights (NaN or infinity in {bad[0]}"
+                              f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); download it again or "
+                              f"use another checkpoint")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            outputs = _tensors(probe(module))
+    finally:
+        module.train(was_training)
+    if not all(bool(torch.isfinite(out).all()) for out in outputs if out.is_floating_point()):
+        raise CheckpointError(f"checkpoint {source} loads but its {type(module).__name__} gives non-finite output "
+                              f"(NaN or infinity) on a test input; download it again or use another checkpoint")
+
+
 def load_checkpoint(
     module: torch.nn.Module,
     file: str,
     weights_dir: str | Path | None,
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    probe: Callable[[torch.nn.Module], Any] | None = None,
 ) -> torch.nn.Module:
-    """Find ``file``, check its hash, convert its keys if needed and load it strictly into ``module``."""
+    """Find ``file``, check its hash, convert its keys if needed and load it strictly into ``module``;
+    with ``probe`` (the network run on a tiny input), check the result is finite (``check_finite``)."""
     path = checkpoint_path(file, weights_dir)
     verify_hash(path)
     state = read_state_dict(path)
     if convert is not None:
         state = convert(state)
-    return load_strict(module, state, path)
+    load_strict(module, state, path)
+    if probe is not None:
+        stat = path.stat()
+        seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, type(module).__name__)
+        if seen not in _checked_finite:  # once per file and process: loading again gives the same network
+            check_finite(module, path, probe)
+            _checked_finite.add(seen)
+    return module
 
 
 def find_network_checkpoint(network: str, preferred: str, weights_dir: str | Path | None) -> str:

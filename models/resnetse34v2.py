@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.loader import find_network_checkpoint, load_checkpoint
+from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 SAMPLE_RATE_HZ = 16000
 _SPEAKER_PREFIX = "__S__."
@@ -215,5 +215,6 @@ def load_resnetse34(weights_dir: str | Path | None, file: str = "speakernet.mode
     """ResNetSE34V2 (512-d, ASP, 64 log-mels) strictly loaded from ``file`` or another published resnetse34 file."""
     found = find_network_checkpoint("resnetse34", file, weights_dir)
     model = ResNetSE34V2(n_out=512, n_mels=64, log_input=True)
-    load_checkpoint(model, found, weights_dir, convert=convert_state_dict)
+    load_checkpoint(model, found, weights_dir, convert=convert_state_dict,
+                    probe=lambda m: m(probe_input(1, SAMPLE_RATE_HZ // 2, scale=0.1)))  # 0.5 s of noise
     return model.eval()

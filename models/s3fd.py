@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.loader import find_network_checkpoint, load_checkpoint
+from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 INPUT_MEAN_RGB = (123.0, 117.0, 104.0)  # subtracted from R, G, B (0..255) before the network
 PRIOR_STEPS_PX = (4, 8, 16, 32, 64, 128)  # anchor spacing of the 6 detection levels, input pixels
@@ -179,7 +179,7 @@ def load_s3fd(weights_dir: str | Path | None, file: str = "s3fd.model") -> S3FD:
     """An S3FD on the CPU in eval mode, loaded strictly from ``file`` (or the other published S3FD file)."""
     file = find_network_checkpoint(NETWORK_NAME, file, weights_dir)
     net = S3FD()
-    load_checkpoint(net, file, weights_dir)
+    load_checkpoint(net, file, weights_dir, probe=lambda m: m(probe_input(1, 3, 64, 64, scale=50.0)))
     return net.eval()
 
 

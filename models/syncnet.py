@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.loader import find_network_checkpoint, load_checkpoint
+from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 EMBEDDING_DIM = 1024
 WINDOW_FRAMES = 5  # the lip stream's first 3-D convolution spans 5 frames
@@ -113,11 +113,17 @@ def syncnet_checkpoint(weights_dir: str | Path | None, file: str) -> str:
     return find_network_checkpoint("syncnet", file, weights_dir)
 
 
+def _probe(model: SyncNet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both streams on one seeded window: what ``load_checkpoint`` checks for finite output."""
+    return (model.forward_aud(probe_input(1, 1, 13, 20, scale=10.0)),
+            model.forward_lip(probe_input(1, 3, 5, 224, 224, scale=50.0)))
+
+
 def load_syncnet(weights_dir: str | Path | None, file: str, device: torch.device | str = "cpu") -> SyncNet:
     """SyncNet with the weights of ``file`` (strict keys and shapes), in eval mode on ``device``.
 
     Raises CheckpointError when the file is missing, unreadable or does not fit the network.
     """
     model = SyncNet()
-    load_checkpoint(model, file, weights_dir)
+    load_checkpoint(model, file, weights_dir, probe=_probe)
     return model.eval().to(device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.loader import find_network_checkpoint, load_checkpoint
+from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 
 class Bottleneck(nn.Module):
@@ -81,5 +81,5 @@ def load_vggface(weights_dir: str | Path | None, file: str = "faceembedding.mode
     """VGGFace2 ResNet-50 (8631 classes, no top) strictly loaded from ``file``."""
     found = find_network_checkpoint("vggface2", file, weights_dir)
     model = VGGFaceResNet50(num_classes=8631, include_top=False)
-    load_checkpoint(model, found, weights_dir)
+    load_checkpoint(model, found, weights_dir, probe=lambda m: m(probe_input(1, 3, 224, 224, scale=50.0)))
     return model.eval()

@@ -46,6 +46,11 @@ def _speaking_frames(turns: Sequence[Turn], num_tracks: int, frame_rate_hz: floa
     return spans
 
 
+def format_confidence(conf: float) -> str:
+    """A confidence to 2 decimals, never ``-0.00`` (a value in (-0.005, 0) rounds to 0.00)."""
+    return f"{round(float(conf), 2) + 0.0:.2f}"  # + 0.0 turns -0.0 into 0.0
+
+
 def build_overlays(tracks: Sequence[Mapping[str, Any]], confidences: Sequence[np.ndarray], labels: Sequence[str],
                    colours_bgr: Mapping[str, tuple[int, int, int]], turns: Sequence[Turn],
                    frame_rate_hz: float) -> dict[int, list[Overlay]]:
@@ -65,7 +70,7 @@ def build_overlays(tracks: Sequence[Mapping[str, Any]], confidences: Sequence[np
             offset = frame_idx - int(frames[0])
             conf = confidence[offset] if 0 <= offset < confidence.size else math.nan
             x, y, s = xs[j], ys[j], half_sizes[j]
-            text = f"{label}  T{track_idx}" + ("" if math.isnan(conf) else f"  conf {conf:.2f}")
+            text = f"{label}  T{track_idx}" + ("" if math.isnan(conf) else f"  conf {format_confidence(conf)}")
             overlays.setdefault(frame_idx, []).append(Overlay(
                 box_px=(int(x - s), int(y - s), int(x + s), int(y + s)),
                 colour_bgr=colours_bgr[label],

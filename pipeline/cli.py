@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.config import Section, load_config
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import CacheError, InputError, PipelineError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +30,25 @@ def add_cache_args(parser: argparse.ArgumentParser, reference_required: bool = T
                         help="name of this video's sub-folder in the cache (no path separators)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """--weights_dir, --device, --force, --quiet, --debug."""
+COMMON_OPTIONS = ("--weights_dir", "--device", "--force", "--quiet", "--debug")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, ignored: Sequence[str] = (), why: str = "") -> None:
+    """--weights_dir, --device, --force, --quiet, --debug: every script accepts them (``COMMON_OPTIONS``).
+
+    ``ignored`` names those meaningless to this script (e.g. ``--device`` where no network runs): they are
+    still accepted, so one command line fits every script, and their help says they are ignored and ``why``.
+    """
+    def help_for(option: str, text: str) -> str:
+        return f"ignored by this script ({why})" if option in ignored else text
+
     parser.add_argument("--weights_dir", default=None,
-                        help="checkpoint folder (default: $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where networks run")
-    parser.add_argument("--force", action="store_true", help="redo this stage even where the cache is valid")
+                        help=help_for("--weights_dir", "checkpoint folder (default: $AVDIARISE_WEIGHTS_DIR, "
+                                                       "else ~/.cache/av-diarise/weights)"))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help=help_for("--device", "where networks run"))
+    parser.add_argument("--force", action="store_true",
+                        help=help_for("--force", "redo this stage even where the cache is valid"))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
 
@@ -79,6 +93,16 @@ def writable_dir(path: str, option: str) -> Path:
     except OSError as err:
         raise InputError(f"cannot write to {option} {folder}: {err.strerror or err}") from None
     return folder
+
+
+def existing_reference(data_dir: str, reference: str, needed: str, script: str) -> None:
+    """Check, before any heavy import, that ``--data_dir``/``--reference`` hold ``needed`` (an intermediate in
+    pywork/REF), else the one-line CacheError that names ``script``; nothing is created."""
+    from pipeline.cache import check_reference
+
+    check_reference(reference)
+    if not (Path(data_dir) / "pywork" / reference / needed).is_file():
+        raise CacheError(f"no {needed} for reference {reference!r} in {data_dir}: run {script} first")
 
 
 def default_reference(videofile: str) -> str:
@@ -149,11 +173,18 @@ def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.
         print(f"{prog}: interrupted; finished intermediates are kept, unfinished ones are discarded", file=sys.stderr)
         return 130
     except MemoryError:
+        if debug:
+            traceback.print_exc()
         print(f"{prog}: error: out of memory", file=sys.stderr)
         return 1
     except Exception as err:  # the promise is one line, never a traceback, unless --debug
         if debug:
             traceback.print_exc()
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside atomic_path
+            where = Path(err.filename).parent if getattr(err, "filename", None) else "the output"
+            print(f"{prog}: error: no space left on the device holding {where}: free some space and re-run",
+                  file=sys.stderr)
+            return 1
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(f"{prog}: internal error: {type(err).__name__}: {detail[:300]} (re-run with --debug for details)",
               file=sys.stderr)

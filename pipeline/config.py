@@ -1,11 +1,23 @@
-"""Load ``configs/default.yaml``, apply user overrides, and give sections as read-only attribute maps."""
+"""Load ``configs/default.yaml``, apply user overrides, check every value, and give sections as read-only maps.
+
+Every value is checked when the config is read, so a bad ``--set`` or config file is one line naming the
+key before any work starts:
+
+- its type is the type of its default in configs/default.yaml (an int default takes only integers, a float
+  default takes any finite number and is stored as float, a str default a string, a bool default true or
+  false, a list default a list of the same length whose items have the defaults' types); keys added to
+  default.yaml later are type-checked the same way without any change here;
+- known keys also have a range (``RANGE_RULES``): scales and rates above 0, batch sizes at least 1,
+  probabilities and IoUs in [0, 1], frame counts at least 0 or 1, median-filter kernels odd.
+"""
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -97,11 +109,191 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+# ---- value checks ------------------------------------------------------------------------------
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _above(low: float) -> Rule:
+    return (lambda v: v > low), f"> {low:g}"
+
+
+def _between(low: float, high: float) -> Rule:
+    return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+def _odd_positive() -> Rule:
+    return (lambda v: v >= 1 and v % 2 == 1), "an odd number >= 1 (a median filter's kernel)"
+
+
+def _one_of(*choices: Any) -> Rule:
+    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
+
+
+def _box_rule() -> Rule:
+    return (lambda v: 0 <= v[0] < v[2] and 0 <= v[1] < v[3]), "[x1, y1, x2, y2] with 0 <= x1 < x2 and 0 <= y1 < y2"
+
+
+def _increasing() -> Rule:
+    return (lambda v: all(a <= b for a, b in zip(v, v[1:]))), "in increasing order"
+
+
+_PROBABILITY = _between(0.0, 1.0)
+_POSITIVE = _above(0.0)
+_NON_NEGATIVE = _at_least(0)
+_AT_LEAST_ONE = _at_least(1)
+
+# Range rules of known keys ("section.key"); keys not listed are only type-checked. A rule for a key that
+# default.yaml no longer has is ignored. Any key named ``batch_size`` must be at least 1. Named choices (metric,
+# VAD, speaker model, precision) are checked by the module that owns their list, when the config is used.
+RANGE_RULES: dict[str, Rule] = {
+    "media.frame_rate_hz": _POSITIVE,
+    "media.sample_rate_hz": _POSITIVE,
+    "media.audio_channels": _AT_LEAST_ONE,
+    "media.audio_short_note_s": _NON_NEGATIVE,
+    "detect.image_scale": _POSITIVE,
+    "detect.conf_threshold": _PROBABILITY,
+    "detect.nms_overlap": _PROBABILITY,
+    "detect.prior_conf_threshold": _PROBABILITY,
+    "detect.prior_nms_overlap": _PROBABILITY,
+    "detect.prior_nms_top_k": _AT_LEAST_ONE,
+    "detect.max_detections": _AT_LEAST_ONE,
+    "scenes.content_threshold": _NON_NEGATIVE,
+    "scenes.min_scene_len_frames": _NON_NEGATIVE,
+    "track.iou_threshold": _PROBABILITY,
+    "track.max_gap_frames": _NON_NEGATIVE,
+    "track.min_track_frames": _NON_NEGATIVE,
+    "track.min_face_size_px": _NON_NEGATIVE,
+    "crop.size_px": _AT_LEAST_ONE,
+    "crop.scale": _NON_NEGATIVE,
+    "crop.smooth_kernel_frames": _odd_positive(),
+    "crop.pad_value": _between(0, 255),
+    "syncnet.vshift_frames": _NON_NEGATIVE,
+    "syncnet.window_frames": _AT_LEAST_ONE,
+    "syncnet.mfcc_per_frame": _AT_LEAST_ONE,
+    "syncnet.parallel_tracks": _AT_LEAST_ONE,
+    "syncnet_demo.vshift_frames": _NON_NEGATIVE,
+    "vad.webrtc_aggressiveness": _between(0, 3),
+    "vad.webrtc_frame_ms": _one_of(10, 20, 30),
+    "vad.webrtc_padding_ms": _POSITIVE,
+    "vad.webrtc_trigger_ratio": _PROBABILITY,
+    "vad.webrtc_release_ratio": _PROBABILITY,
+    "vad.silero_threshold": _PROBABILITY,
+    "vad.silero_min_speech_ms": _NON_NEGATIVE,
+    "vad.silero_min_silence_ms": _NON_NEGATIVE,
+    "vad.silero_speech_pad_ms": _NON_NEGATIVE,
+    "embed.window_s": _POSITIVE,
+    "embed.hop_s": _POSITIVE,
+    "faces.frames_per_track": _AT_LEAST_ONE,
+    "faces.crop_box_px": _box_rule(),
+    "faces.input_size_px": _AT_LEAST_ONE,
+    "faces.max_cosine_distance": _between(0.0, 2.0),
+    "diarise.frame_rate_hz": _POSITIVE,
+    "diarise.conf_pad_frames": _NON_NEGATIVE,
+    "diarise.conf_medfilt_frames": _odd_positive(),
+    "diarise.conf_thresholds_cosine": _increasing(),
+    "diarise.conf_thresholds_euclidean": _increasing(),
+    "diarise.min_votes": _NON_NEGATIVE,
+    "diarise.closing_frames": _NON_NEGATIVE,
+    "diarise.min_utterance_frames": _NON_NEGATIVE,
+    "diarise.merge_distance": _between(0.0, 2.0),
+    "diarise.cooccur_penalty": _NON_NEGATIVE,
+    "diarise.min_offscreen_frames": _NON_NEGATIVE,
+    "diarise.offscreen_min_similarity": _between(-1.0, 1.0),
+    "diarise.majority_filter_frames": _odd_positive(),
+    "diarise.embedding_offset_s": _NON_NEGATIVE,
+    "visualise.video_crf": _between(0, 51),
+    "score.collar_s": _NON_NEGATIVE,
+}
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, str):
+        return "a string"
+    return type(default).__name__
+
+
+def _checked_scalar(value: Any, default: Any) -> tuple[bool, Any]:
+    """(ok, value converted to the default's type) for one scalar."""
+    if default is None:
+        return True, value
+    if isinstance(default, bool):
+        return isinstance(value, bool), value
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if isinstance(default, str):
+        return isinstance(value, str), value
+    return isinstance(value, type(default)), value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default``, or a one-line InputError naming ``key``."""
+    if isinstance(default, list) and not default:  # an empty default says nothing about length or items
+        if not isinstance(value, list):
+            raise InputError(f"config value {key} must be a list, got {_show(value)}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise InputError(f"config value {key} must be a list of {len(default)} values like {default}, "
+                             f"got {_show(value)}")
+        checked = []
+        for item, item_default in zip(value, default):
+            ok, item = _checked_scalar(item, item_default)
+            if not ok:
+                raise InputError(f"config value {key} must hold {_type_name(item_default)}s like {default}, "
+                                 f"got {_show(value)}")
+            checked.append(item)
+        value = checked
+    else:
+        ok, value = _checked_scalar(value, default)
+        if not ok:
+            raise InputError(f"config value {key} must be {_type_name(default)}, got {_show(value)}")
+    name = key.rsplit(".", 1)[-1]
+    rule = RANGE_RULES.get(key) or (_AT_LEAST_ONE if name == "batch_size" else None)
+    if rule is not None and not rule[0](value):
+        raise InputError(f"config value {key} must be {rule[1]}, got {_show(value)}")
+    return value
+
+
+def validate(values: dict, defaults: Mapping, where: str = "") -> dict:
+    """Check (and convert in place) every value of ``values`` against ``defaults``; see the module docstring."""
+    for key, default in defaults.items():
+        if key not in values:
+            continue
+        if isinstance(default, Mapping):
+            if not isinstance(values[key], Mapping):
+                raise InputError(f"config key {where}{key} is a section, not a value")
+            validate(values[key], default, f"{where}{key}.")
+        else:
+            values[key] = _check_value(f"{where}{key}", values[key], default)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Section:
-    """The default config, updated by the YAML file at ``path`` and ``section.key=value`` overrides."""
-    values = _read_yaml(DEFAULT_CONFIG_PATH)
+    """The default config, updated by the YAML file at ``path`` and ``section.key=value`` overrides.
+
+    Every value is type- and range-checked (``validate``); a bad one is a one-line InputError naming it.
+    """
+    defaults = _read_yaml(DEFAULT_CONFIG_PATH)
+    values = copy.deepcopy(defaults)
     if path is not None:
         _merge(values, _read_yaml(Path(path)), "")
     for text in overrides:
         _merge(values, _parse_assignment(text), "")
-    return Section(values)
+    return Section(validate(values, defaults))

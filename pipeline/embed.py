@@ -166,6 +166,13 @@ def load_ecapa(folder: Path, device: torch.device) -> Any:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot load ECAPA-TDNN from {folder}: {reason[:200]}") from None
     classifier.eval()
+    from models.loader import probe_input
+
+    with torch.inference_mode():  # a network that gives NaN or infinity is refused now, not after stages 1-2
+        probe = classifier.encode_batch(probe_input(1, SAMPLE_RATE_HZ // 2, scale=0.1).to(device))
+    if not bool(torch.isfinite(probe).all()):
+        raise CheckpointError(f"ECAPA-TDNN in {folder} loads but gives non-finite output (NaN or infinity) on a "
+                              f"test input; download it again or use another checkpoint")
     return classifier
 
 

@@ -17,3 +17,11 @@ class CacheError(PipelineError):
 
 class CheckpointError(PipelineError):
     """A model checkpoint is missing, corrupt or does not match the network."""
+
+
+class DiskFullError(PipelineError):
+    """A write failed because the file system holding a named folder is full (or over quota)."""
+
+
+class BusyError(PipelineError):
+    """Another run holds the lock of the same reference."""

@@ -6,8 +6,10 @@ times are seconds from the start of that sequence; boxes are ``[x1, y1, x2, y2]`
 
 Stage 1, ``run_pipeline`` (pywork/REF/):
 
-- ``media.pckl``: dict ``source`` (file identity), ``num_frames``, ``frame_rate_hz``, ``width``, ``height``,
-  ``duration_s``, ``num_samples``, ``sample_rate_hz``, ``has_audio``.
+- ``media.pckl``: dict ``source`` (the video's content: ``size``, ``sha256``), ``num_frames``, ``frame_rate_hz``,
+  ``width``, ``height``, ``duration_s``, ``num_samples``, ``sample_rate_hz``, ``has_audio``.
+- ``source.json``: where that video was last seen (``path``, with ``size`` and ``sha256``); no manifest, so a
+  moved video changes nothing downstream.
 - ``faces.pckl``: syncnet_python's layout, one list per frame of dicts
   ``{'frame': int, 'bbox': [x1, y1, x2, y2], 'conf': float}``.
 - ``scene.pckl``: list of shots ``(start_frame, end_frame)``, end exclusive (syncnet_python stores

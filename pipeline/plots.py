@@ -2,10 +2,14 @@
 
 matplotlib draws on its Agg canvas directly (``Figure`` + ``FigureCanvasAgg``): no display, no pyplot
 state, nothing changed for other code in the process. The colour of a speaker is the same here and in the
-annotated video (``speaker_colours``).
+annotated video (``speaker_colours``); tracks that share a colour (faces that never speak, or two tracks of
+one speaker) differ in line style and shade, and the legend sits beside the axes so it hides no curve or
+threshold. Titles (which carry the file name) use the first installed font of ``TEXT_FONT_FAMILIES`` that has
+each character; a character none of them has is shown as ``?`` rather than as a missing-glyph box and warning.
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +28,13 @@ PALETTE_RGB: tuple[tuple[float, float, float], ...] = (
 )
 NEUTRAL_RGB = (0.5, 0.5, 0.5)
 _DPI = 100
+# Line styles that tell apart tracks drawn in one colour (solid first); grey shades for faces that never speak.
+LINE_STYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+_SILENT_GREYS: tuple[float, ...] = (0.45, 0.62, 0.30)
+# Families tried in order for each character of a title: matplotlib's own DejaVu Sans (Latin, Greek, Cyrillic,
+# many symbols), then common system fonts with CJK and other scripts where installed.
+TEXT_FONT_FAMILIES: tuple[str, ...] = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans",
+                                       "WenQuanYi Zen Hei", "Droid Sans Fallback", "Arial Unicode MS")
 
 
 def speaker_colours(speakers: Sequence[str]) -> dict[str, tuple[float, float, float]]:
@@ -59,6 +70,54 @@ def label_colours(labels: Sequence[str]) -> dict[str, tuple[float, float, float]
     return {label: colours.get(label, NEUTRAL_RGB) for label in labels}
 
 
+def track_styles(labels: Sequence[str]) -> list[dict]:
+    """Line colour and style of each track: its label's colour (``label_colours``); tracks sharing a colour get
+    the next line style (and, for silent faces, the next grey), so no two tracks look alike in the legend."""
+    colours = label_colours(labels)
+    seen: dict[tuple, int] = defaultdict(int)
+    styles = []
+    for label in labels:
+        colour = colours[label]
+        silent = label.startswith("face ")
+        count = seen[("silent",) if silent else colour]
+        seen[("silent",) if silent else colour] += 1
+        if silent:  # shade and style both change: 21 silent tracks before a pair repeats
+            grey = _SILENT_GREYS[count % len(_SILENT_GREYS)]
+            colour = (grey, grey, grey)
+        styles.append({"color": colour, "linestyle": LINE_STYLES[count % len(LINE_STYLES)]})
+    return styles
+
+
+@functools.lru_cache(maxsize=None)
+def _font_families() -> tuple[tuple[str, frozenset[int]], ...]:
+    """The installed families of ``TEXT_FONT_FAMILIES`` with the code points each has."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    found = []
+    for family in TEXT_FONT_FAMILIES:
+        entry = next((f for f in font_manager.fontManager.ttflist if f.name == family), None)
+        if entry is None:
+            continue
+        try:
+            found.append((family, frozenset(FT2Font(entry.fname).get_charmap())))
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return tuple(found)
+
+
+def displayable(text: str) -> tuple[str, list[str]]:
+    """(``text`` with every character no installed family has replaced by ``?``, the families to draw it with)."""
+    families = _font_families()
+    shown = "".join(c if c.isspace() or any(ord(c) in chars for _, chars in families) else "?" for c in text)
+    return shown, [name for name, _ in families] or ["sans-serif"]
+
+
+def _set_title(axes, title: str) -> None:
+    shown, families = displayable(title)
+    axes.set_title(shown, fontfamily=families)
+
+
 def _figure(width_in: float, height_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -88,8 +147,17 @@ def plot_sync(path: Path, track_frames: Sequence[np.ndarray], confidences: Seque
     ``confidences[i][j]`` belongs to frame ``track_frames[i][0] + j``; values past the track's length are
     not drawn. Dashed lines mark the confidence thresholds that vote for active speech.
     """
+    figure = sync_figure(track_frames, confidences, labels, turns, frame_rate_hz, duration_s, thresholds, title)
+    return _save_png(figure, path)
+
+
+def sync_figure(track_frames: Sequence[np.ndarray], confidences: Sequence[np.ndarray], labels: Sequence[str],
+                turns: Sequence[Turn], frame_rate_hz: float, duration_s: float, thresholds: Sequence[float] = (),
+                title: str = ""):
+    """The figure ``plot_sync`` saves."""
     colours = label_colours(labels)
-    figure = _figure(_width_in(duration_s), 4.0)
+    styles = track_styles(labels)
+    figure = _figure(_width_in(duration_s) + 2.5, 4.0)  # + room for the legend beside the axes
     axes = figure.add_subplot()
     for turn in turns:
         if turn.source == "av":
@@ -100,20 +168,21 @@ def plot_sync(path: Path, track_frames: Sequence[np.ndarray], confidences: Seque
         if count == 0:
             continue
         times_s = (int(frames[0]) + np.arange(count)) / frame_rate_hz
-        axes.plot(times_s, np.asarray(confidence[:count], dtype=float), color=colours[labels[track_idx]], lw=1.2,
+        axes.plot(times_s, np.asarray(confidence[:count], dtype=float), lw=1.2, **styles[track_idx],
                   label=f"track {track_idx} ({labels[track_idx]})")
-    for threshold in thresholds:
-        axes.axhline(threshold, color="black", lw=0.8, ls="--", alpha=0.6)
+    for k, threshold in enumerate(thresholds):
+        axes.axhline(threshold, color="black", lw=0.8, ls=(0, (6, 3)), alpha=0.6,
+                     label="vote thresholds" if k == 0 else None)
     axes.set_xlim(0.0, max(duration_s, 1e-3))
     axes.set_xlabel("time (s)")
     axes.set_ylabel("sync confidence")
-    axes.set_title(title or "SyncNet confidence per face track (shaded: speaking)")
+    _set_title(axes, title or "SyncNet confidence per face track (shaded: speaking)")
     axes.grid(alpha=0.3)
     if 0 < len(confidences) <= 12:
-        axes.legend(loc="upper right", fontsize="small", ncols=min(4, len(confidences)))
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
     if not len(confidences):
         axes.text(0.5, 0.5, "no face tracks", transform=axes.transAxes, ha="center", va="center")
-    return _save_png(figure, path)
+    return figure
 
 
 def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: str = "") -> Path:
@@ -133,7 +202,7 @@ def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: s
     axes.invert_yaxis()
     axes.set_xlim(0.0, max(duration_s, max((t.end_s for t in turns), default=0.0), 1e-3))
     axes.set_xlabel("time (s)")
-    axes.set_title(title or "speakers (solid: face seen speaking; hatched: voice only)")
+    _set_title(axes, title or "speakers (solid: face seen speaking; hatched: voice only)")
     axes.grid(axis="x", alpha=0.3)
     if not speakers:
         axes.text(0.5, 0.5, "no speech found", transform=axes.transAxes, ha="center", va="center")
@@ -153,7 +222,10 @@ __all__ = [
     "label_colours",
     "plot_sync",
     "plot_timeline",
+    "displayable",
     "rgb_to_bgr255",
     "speaker_colours",
+    "sync_figure",
     "track_labels",
+    "track_styles",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from pipeline import media
-from pipeline.cache import Cache, atomic_path, file_identity
+from pipeline.cache import Cache, atomic_path, content_identity
 from pipeline.config import Section
 from pipeline.crop import smooth_track, write_track_crops
 from pipeline.errors import CacheError, InputError
@@ -125,9 +125,16 @@ def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
     manifest = cache.read_manifest("faces.pckl")
     if manifest is not None and cache.files_intact(manifest):
         key = manifest.get("key", {})
-        if key.get("source") == "user" and key.get("input") == identity:
-            return validate_faces(cache.load_pickle("faces.pckl"), str(path))
-        return None  # made by the pipeline: trusted only through its key
+        if key.get("source") != "user":
+            return None  # made by the pipeline: trusted only through its key
+        recorded = key.get("input") or {}
+        if recorded != identity and "sha256" in recorded:  # never overwrite the user's own detections
+            raise InputError(f"{path} holds detections you placed for another video (the content of the input "
+                             f"changed): delete it to detect again, or use another --reference")
+        faces = validate_faces(cache.load_pickle("faces.pckl"), str(path))
+        if recorded != identity:  # recorded by an older version, by path and modification time
+            cache.record("faces.pckl", STAGE, {"source": "user", "input": identity}, [path])
+        return faces
     faces = validate_faces(cache.load_pickle("faces.pckl"), str(path))
     cache.record("faces.pckl", STAGE, {"source": "user", "input": identity}, [path])
     return faces
@@ -282,7 +289,8 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     progress = progress or _noop
     videofile = Path(videofile)
     media.check_video_input(videofile, need_audio=True)
-    identity = file_identity(videofile)
+    identity = content_identity(videofile)  # by content: a moved or touched video keeps its cache
+    cache.record_source(videofile, identity)
     result = Stage1Result(num_frames=0, num_shots=0, num_tracks=0)
 
     audio, reused = normalise_audio(videofile, cache, cfg, identity, force)

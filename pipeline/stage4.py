@@ -94,7 +94,7 @@ def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = 
     """Write stage 4's outputs for one cached video; returns kind -> path (in ``out_dir`` when given)."""
     cache = Cache(data_dir, reference, create=False)
     inputs = load_inputs(cache)
-    source_path = str(inputs.media["source"]["path"])
+    source_path = str(cache.source_video(inputs.media))
     names = output_names(reference)
     confidences = track_confidences(inputs.dists, cfg.diarise)
     labels = track_labels(inputs.turns, inputs.face_ids)
@@ -137,7 +137,7 @@ def _annotated_video(cache: Cache, inputs: Stage4Inputs, cfg: Section, out_path:
     from pipeline.media import iter_frames
     from pipeline.plots import label_colours, rgb_to_bgr255
 
-    source = Path(inputs.media["source"]["path"])
+    source = cache.source_video(inputs.media)
     if not source.is_file():
         raise InputError(f"the video {source} that {RUN_PIPELINE} read is gone; the annotated video needs it")
     audio_path = None

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cli import add_config_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
+from pipeline.cli import (add_config_args, add_runtime_args, config_from_args, input_file,  # noqa: E402
+                          resolve_device, run_main)
 
 
 class Timer:
@@ -49,13 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--videofile", required=True)
     parser.add_argument("--faces", default=None, help="precomputed faces.pckl to time stage 1 without the network")
-    parser.add_argument("--weights_dir", default=None, help="checkpoints (default: seeded random ones)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
     parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,stage3")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--debug", action="store_true")
     add_config_args(parser)
+    add_runtime_args(parser, ignored=("--force", "--quiet"),
+                     why="every step is timed from scratch in a temporary folder and printed")
     return parser
 
 

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
 from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
-                          config_from_args, resolve_device, run_main)
+                          config_from_args, existing_reference, resolve_device, run_main)
+from pipeline.formats import RUN_PIPELINE  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.stage3 import run_cluster, summary
-
+    existing_reference(args.data_dir, args.reference, "media.pckl", RUN_PIPELINE)  # before any heavy import
     cfg = config_from_args(args)
     cache = Cache(args.data_dir, args.reference)
-    progress = Progress(enabled=not args.quiet)
-    try:
-        turns = run_cluster(cache, cfg, args.weights_dir, resolve_device(args.device), args.vad,
-                            args.speaker_model, args.force, progress)
-    finally:
-        progress.close()
+    with cache.locked():
+        from pipeline.stage3 import run_cluster, summary
+
+        progress = Progress(enabled=not args.quiet)
+        try:
+            turns = run_cluster(cache, cfg, args.weights_dir, resolve_device(args.device), args.vad,
+                                args.speaker_model, args.force, progress)
+        finally:
+            progress.close()
     counts = summary(turns)
     unknown = f", {counts['unknown_turns']} unknown" if counts["unknown_turns"] else ""
     print(f"{args.reference}: {counts['turns']} turns ({counts['av_turns']} with a speaking face{unknown}), "

@@ -34,16 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    videofile = input_file(args.videofile, "video file")  # arguments first: no heavy import before they pass
+    cfg = config_from_args(args)
+    if args.out_dir is not None:
+        writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
+    cache = Cache(args.data_dir, args.reference or default_reference(args.videofile))
+    with cache.locked(extra_dirs=[Path(args.out_dir)] if args.out_dir else []):
+        return _run(args, videofile, cfg, cache)
+
+
+def _run(args: argparse.Namespace, videofile: Path, cfg, cache: Cache) -> int:
     from pipeline.stage1 import run_pipeline
     from pipeline.stage2 import run_stage2
     from pipeline.stage3 import run_cluster, summary
     from pipeline.stage4 import visualise
 
-    videofile = input_file(args.videofile, "video file")
-    cfg = config_from_args(args)
-    if args.out_dir is not None:
-        writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
-    cache = Cache(args.data_dir, args.reference or default_reference(args.videofile))
     device = resolve_device(args.device)
     progress = Progress(enabled=not args.quiet)
     try:

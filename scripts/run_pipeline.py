@@ -26,16 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.stage1 import run_pipeline
-
-    videofile = input_file(args.videofile, "video file")
+    videofile = input_file(args.videofile, "video file")  # arguments first: no heavy import before they pass
     cfg = config_from_args(args)
     cache = Cache(args.data_dir, args.reference or default_reference(args.videofile))
-    progress = Progress(enabled=not args.quiet)
-    try:
-        result = run_pipeline(videofile, cache, cfg, args.weights_dir, resolve_device(args.device), args.force, progress)
-    finally:
-        progress.close()
+    with cache.locked():
+        from pipeline.stage1 import run_pipeline
+
+        progress = Progress(enabled=not args.quiet)
+        try:
+            result = run_pipeline(videofile, cache, cfg, args.weights_dir, resolve_device(args.device), args.force,
+                                  progress)
+        finally:
+            progress.close()
     for note in result.notes:
         info(f"run_pipeline: note: {note}", args.quiet)
     reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""

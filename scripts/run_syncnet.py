@@ -14,8 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
 from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
-                          config_from_args, default_reference, info, input_file, resolve_device, run_main)
+                          config_from_args, default_reference, existing_reference, info, input_file,
+                          resolve_device, run_main)
 from pipeline.errors import InputError  # noqa: E402
+from pipeline.formats import RUN_PIPELINE  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_clip(args: argparse.Namespace) -> int:
-    from pipeline.stage2 import demo_report, save_features, sync_clip
-    from pipeline.sync import SyncSettings
-
     cfg = config_from_args(args)
     clip = input_file(args.videofile, "video file")
+    from pipeline.stage2 import demo_report, save_features, sync_clip  # torch: only after the arguments pass
+    from pipeline.sync import SyncSettings
+
     result = sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device), keep_embeddings=bool(args.features))
     if result.silent:
         info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
@@ -48,18 +50,20 @@ def run_clip(args: argparse.Namespace) -> int:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from pipeline.stage2 import run_stage2
-
     reference = args.reference or (default_reference(args.videofile) if args.videofile else None)
     if reference is None:
         raise InputError("--data_dir needs --reference (or --videofile to name it)")
+    existing_reference(args.data_dir, reference, "tracks.pckl", RUN_PIPELINE)
     cfg = config_from_args(args)
     cache = Cache(args.data_dir, reference)
-    progress = Progress(enabled=not args.quiet)
-    try:
-        out = run_stage2(cache, cfg, args.weights_dir, resolve_device(args.device), args.force, progress)
-    finally:
-        progress.close()
+    with cache.locked():
+        from pipeline.stage2 import run_stage2  # torch: only after the arguments pass
+
+        progress = Progress(enabled=not args.quiet)
+        try:
+            out = run_stage2(cache, cfg, args.weights_dir, resolve_device(args.device), args.force, progress)
+        finally:
+            progress.close()
     where = cache.work_dir
     if out.reused:
         info(f"SyncNet results for {reference!r} are up to date in {where} (use --force to redo)", args.quiet)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import add_config_args, config_from_args, run_main
-from pipeline.score import format_report, score_paths
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cli import add_config_args, add_runtime_args, config_from_args, run_main  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -28,13 +31,19 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_overlap", action="store_true", default=None,
                         help="do not score overlapping speech (default: score.skip_overlap, false)")
     parser.add_argument("--uem", default=None, help="UEM file of scored regions: '<file-id> <channel> <start> <end>'")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     add_config_args(parser)
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+                     why="scoring runs no network and caches nothing")
     return parser
+
+
+build_parser = get_parser  # the name the other scripts use
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args).score
+    from pipeline.score import format_report, score_paths  # pyannote: only after the arguments pass
+
     collar_s = cfg.collar_s if args.collar is None else args.collar
     skip_overlap = bool(cfg.skip_overlap if args.skip_overlap is None else args.skip_overlap)
     report = score_paths(args.ref, args.hyp, collar_s=float(collar_s), skip_overlap=skip_overlap, uem_path=args.uem)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from pipeline.cli import Progress, add_cache_args, add_config_args, config_from_args, info, run_main
-from pipeline.stage4 import visualise
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cache import Cache  # noqa: E402
+from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args, config_from_args,  # noqa: E402
+                          existing_reference, info, run_main, writable_dir)
+from pipeline.formats import RUN_PIPELINE  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -16,19 +21,29 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also write the annotated 25 fps video with audio (H.264 + AAC MP4)")
     parser.add_argument("--out_dir", default=None, help="also copy every output into this folder")
     add_config_args(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+                     why="stage 4 runs no network and always rewrites its outputs")
     return parser
 
 
+build_parser = get_parser  # the name the other scripts use
+
+
 def main(args: argparse.Namespace) -> int:
+    existing_reference(args.data_dir, args.reference, "media.pckl", RUN_PIPELINE)  # before any heavy import
     cfg = config_from_args(args)
-    progress = Progress(enabled=not args.quiet)
-    try:
-        outputs = visualise(args.data_dir, args.reference, cfg, video=args.video, out_dir=args.out_dir,
-                            progress=progress)
-    finally:
-        progress.close()
+    if args.out_dir is not None:
+        writable_dir(args.out_dir, "--out_dir")
+    cache = Cache(args.data_dir, args.reference, create=False)
+    with cache.locked(extra_dirs=[Path(args.out_dir)] if args.out_dir else []):
+        from pipeline.stage4 import visualise
+
+        progress = Progress(enabled=not args.quiet)
+        try:
+            outputs = visualise(args.data_dir, args.reference, cfg, video=args.video, out_dir=args.out_dir,
+                                progress=progress)
+        finally:
+            progress.close()
     for kind, path in outputs.items():
         info(f"{kind}: {path}", quiet=args.quiet)
     return 0

@@ -1,0 +1,114 @@
+"""The config loader checks every value's type and range when the config is read, with one line naming the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.config import RANGE_RULES, load_config
+from pipeline.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def refused(*overrides: str) -> str:
+    with pytest.raises(InputError) as err:
+        load_config(overrides=list(overrides))
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_pass_every_rule():
+    cfg = load_config()
+    defaults = yaml.safe_load(config.DEFAULT_CONFIG_PATH.read_text())
+    for key, (check, _) in RANGE_RULES.items():
+        section, name = key.split(".")
+        if name in defaults.get(section, {}):
+            assert check(cfg[section][name]), key
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("diarise.merge_distance=abc", ["diarise.merge_distance", "number", "'abc'"]),
+    ("detect.image_scale=-1", ["detect.image_scale", "> 0"]),
+    ("detect.image_scale=0", ["detect.image_scale", "> 0"]),
+    ("detect.batch_size=0", ["detect.batch_size", ">= 1"]),
+    ("embed.batch_size=-3", ["embed.batch_size", ">= 1"]),
+    ("detect.batch_size=2.5", ["detect.batch_size", "integer"]),
+    ("detect.batch_size=true", ["detect.batch_size", "integer"]),
+    ("detect.conf_threshold=1.5", ["detect.conf_threshold", "[0, 1]"]),
+    ("track.iou_threshold=-0.1", ["track.iou_threshold", "[0, 1]"]),
+    ("track.max_gap_frames=-1", ["track.max_gap_frames", ">= 0"]),
+    ("crop.smooth_kernel_frames=12", ["crop.smooth_kernel_frames", "odd"]),
+    ("diarise.conf_medfilt_frames=0", ["diarise.conf_medfilt_frames", "odd"]),
+    ("diarise.conf_thresholds_cosine=[0.5]", ["diarise.conf_thresholds_cosine", "list of 2"]),
+    ("diarise.conf_thresholds_cosine=[0.9, 0.5]", ["diarise.conf_thresholds_cosine", "increasing"]),
+    ("diarise.conf_thresholds_cosine=[a, 0.5]", ["diarise.conf_thresholds_cosine", "number"]),
+    ("faces.crop_box_px=[32, 0, 192.5, 160]", ["faces.crop_box_px", "integer"]),
+    ("faces.crop_box_px=[192, 0, 32, 160]", ["faces.crop_box_px", "x1 < x2"]),
+    ("score.skip_overlap=3", ["score.skip_overlap", "true or false"]),
+    ("vad.method=3", ["vad.method", "string"]),
+    ("vad.webrtc_frame_ms=25", ["vad.webrtc_frame_ms", "10, 20, 30"]),
+    ("detect.image_scale=.nan", ["detect.image_scale", "finite"]),
+    ("detect.image_scale=", ["detect.image_scale", "None"]),
+])
+def test_bad_values_are_refused_naming_the_key(override, needles):
+    message = refused(override)
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_good_values_are_converted_to_the_default_type():
+    cfg = load_config(overrides=["diarise.merge_distance=1", "detect.batch_size=1", "detect.conf_threshold=1"])
+    assert cfg.diarise.merge_distance == 1.0 and isinstance(cfg.diarise.merge_distance, float)
+    assert cfg.detect.batch_size == 1 and cfg.detect.conf_threshold == 1.0
+    # an int and a float of the same value give the same cache key
+    assert load_config(overrides=["diarise.merge_distance=1"]).digest() == \
+        load_config(overrides=["diarise.merge_distance=1.0"]).digest()
+
+
+def test_config_file_values_are_checked(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("detect:\n  image_scale: big\n")
+    with pytest.raises(InputError, match="detect.image_scale must be a finite number"):
+        load_config(path)
+
+
+def test_keys_without_a_rule_are_type_checked_from_their_default(tmp_path, monkeypatch):
+    """A section another change adds to default.yaml is checked by type with no rule written for it."""
+    defaults = tmp_path / "default.yaml"
+    defaults.write_text(config.DEFAULT_CONFIG_PATH.read_text()
+                        + "\nnewsection:\n  count_frames: 3\n  ratio: 0.5\n  name: x\n  pair: [1.0, 2.0]\n"
+                          "  flag: false\n  batch_size: 4\n  anything: null\n  names: []\n")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", defaults)
+    cfg = load_config()
+    assert cfg.newsection.to_dict() == {"count_frames": 3, "ratio": 0.5, "name": "x", "pair": [1.0, 2.0],
+                                        "flag": False, "batch_size": 4, "anything": None, "names": []}
+    assert load_config(overrides=["newsection.anything=[1, x]", "newsection.names=[a, b, c]"]).newsection.names == \
+        ["a", "b", "c"]
+    assert "newsection.names must be a list" in refused("newsection.names=a")
+    assert load_config(overrides=["newsection.count_frames=-7", "newsection.ratio=-2"]).newsection.ratio == -2.0
+    assert "newsection.count_frames must be an integer" in refused("newsection.count_frames=1.5")
+    assert "newsection.ratio must be a finite number" in refused("newsection.ratio=abc")
+    assert "newsection.name must be a string" in refused("newsection.name=[1]")
+    assert "newsection.pair must be a list of 2" in refused("newsection.pair=[1, 2, 3]")
+    assert "newsection.flag must be true or false" in refused("newsection.flag=0")
+    assert "newsection.batch_size must be >= 1" in refused("newsection.batch_size=0")
+
+
+@pytest.mark.parametrize("override, needle", [("diarise.merge_distance=abc", "diarise.merge_distance"),
+                                              ("detect.image_scale=-1", "detect.image_scale")])
+def test_cli_refuses_a_bad_value_before_any_work(tmp_path, override, needle):
+    video = REPO.parent / "shared" / "data" / "videos" / "syncnetdiar_3spk_newsmax.mp4"
+    data_dir = tmp_path / "data"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "diarize.py"), "--videofile", str(video),
+                             "--data_dir", str(data_dir), "--set", override, "--quiet"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diarize.py: error: config value " + needle), result.stderr
+    assert not data_dir.exists()  # nothing written, let alone trusted
