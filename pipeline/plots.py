@@ -116,6 +116,22 @@ def plot_sync(path: Path, track_frames: Sequence[np.ndarray], confidences: Seque
     return _save_png(figure, path)
 
 
+def distinct_track_colours(labels: Sequence[str]) -> list[tuple[float, float, float]]:
+    """A colour per track: its speaker's (as ``label_colours``), silent faces the palette colours no speaker
+    uses, in turn, so that every face of the argmax picture can be told apart."""
+    speaking = label_colours(labels)
+    used = {speaking[label] for label in labels if not label.startswith("face ")}
+    spare = [rgb for rgb in PALETTE_RGB if rgb not in used] or list(PALETTE_RGB)
+    colours, next_spare = [], 0
+    for label in labels:
+        if label.startswith("face "):
+            colours.append(spare[next_spare % len(spare)])
+            next_spare += 1
+        else:
+            colours.append(speaking[label])
+    return colours
+
+
 def argmax_spans(track_frames: Sequence[np.ndarray], curves: Sequence[np.ndarray],
                  num_frames: int) -> list[tuple[int, int, int]]:
     """``(start_frame, end_frame, track)`` runs where a track's curve is the highest (frames with none left out)."""
@@ -137,19 +153,19 @@ def plot_sync_argmax(path: Path, track_frames: Sequence[np.ndarray], curves: Seq
     ``curves[i][j]`` belongs to frame ``track_frames[i][0] + j``; NaN values are not drawn. Dashed lines mark
     the thresholds of the VoxConverse voting rule when given.
     """
-    colours = label_colours(labels)
+    colours = distinct_track_colours(labels)
     figure = _figure(_width_in(duration_s), 4.0)
     axes = figure.add_subplot()
     num_frames = max([int(round(duration_s * frame_rate_hz))] +
                      [int(np.asarray(f)[0]) + len(f) for f in track_frames if len(f)])
     for start, end, track_idx in argmax_spans(track_frames, curves, num_frames):
-        axes.axvspan(start / frame_rate_hz, end / frame_rate_hz, color=colours[labels[track_idx]], alpha=0.15, lw=0)
+        axes.axvspan(start / frame_rate_hz, end / frame_rate_hz, color=colours[track_idx], alpha=0.15, lw=0)
     for track_idx, (frames, curve) in enumerate(zip(track_frames, curves)):
         count = min(len(frames), len(curve))
         if count == 0:
             continue
         times_s = (int(np.asarray(frames)[0]) + np.arange(count)) / frame_rate_hz
-        axes.plot(times_s, np.asarray(curve[:count], dtype=float), color=colours[labels[track_idx]], lw=1.2,
+        axes.plot(times_s, np.asarray(curve[:count], dtype=float), color=colours[track_idx], lw=1.2,
                   label=f"face {track_idx} ({labels[track_idx]})")
     for threshold in thresholds:
         axes.axhline(threshold, color="black", lw=0.8, ls="--", alpha=0.6)
@@ -199,6 +215,7 @@ __all__ = [
     "NEUTRAL_RGB",
     "PALETTE_RGB",
     "argmax_spans",
+    "distinct_track_colours",
     "identity_speakers",
     "label_colours",
     "plot_sync",
