@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from scipy import signal
 
 from models.loader import checkpoint_path
-from models.wav2lip import FACE_SIZE_PX, MEL, MEL_WINDOW_FRAMES, WINDOW_FRAMES, LipSyncExpert, MelParams, \
-    load_lipsync_expert
+from models.wav2lip import (EMBEDDING_DIM, FACE_SIZE_PX, MEL, MEL_WINDOW_FRAMES, WINDOW_FRAMES, LipSyncExpert,
+                            MelParams, load_lipsync_expert)
 from pipeline import media
 from pipeline.cache import Cache, file_identity, sha256_file, write_bytes_atomic
 from pipeline.config import Section
@@ -263,6 +263,7 @@ class ExpertScorer:
         self.first_window = 0
         self.num_frames = 0
         self.rows: list[np.ndarray] = []
+        self._kept_audio: tuple[int, torch.Tensor | None] = (0, None)  # (first frame, rows) of the last batch's tail
 
     def push(self, face_u8: np.ndarray) -> None:
         """Add the next frame's 96 x 96 BGR face crop."""
@@ -291,14 +292,24 @@ class ExpertScorer:
         self.first_window += num_windows
 
     def _audio_embeddings(self, first_window: int, num_windows: int) -> torch.Tensor:
-        """Audio embeddings of frames ``first - vshift .. first + n + vshift - 1``; zero rows without audio."""
+        """Audio embeddings of frames ``first - vshift .. first + n + vshift - 1``; zero rows without audio.
+
+        The first ``2 * vshift`` rows are the previous batch's last ones: they are kept, not recomputed.
+        """
         vshift = self.settings.vshift_frames
-        frames = np.arange(first_window - vshift, first_window + num_windows + vshift)
-        valid = (frames >= 0) & (frames < self.audio_windows)
-        out = torch.zeros((frames.size, 512), device=self.device)
-        if valid.any():
-            mels = torch.from_numpy(mel_windows(self.mels, frames[valid], self.settings.frame_rate_hz))
-            out[torch.from_numpy(valid).to(self.device)] = self.model.forward_audio(mels.to(self.device))
+        start = first_window - vshift
+        frames = np.arange(start, first_window + num_windows + vshift)
+        out = torch.zeros((frames.size, EMBEDDING_DIM), device=self.device)
+        todo = (frames >= 0) & (frames < self.audio_windows)
+        kept_start, kept = self._kept_audio
+        if kept is not None and kept_start == start:
+            count = min(kept.shape[0], frames.size)
+            out[:count] = kept[:count]
+            todo[:count] = False
+        if todo.any():
+            mels = torch.from_numpy(mel_windows(self.mels, frames[todo], self.settings.frame_rate_hz))
+            out[torch.from_numpy(todo).to(self.device)] = self.model.forward_audio(mels.to(self.device))
+        self._kept_audio = (first_window + num_windows - vshift, out[out.shape[0] - 2 * vshift:])
         return out
 
     def finish(self) -> ExpertResult:

@@ -412,3 +412,66 @@ def test_settings_from_config_and_bad_values():
         w2l.ExpertSettings(sample_rate_hz=8000)
     with pytest.raises(InputError, match="smooth_frames"):
         w2l.ExpertSettings(smooth_frames=0)
+
+
+# ---- stage 2 on a cache, and what stage 3 makes of it ------------------------------------------------
+def _stage_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_w2l", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:.*differs from the published")
+def test_stage2_cache_reuse_model_switch_and_refusals(tmp_path, capsys, weights_dir, expert_dir):
+    """A real clip (one face, 25 fps): stage 2 with the expert writes its layout and is reused; SyncNet
+    redoes it; stage 3 refuses SyncNet evidence under sync.model wav2lip; a changed video is one line."""
+    from pipeline.cache import Cache
+    from pipeline.config import load_config
+    from pipeline.errors import CacheError
+    from pipeline.stage1 import run_pipeline
+    from pipeline.stage2 import run_stage2
+    from pipeline.stage3 import run_cluster
+    from tests.conftest import DETECTIONS, clip
+
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(clip("retalking_talkinghead_5").read_bytes())
+    weights = tmp_path / "weights"  # the session's random checkpoints and the expert's
+    weights.mkdir()
+    for path in [*weights_dir.iterdir(), expert_dir / "lipsync_expert.pth"]:
+        (weights / path.name).symlink_to(path)
+    cfg = load_config(overrides=["sync.model=wav2lip"])
+    cache = Cache(tmp_path / "data", "talk")
+    (cache.work("faces.pckl")).write_bytes((DETECTIONS / "retalking_talkinghead_5_haar_faces.pckl").read_bytes())
+    stage1 = run_pipeline(video, cache, cfg)
+    assert stage1.num_tracks == 1
+
+    script = _stage_script("run_syncnet")
+    args = ["--data_dir", str(tmp_path / "data"), "--reference", "talk", "--weights_dir", str(weights)]
+    assert run_main(script.main, script.build_parser(), args + ["--sync_model", "wav2lip"]) == 0
+    assert "Wav2Lip expert on 1 tracks" in capsys.readouterr().err
+    sync = cache.load_pickle("sync.pckl")
+    assert sync["model"] == "wav2lip" and sync["metric"] == "cosine_similarity"
+    num_frames = len(cache.load_pickle("tracks.pckl")[0]["track"]["frame"])
+    assert sync["score_raw"][0].shape == (num_frames,) and np.isfinite(sync["score_smooth"][0]).all()
+    lines = cache.work("offsets.txt").read_text().splitlines()
+    assert lines[1] == "# track\toffset_frames\tbest_score\tconfidence" and lines[2].startswith("00000\t")
+    assert run_stage2(cache, cfg, weights, "cpu").reused
+
+    syncnet = run_stage2(cache, load_config(), weights, "cpu")  # the other model's key: redone
+    assert not syncnet.reused and syncnet.sync["model"] == "syncnet"
+    with pytest.raises(CacheError, match="holds syncnet evidence but sync.model is wav2lip"):
+        run_cluster(cache, cfg, weights, "cpu")
+
+    expert = run_stage2(cache, cfg, weights, "cpu")
+    assert not expert.reused and expert.sync["model"] == "wav2lip"
+    cluster = _stage_script("cluster")
+    assert run_main(cluster.main, cluster.build_parser(),
+                    args + ["--set", "sync.model=wav2lip", "--fusion", "argmax"]) == 0
+    capsys.readouterr()
+
+    with open(video, "ab") as handle:  # the video stage 1 read changed: the expert's faces would not match
+        handle.write(b"\0" * 16)
+    code = run_main(script.main, script.build_parser(), args + ["--sync_model", "wav2lip", "--force"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "changed since" in err and "run_pipeline.py" in err
