@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from pipeline.errors import CheckpointError
+from models.errors import CheckpointError, first_line
 
 REGISTRY_PATH = Path(__file__).resolve().parent / "checkpoints.tsv"
 WEIGHTS_ENV = "AVDIARISE_WEIGHTS_DIR"
@@ -114,8 +114,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle of arbitrary objects, wrong format...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({reason[:200]}); download it again") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(err, 200)}); download it again") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -23,7 +23,7 @@ from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 EMBEDDING_DIM = 1024
 WINDOW_FRAMES = 5  # the lip stream's first 3-D convolution spans 5 frames
-MFCC_WINDOW = 20  # the audio stream sees 20 MFCC frames (4 per video frame at 25 fps)
+MFCC_PER_FRAME = 4  # 100 Hz MFCC frames per 25 fps video frame: the audio stream sees 5 x 4 = 20 of them
 CROP_SIZE_PX = 224
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.cache import atomic_path
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import Turn
+from pipeline.formats import RUN_PIPELINE
 
 _AUDIO_FRAME_SAMPLES = 1024  # AAC frame size
 _THIN_PX, _THICK_PX = 2, 5
@@ -117,7 +118,7 @@ class _AudioWriter:
         try:
             self.sample_rate_hz, samples = wavfile.read(str(wav_path), mmap=True)
         except (OSError, ValueError) as err:
-            raise CacheError(f"{wav_path} is unreadable ({err}): run scripts/run_pipeline.py again") from None
+            raise CacheError(f"{wav_path} is unreadable ({err}): run {RUN_PIPELINE} again") from None
         self.samples = samples  # memory-mapped [num_samples] or [num_samples, channels]
         self.scale = float(np.iinfo(samples.dtype).max + 1) if samples.dtype.kind in "iu" else 1.0
         self.offset = 128.0 if samples.dtype == np.uint8 else 0.0
@@ -177,7 +178,7 @@ def write_annotated_video(frames: Iterable[np.ndarray], overlays: Mapping[int, S
                 container.close()
             if written < num_frames:
                 raise CacheError(f"the video gave {written} frames but media.pckl says {num_frames}: "
-                                 "run scripts/run_pipeline.py again")
+                                 f"run {RUN_PIPELINE} again")
     except av.FFmpegError as err:
         raise InputError(f"cannot encode {out_path}: {err}") from None
     finally:

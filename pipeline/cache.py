@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from pipeline.errors import BusyError, CacheError, DiskFullError, InputError, PipelineError
+from pipeline.formats import RUN_PIPELINE
 from pipeline.version import __version__
 
 _REFERENCE_RE = re.compile(r"^[^/\\\x00]+$")
@@ -273,7 +274,7 @@ class Cache:
         except (OSError, ValueError):
             pass
         if "path" not in source:
-            raise CacheError(f"{self.source_json} is missing: run scripts/run_pipeline.py again")
+            raise CacheError(f"{self.source_json} is missing: run {RUN_PIPELINE} again")
         return Path(source["path"])
 
     def work(self, name: str) -> Path:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -103,7 +103,7 @@ def _read_yaml(path: Path) -> dict:
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
     except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot read config file {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {path} must hold a mapping of sections")
     return data
@@ -172,8 +172,6 @@ RANGE_RULES: dict[str, Rule] = {
     "crop.smooth_kernel_frames": _odd_positive(),
     "crop.pad_value": _between(0, 255),
     "syncnet.vshift_frames": _NON_NEGATIVE,
-    "syncnet.window_frames": _AT_LEAST_ONE,
-    "syncnet.mfcc_per_frame": _AT_LEAST_ONE,
     "syncnet.parallel_tracks": _AT_LEAST_ONE,
     "syncnet_demo.vshift_frames": _NON_NEGATIVE,
     "vad.webrtc_aggressiveness": _between(0, 3),
@@ -296,4 +294,15 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         _merge(values, _read_yaml(Path(path)), "")
     for text in overrides:
         _merge(values, _parse_assignment(text), "")
-    return Section(validate(values, defaults))
+    checked = validate(values, defaults)
+    _check_together(checked)
+    return Section(checked)
+
+
+def _check_together(values: Mapping[str, Any]) -> None:
+    """Values that must agree with each other: stage 3 decides on the 25 fps frames stages 1 and 2 made."""
+    media_rate = values.get("media", {}).get("frame_rate_hz")
+    diarise_rate = values.get("diarise", {}).get("frame_rate_hz")
+    if media_rate is not None and diarise_rate is not None and float(media_rate) != float(diarise_rate):
+        raise InputError(f"diarise.frame_rate_hz ({diarise_rate}) must equal media.frame_rate_hz ({media_rate}): "
+                         "the sync curves and face tracks have one value per video frame")

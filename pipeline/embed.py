@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from models.loader import resolve_weights_dir
-from pipeline.errors import CheckpointError, InputError
+from pipeline.errors import CheckpointError, InputError, first_line
+from pipeline.formats import SPEAKER_MODELS
 
 SAMPLE_RATE_HZ = 16000
-SPEAKER_MODELS = ("resnetse34", "ecapa")
 PROGRESS_STEP = "speaker embeddings"
 ECAPA_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
                "label_encoder.txt")
@@ -127,7 +127,7 @@ def _import_speechbrain() -> tuple[Any, Any, Any]:
             except PackageNotFoundError:
                 return "not installed"
 
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(
             f"ECAPA-TDNN needs speechbrain and torchaudio, which cannot be imported with torch {installed('torch')}, "
             f"torchaudio {installed('torchaudio')}, speechbrain {installed('speechbrain')} ({reason[:160]}); "
@@ -163,7 +163,7 @@ def load_ecapa(folder: Path, device: torch.device) -> Any:
                 run_opts={"device": str(device)},
             )
     except Exception as err:  # bad yaml, wrong shapes, unreadable checkpoint...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(f"cannot load ECAPA-TDNN from {folder}: {reason[:200]}") from None
     classifier.eval()
     from models.loader import probe_input

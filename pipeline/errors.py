@@ -1,10 +1,7 @@
 """Errors that reach the user as one line."""
+from models.errors import CheckpointError, UserFacingError, first_line
 
-
-class PipelineError(Exception):
-    """A failure the user can act on; scripts print its message as one line and exit non-zero."""
-
-    exit_code = 2
+PipelineError = UserFacingError  # a failure the user can act on: scripts print it as one line, exit non-zero
 
 
 class InputError(PipelineError):
@@ -15,13 +12,13 @@ class CacheError(PipelineError):
     """An earlier stage's output is missing or stale; the message names the script to run."""
 
 
-class CheckpointError(PipelineError):
-    """A model checkpoint is missing, corrupt or does not match the network."""
-
-
 class DiskFullError(PipelineError):
     """A write failed because the file system holding a named folder is full (or over quota)."""
 
 
 class BusyError(PipelineError):
     """Another run holds the lock of the same reference."""
+
+
+__all__ = ["BusyError", "CacheError", "CheckpointError", "DiskFullError", "InputError", "PipelineError",
+           "first_line"]

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from scipy.spatial.distance import cdist
 
-from pipeline.errors import CacheError, InputError
+from pipeline.errors import CacheError, InputError, first_line
+from pipeline.formats import RUN_PIPELINE
 
 
 def load_face_model(cfg_faces: Any, weights_dir: str | Path | None, device: str | torch.device) -> torch.nn.Module:
@@ -55,7 +56,7 @@ def read_frames(path: Path, indices: Sequence[int]) -> list[np.ndarray]:
             if idx >= max(wanted):
                 break
         if last_frame is None:
-            raise CacheError(f"face crop {path} has no frames: re-run stage 1 (run_pipeline)")
+            raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
         if last_idx not in found:
             found[last_idx] = last_frame.to_ndarray(format="bgr24")
     return [found[idx] if idx in found else found[last_idx] for idx in indices]
@@ -88,13 +89,12 @@ def track_face_embeddings(model: torch.nn.Module, crop_paths: Sequence[Path], cf
         try:
             num_frames = _count_frames(path)
             if num_frames == 0:
-                raise CacheError(f"face crop {path} has no frames: re-run stage 1 (run_pipeline)")
+                raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
             frames = read_frames(path, sample_frame_indices(num_frames, frames_per_track))
         except CacheError:
             raise
         except Exception as err:  # missing file, not a video, truncated stream
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CacheError(f"cannot read face crop {path} ({reason[:200]}): re-run stage 1 (run_pipeline)") from None
+            raise CacheError(f"cannot read face crop {path} ({first_line(err, 200)}): run {RUN_PIPELINE} again") from None
         with torch.inference_mode():
             out = model(face_input(frames, cfg_faces).to(device))  # [n, 2048, 1, 1]
         features.append(out.reshape(out.shape[0], -1).float().cpu().numpy())

@@ -39,6 +39,7 @@ from scipy.ndimage import binary_closing
 
 from pipeline.errors import CacheError
 from pipeline.formats import Turn
+from pipeline.formats import RUN_SYNCNET
 
 UNKNOWN_SPEAKER = "unknown"
 UNKNOWN_LABEL = -1
@@ -129,7 +130,7 @@ def conf_thresholds(cfg_diarise: Any, metric: str) -> tuple[float, ...]:
         return tuple(float(v) for v in cfg_diarise.conf_thresholds_cosine)
     if metric == "euclidean":
         return tuple(float(v) for v in cfg_diarise.conf_thresholds_euclidean)
-    raise CacheError(f"sync.pckl names an unknown distance metric {metric!r}: run scripts/run_syncnet.py again")
+    raise CacheError(f"sync.pckl names an unknown distance metric {metric!r}: run {RUN_SYNCNET} again")
 
 
 def _exact(value: float) -> float:

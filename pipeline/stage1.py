@@ -6,11 +6,9 @@ upstream results, so a re-run does only what changed. A ``faces.pckl`` placed in
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 from scipy.io import wavfile
@@ -19,11 +17,12 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, content_identity
 from pipeline.config import Section
 from pipeline.crop import smooth_track, write_track_crops
-from pipeline.errors import CacheError, InputError
+from pipeline.errors import InputError
 from pipeline.formats import validate_faces
+from pipeline.prefetch import prefetch
 from pipeline.scenes import ShotDetector
+from pipeline.stage1_outputs import read_wav
 from pipeline.track import track_faces
-from pipeline.formats import RUN_PIPELINE as SCRIPT
 
 STAGE = "run_pipeline"
 Progress = Callable[..., None]
@@ -44,62 +43,11 @@ def _noop(*_args, **_kwargs) -> None:
     return None
 
 
-def prefetch(items: Iterable, depth: int) -> Iterator:
-    """Run ``items`` in a background thread, ``depth`` items ahead (decoding overlaps the network)."""
-    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(done)
-        except BaseException as err:  # handed to the consumer
-            buffer.put(err)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 # ---- audio -----------------------------------------------------------------------------------
 def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
     """Atomically write 16-bit mono PCM."""
     with atomic_path(path, suffix=".part.wav") as tmp:
         wavfile.write(tmp, sample_rate_hz, samples.astype(np.int16, copy=False))
-
-
-def read_wav(path: Path, sample_rate_hz: int) -> np.ndarray:
-    """int16 mono samples of a wav stage 1 wrote; a one-line CacheError naming this stage when it is
-    missing, unreadable or not ``sample_rate_hz`` int16 mono."""
-    try:
-        rate, audio = wavfile.read(path)
-    except FileNotFoundError:
-        raise CacheError(f"{path} is missing: run {SCRIPT} again") from None
-    except Exception as err:  # scipy raises ValueError, OSError or struct errors on damaged headers
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CacheError(f"{path} is unreadable ({detail[:200]}): run {SCRIPT} again") from None
-    if rate != sample_rate_hz or audio.ndim != 1 or audio.dtype != np.int16:
-        raise CacheError(f"{path} is {rate} Hz {audio.dtype} with shape {audio.shape}, not {sample_rate_hz} Hz "
-                         f"int16 mono: run {SCRIPT} again")
-    return audio
 
 
 def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
@@ -198,7 +146,9 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
     if info is None or shots is None or need_detection:
         detector = None
         if need_detection:
-            from pipeline.detect import FaceDetector  # torch is imported only when detection runs
+            from pipeline.detect import (
+                FaceDetector,  # torch is imported only when detection runs
+            )
 
             detector = FaceDetector(cfg.detect, weights_dir, device)
         for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
@@ -316,26 +266,4 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     return result
 
 
-def require_tracks_and_crops(cache: Cache) -> list[dict]:
-    """Stage 1's tracks, after checking that every track's crops exist and were made from those tracks.
-
-    For later stages: a CacheError names scripts/run_pipeline.py when anything is missing or stale.
-    """
-    tracks = cache.require("tracks.pckl", SCRIPT)
-    if not isinstance(tracks, list) or not all(isinstance(t, dict) and "track" in t for t in tracks):
-        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {SCRIPT} again")
-    manifest = cache.read_manifest("crops")
-    if manifest is None:
-        raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: run {SCRIPT} first")
-    recorded = (manifest.get("key") or {}).get("upstream", {}).get("tracks.pckl")
-    if recorded is not None and recorded != cache.digest("tracks.pckl"):
-        raise CacheError(f"the crops are stale (tracks.pckl changed since): run {SCRIPT} again")
-    listed = manifest.get("files", {})
-    for idx in range(len(tracks)):
-        for path in (cache.crop_frames(idx), cache.crop_wav(idx)):
-            if not path.is_file() or cache.relative(path) not in listed:
-                raise CacheError(f"{path} is missing from the crops of stage 1: run {SCRIPT} again")
-    return tracks
-
-
-__all__ = ["Stage1Result", "prefetch", "read_wav", "require_tracks_and_crops", "run_pipeline", "write_wav"]
+__all__ = ["Stage1Result", "run_pipeline", "write_wav"]

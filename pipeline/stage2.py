@@ -26,9 +26,9 @@ from pipeline.cache import Cache, atomic_path, sha256_file, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.evidence import configured_model
-from pipeline.stage1 import read_wav, require_tracks_and_crops
-from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
+from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
+from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 
 STAGE = "run_syncnet"
 OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")

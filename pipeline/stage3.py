@@ -24,17 +24,20 @@ from models.loader import checkpoint_path, find_network_checkpoint, resolve_weig
 from pipeline import fuse
 from pipeline.cache import Cache, run_atomic_step, sha256_file
 from pipeline.config import Section
-from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.errors import CacheError, CheckpointError, InputError
-from pipeline.evidence import (check_evidence_model, diarisation_key_extra, fusion_mode, model_curves,
-                               vote_thresholds)
-from pipeline.formats import Turn, turns_from_pickle
+from pipeline.evidence import (
+    check_evidence_model,
+    diarisation_key_extra,
+    fusion_mode,
+    model_curves,
+    vote_thresholds,
+)
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
+from pipeline.formats import SPEAKER_MODELS, VAD_METHODS, Turn, turns_from_pickle
+from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"
-VAD_METHODS = ("webrtc", "silero")
-SPEAKER_MODELS = ("resnetse34", "ecapa")
 
 ProgressHook = Callable[..., None]
 
@@ -156,7 +159,11 @@ def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None,
     def produce() -> list[int]:
         if not tracks:
             return []
-        from pipeline.faceid import assign_face_identities, load_face_model, track_face_embeddings
+        from pipeline.faceid import (
+            assign_face_identities,
+            load_face_model,
+            track_face_embeddings,
+        )
 
         progress("face identities", 0, len(tracks))
         model = load_face_model(cfg.faces, weights_dir, device)

@@ -36,7 +36,7 @@ import python_speech_features
 import torch
 import torch.nn.functional as F
 
-from models.syncnet import CROP_SIZE_PX, SyncNet
+from models.syncnet import CROP_SIZE_PX, MFCC_PER_FRAME, WINDOW_FRAMES, SyncNet
 from pipeline.errors import InputError
 
 METRICS = ("cosine", "euclidean")
@@ -48,8 +48,6 @@ class SyncSettings:
 
     metric: str = "cosine"
     vshift_frames: int = 10
-    window_frames: int = 5
-    mfcc_per_frame: int = 4
     batch_size: int = 64
     frame_rate_hz: float = 25.0
     sample_rate_hz: int = 16000
@@ -61,8 +59,6 @@ class SyncSettings:
             raise InputError(f"syncnet vshift_frames must be a whole number >= 0, got {self.vshift_frames!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise InputError(f"syncnet batch_size must be a whole number >= 1, got {self.batch_size!r}")
-        if self.window_frames != 5 or self.mfcc_per_frame != 4:
-            raise InputError("SyncNet's input is fixed: window_frames 5 and mfcc_per_frame 4")
         spf = self.sample_rate_hz / self.frame_rate_hz
         if spf != int(spf) or spf <= 0:
             raise InputError(
@@ -77,12 +73,20 @@ class SyncSettings:
         return cls(
             metric=str(sync["metric"]),
             vshift_frames=int(sync["vshift_frames"]),
-            window_frames=int(sync["window_frames"]),
-            mfcc_per_frame=int(sync["mfcc_per_frame"]),
             batch_size=int(sync["batch_size"]),
             frame_rate_hz=float(cfg.media.frame_rate_hz),
             sample_rate_hz=int(cfg.media.sample_rate_hz),
         )
+
+    @property
+    def window_frames(self) -> int:
+        """Video frames per SyncNet window (fixed by the network)."""
+        return WINDOW_FRAMES
+
+    @property
+    def mfcc_per_frame(self) -> int:
+        """MFCC frames per video frame (fixed by the network's audio input)."""
+        return MFCC_PER_FRAME
 
     @property
     def samples_per_frame(self) -> int:

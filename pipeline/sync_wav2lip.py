@@ -425,7 +425,7 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
 
     Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
     """
-    from pipeline.stage1 import read_wav, require_tracks_and_crops
+    from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
     from pipeline.stage2 import Stage2Output
 
     progress = progress or (lambda *args, **kwargs: None)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import CheckpointError, InputError
+from pipeline.formats import VAD_METHODS
 
-METHODS = ("webrtc", "silero")
+METHODS = VAD_METHODS
 _WEBRTC_RATES_HZ = (8000, 16000, 32000, 48000)
 _WEBRTC_FRAME_MS = (10, 20, 30)
 _SILERO_RATES_HZ = (8000, 16000)

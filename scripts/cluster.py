@@ -15,18 +15,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
-from pipeline.formats import FUSION_MODES  # noqa: E402
 from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
                           config_from_args, existing_reference, resolve_device, run_main)
-from pipeline.formats import RUN_PIPELINE  # noqa: E402
+from pipeline.formats import FUSION_MODES, RUN_PIPELINE, SPEAKER_MODELS, VAD_METHODS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cluster.py", description=__doc__.split("\n")[0])
     add_cache_args(parser)
-    parser.add_argument("--vad", choices=["webrtc", "silero"], default=None,
+    parser.add_argument("--vad", choices=VAD_METHODS, default=None,
                         help="voice activity detector (default: vad.method in the config, webrtc)")
-    parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None,
+    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
                         help="speaker embedding network (default: embed.speaker_model in the config, resnetse34)")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
                         help="fusion rule (default: diarise.mode in the config, voxconverse); shorthand for "

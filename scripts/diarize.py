@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
-from pipeline.formats import FUSION_MODES, SYNC_MODELS  # noqa: E402
+from pipeline.formats import FUSION_MODES, SPEAKER_MODELS, SYNC_MODELS, VAD_METHODS  # noqa: E402
 from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
                           info, input_file, resolve_device, run_main, writable_dir)
 
@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", default=None, help="name of this video in the cache (default: file name)")
     parser.add_argument("--out_dir", default=None, help="also copy the RTTM, VIA JSON, plots (and video) here")
     parser.add_argument("--video", action="store_true", help="also write the annotated video")
-    parser.add_argument("--vad", choices=["webrtc", "silero"], default=None, help="voice activity detector")
-    parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None, help="speaker embeddings")
+    parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
+    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None, help="speaker embeddings")
     parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None,
                         help="stage 2's sync network (default: sync.model, syncnet); shorthand for --set sync.model=...")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models.random_weights import write_random_checkpoints
+from models.syncnet import WINDOW_FRAMES
 from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.export import read_rttm
@@ -37,7 +38,7 @@ def test_clip_runs_through_every_stage(tmp_path, random_weights, name):
     assert len(stage2.distances) == stage1.num_tracks
     for dists, track in zip(stage2.distances, cache.load_pickle("tracks.pckl")):
         assert dists.shape[1] == 2 * cfg.syncnet.vshift_frames + 1
-        assert dists.shape[0] <= len(track["track"]["frame"]) - cfg.syncnet.window_frames
+        assert dists.shape[0] <= len(track["track"]["frame"]) - WINDOW_FRAMES
     lines = [line for line in cache.work("offsets.txt").read_text().splitlines() if not line.startswith("#")]
     assert len(lines) == stage1.num_tracks
 

@@ -133,7 +133,7 @@ def test_missing_or_broken_crop_is_a_cache_error(tmp_path, weights_dir):
     with pytest.raises(CacheError, match="00003.mkv"):
         faceid.track_face_embeddings(model, [tmp_path / "00003.mkv"], CFG.faces, "cpu")
     (tmp_path / "00004.mkv").write_bytes(b"not a video")
-    with pytest.raises(CacheError, match="00004.mkv.*re-run stage 1"):
+    with pytest.raises(CacheError, match="00004.mkv.*run scripts/run_pipeline.py again"):
         faceid.track_face_embeddings(model, [tmp_path / "00004.mkv"], CFG.faces, "cpu")
 
 

@@ -84,3 +84,20 @@ def test_broken_torchaudio_is_one_line_naming_the_versions(monkeypatch):
     assert "\n" not in message
     assert f"torch {version('torch')}" in message and f"torchaudio {version('torchaudio')}" in message
     assert "Could not load this library" in message
+
+
+def test_decision_frame_rate_must_equal_the_media_frame_rate():
+    from pipeline.config import load_config
+    from pipeline.errors import InputError
+
+    assert load_config(overrides=["media.frame_rate_hz=30", "diarise.frame_rate_hz=30"]).diarise.frame_rate_hz == 30
+    with pytest.raises(InputError, match="diarise.frame_rate_hz .* must equal media.frame_rate_hz"):
+        load_config(overrides=["diarise.frame_rate_hz=30"])
+
+
+def test_models_do_not_import_pipeline():
+    """``models`` is the network package: it must load without anything from ``pipeline``."""
+    code = ("import sys; import models.loader, models.s3fd, models.syncnet, models.resnetse34v2, models.vggface, "
+            "models.wav2lip; print(sorted(m for m in sys.modules if m == 'pipeline' or m.startswith('pipeline.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
