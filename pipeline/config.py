@@ -299,6 +299,17 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return Section(checked)
 
 
+def with_overrides(cfg: Section, overrides: Iterable[str] = ()) -> Section:
+    """``cfg`` with ``section.key=value`` overrides applied and checked as ``load_config`` checks them."""
+    defaults = _read_yaml(DEFAULT_CONFIG_PATH)
+    values = cfg.to_dict()
+    for text in overrides:
+        _merge(values, _parse_assignment(text), "")
+    checked = validate(values, defaults)
+    _check_together(checked)
+    return Section(checked)
+
+
 def _check_together(values: Mapping[str, Any]) -> None:
     """Values that must agree with each other: stage 3 decides on the 25 fps frames stages 1 and 2 made."""
     media_rate = values.get("media", {}).get("frame_rate_hz")

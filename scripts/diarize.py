@@ -14,10 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cache import Cache  # noqa: E402
 from pipeline.formats import FUSION_MODES, SPEAKER_MODELS, SYNC_MODELS, VAD_METHODS  # noqa: E402
-from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
-                          info, input_file, resolve_device, run_main, writable_dir)
+from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, info, input_file,  # noqa: E402
+                          run_main, writable_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,44 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    videofile = input_file(args.videofile, "video file")  # arguments first: no heavy import before they pass
+    input_file(args.videofile, "video file")  # arguments first: no heavy import before they pass
     args.overrides = [*args.overrides, *([f"sync.model={args.sync_model}"] if args.sync_model else []),
                       *([f"diarise.mode={args.fusion}"] if args.fusion else [])]
     cfg = config_from_args(args)
     if args.out_dir is not None:
         writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
-    cache = Cache(args.data_dir, args.reference or default_reference(args.videofile))
-    with cache.locked(extra_dirs=[Path(args.out_dir)] if args.out_dir else []):
-        return _run(args, videofile, cfg, cache)
+    from pipeline.api import diarize
+    from pipeline.stage3 import summary
 
-
-def _run(args: argparse.Namespace, videofile: Path, cfg, cache: Cache) -> int:
-    from pipeline.stage1 import run_pipeline
-    from pipeline.stage2 import run_stage2
-    from pipeline.stage3 import run_cluster, summary
-    from pipeline.stage4 import visualise
-
-    device = resolve_device(args.device)
+    sync_name = "Wav2Lip's lip-sync expert" if cfg.sync.model == "wav2lip" else "SyncNet"
+    messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {sync_name} on the face tracks",
+                "stage3": "[3/4] voice activity, speaker embeddings and clustering", "stage4": "[4/4] exports and plots"}
     progress = Progress(enabled=not args.quiet)
     try:
-        info("diarize: [1/4] faces, shots and tracks", args.quiet)
-        stage1 = run_pipeline(videofile, cache, cfg, args.weights_dir, device, args.force, progress)
-        for note in stage1.notes:
-            info(f"diarize: note: {note}", args.quiet)
-        sync_name = "Wav2Lip's lip-sync expert" if cfg.sync.model == "wav2lip" else "SyncNet"
-        info(f"diarize: [2/4] {sync_name} on {stage1.num_tracks} face tracks", args.quiet)
-        run_stage2(cache, cfg, args.weights_dir, device, args.force, progress)
-        info("diarize: [3/4] voice activity, speaker embeddings and clustering", args.quiet)
-        turns = run_cluster(cache, cfg, args.weights_dir, device, args.vad, args.speaker_model, args.force, progress)
-        info("diarize: [4/4] exports and plots", args.quiet)
-        outputs = visualise(args.data_dir, cache.reference, cfg, video=args.video, out_dir=args.out_dir,
-                            progress=progress)
+        result = diarize(args.videofile, args.data_dir, reference=args.reference, out_dir=args.out_dir, config=cfg,
+                         weights_dir=args.weights_dir, device=args.device, force=args.force, video=args.video,
+                         vad=args.vad, speaker_model=args.speaker_model, progress=progress,
+                         on_stage=lambda stage: info(f"diarize: {messages[stage]}", args.quiet))
     finally:
         progress.close()
-    counts = summary(turns)
-    print(f"diarize: {cache.reference}: {counts['turns']} turns, {len(counts['speakers'])} speakers, "
-          f"{stage1.num_tracks} face tracks")
-    for kind, path in outputs.items():
+    for note in result.notes:
+        info(f"diarize: note: {note}", args.quiet)
+    counts = summary(result.turns)
+    print(f"diarize: {result.reference}: {counts['turns']} turns, {len(counts['speakers'])} speakers, "
+          f"{result.num_tracks} face tracks")
+    for kind, path in result.outputs.items():
         print(f"  {kind}: {path}")
     return 0
 

@@ -1,0 +1,98 @@
+"""One video through the four stages from Python: ``pipeline.diarize(videofile, data_dir)``.
+
+The scripts (``scripts/diarize.py``, the corpus runner) call this; each stage reuses what the cache in
+``data_dir`` already holds for the video, exactly as running the four stage scripts one after the other.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from pipeline.cache import Cache
+from pipeline.config import Section, load_config, with_overrides
+from pipeline.formats import Turn
+
+StageHook = Callable[[str], None]
+
+
+@dataclass
+class DiarizeResult:
+    """What ``diarize`` produced for one video."""
+
+    reference: str
+    turns: list[Turn]
+    outputs: dict[str, Path]  # kind ('rttm', 'via', 'sync_plot', ...) -> path
+    num_tracks: int
+    notes: list[str] = field(default_factory=list)  # stage 1's notes (padded audio, dropped boxes, ...)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, 'stage1' .. 'stage4'
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker labels in order of first appearance."""
+        return list(dict.fromkeys(turn.speaker for turn in self.turns))
+
+
+def _config(config: Section | str | Path | None, overrides: Iterable[str] | Mapping[str, Any] | None) -> Section:
+    """The run's config: a loaded one or a YAML path (None: the defaults), with the overrides applied."""
+    if isinstance(overrides, Mapping):
+        overrides = [f"{key}={value}" for key, value in overrides.items()]
+    overrides = list(overrides or ())
+    if isinstance(config, Section):
+        return with_overrides(config, overrides) if overrides else config
+    return load_config(config, overrides)
+
+
+def diarize(videofile: str | Path, data_dir: str | Path, *, reference: str | None = None,
+            out_dir: str | Path | None = None, config: Section | str | Path | None = None,
+            overrides: Iterable[str] | Mapping[str, Any] | None = None, weights_dir: str | Path | None = None,
+            device: str = "auto", force: bool = False, video: bool = False, vad: str | None = None,
+            speaker_model: str | None = None, progress: Callable[..., None] | None = None,
+            on_stage: StageHook | None = None) -> DiarizeResult:
+    """Diarise one video: stages 1-4 with the cache in ``data_dir`` (sub-folder ``reference``, default the
+    file's stem); returns the turns and where the RTTM, VIA JSON and plots (``video``: annotated video) are.
+
+    ``config`` is a YAML path or a loaded config, ``overrides`` ``section.key=value`` strings (or a mapping);
+    ``device`` 'auto', 'cpu' or 'cuda'; ``force`` redoes every stage; ``on_stage(name)`` is called as each
+    stage starts ('stage1' .. 'stage4'). Raises ``pipeline.errors.PipelineError`` subclasses for anything the
+    user can act on (missing file, not a video, missing checkpoint, another run holding the reference).
+    """
+    from pipeline.cli import default_reference, input_file, resolve_device, writable_dir
+
+    videofile = input_file(str(videofile), "video file")
+    cfg = _config(config, overrides)
+    if out_dir is not None:
+        writable_dir(str(out_dir), "out_dir")  # fail before hours of work, not after
+    cache = Cache(data_dir, reference or default_reference(str(videofile)))
+    with cache.locked(extra_dirs=[Path(out_dir)] if out_dir else []):
+        return _run_stages(videofile, cache, cfg, out_dir=out_dir, weights_dir=weights_dir,
+                           device=resolve_device(device), force=force, video=video, vad=vad,
+                           speaker_model=speaker_model, progress=progress, on_stage=on_stage or (lambda _: None))
+
+
+def _run_stages(videofile: Path, cache: Cache, cfg: Section, *, out_dir, weights_dir, device, force: bool,
+                video: bool, vad: str | None, speaker_model: str | None, progress, on_stage: StageHook
+                ) -> DiarizeResult:
+    from pipeline.stage1 import run_pipeline
+    from pipeline.stage2 import run_stage2
+    from pipeline.stage3 import run_cluster
+    from pipeline.stage4 import visualise
+
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[[], Any]) -> Any:
+        on_stage(name)
+        started = time.perf_counter()
+        result = step()
+        seconds[name] = time.perf_counter() - started
+        return result
+
+    stage1 = timed("stage1", lambda: run_pipeline(videofile, cache, cfg, weights_dir, device, force, progress))
+    timed("stage2", lambda: run_stage2(cache, cfg, weights_dir, device, force, progress))
+    turns = timed("stage3", lambda: run_cluster(cache, cfg, weights_dir, device, vad, speaker_model, force,
+                                               progress))
+    outputs = timed("stage4", lambda: visualise(cache.data_dir, cache.reference, cfg, video=video, out_dir=out_dir,
+                                                progress=progress))
+    return DiarizeResult(reference=cache.reference, turns=list(turns), outputs=dict(outputs),
+                         num_tracks=stage1.num_tracks, notes=list(stage1.notes), stage_seconds=seconds)
