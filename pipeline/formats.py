@@ -41,7 +41,6 @@ Stage 3, ``cluster``:
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Sequence
 
 from pipeline.errors import CacheError
@@ -68,7 +67,9 @@ def turns_from_pickle(rows: Sequence[Sequence[Any]]) -> list[Turn]:
 
 
 def validate_faces(faces: Any, source: str) -> list[list[dict]]:
-    """Check syncnet_python's faces.pckl layout and return it with plain floats; CacheError names the problem."""
+    """Check syncnet_python's faces.pckl layout and return it with plain floats; CacheError names the problem.
+
+    Box values are not judged here: ``pipeline.detections.sanitize_faces`` drops unusable boxes."""
     if not isinstance(faces, list):
         raise CacheError(f"{source}: faces must be a list with one list of detections per frame")
     clean: list[list[dict]] = []
@@ -82,8 +83,9 @@ def validate_faces(faces: Any, source: str) -> list[list[dict]]:
                 conf = float(det.get("conf", 1.0))
             except (TypeError, KeyError, ValueError):
                 raise CacheError(f"{source}: frame {frame_idx} has a detection without a 4-number 'bbox'") from None
-            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-                raise CacheError(f"{source}: frame {frame_idx} has an invalid box {bbox}")
+            if len(bbox) != 4:
+                raise CacheError(f"{source}: frame {frame_idx} has a box of {len(bbox)} numbers, not 4")
+            # non-finite, empty or absurd boxes are dropped (and counted) by pipeline.detections.sanitize_faces
             frame_dets.append({"frame": frame_idx, "bbox": bbox, "conf": conf})
         clean.append(frame_dets)
     return clean
