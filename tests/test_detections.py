@@ -136,3 +136,47 @@ def test_s3fd_firing_everywhere_is_dropped_with_one_note(tmp_path, everywhere_we
     notes = [n for n in result.notes if n.startswith("dropped")]
     assert len(notes) == 1 and "over 2x the frame" in notes[0], result.notes
     assert result.num_tracks == 0
+
+
+def faststart_cut(src, dst, fraction: float = 0.5):
+    """``src`` remuxed with its index at the front (``movflags=faststart``), then cut to ``fraction`` of its bytes."""
+    import av
+
+    whole = dst.with_suffix(".whole.mp4")
+    with av.open(str(src)) as inp, av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+        for packet in inp.demux():
+            if packet.dts is None or packet.stream.index not in streams:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    data = whole.read_bytes()
+    assert data[4:8] == b"ftyp" and b"moov" in data[:4096]  # the index sits at the front
+    dst.write_bytes(data[:int(len(data) * fraction)])
+    return dst
+
+
+def test_faststart_video_cut_at_half_runs_on_what_is_decodable(tmp_path):
+    """A faststart clip cut at 50 % with detections that fire far beyond the frame on every frame (as a broken
+    S3FD gives) and the real ones: stage 1 finishes on the decodable frames under a 6 GB address-space limit.
+    Before the fix the huge boxes made a track whose crops padded each frame by the box size (out of memory)."""
+    import resource
+
+    video = faststart_cut(clip("gestsync_asd2spk_a"), tmp_path / "cut.mp4")
+    with open(DETECTIONS / "gestsync_asd2spk_a_faces.pckl", "rb") as handle:
+        faces = [list(dets) + [{"frame": idx, "bbox": [-2e4, -2e4, 2e4, 2e4], "conf": 1.0}]
+                 for idx, dets in enumerate(pickle.load(handle))]
+    work = tmp_path / "pywork" / "cut"
+    work.mkdir(parents=True)
+    with open(work / "faces.pckl", "wb") as handle:
+        pickle.dump(faces, handle)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--videofile", str(video),
+                           "--data_dir", str(tmp_path), "--reference", "cut"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_memory)
+    assert proc.returncode == 0, proc.stderr
+    assert "cut: 118 frames, 1 shots, 2 face tracks" in proc.stdout
+    assert "run_pipeline: note: dropped 118 face detections (118 over 2x the frame)" in proc.stderr
