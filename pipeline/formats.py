@@ -38,6 +38,11 @@ Stage 3, ``cluster``:
   window k covering ``[k * hop_s, k * hop_s + window_s)``.
 - ``faceid.pckl``: list over tracks of int face identity.
 - ``diarization.pckl``: list of turns ``(start_s, end_s, speaker, source, track_ids)``, source 'av' or 'audio'.
+- ``sync_curves.pckl``: what the fusion decided from, for stage 4 to draw: dict ``metric``, ``thresholds``
+  (list of float, one vote each), ``frame_rate_hz``, ``confidence`` (list over tracks of float64
+  ``[num_frames]``, the smoothed per-frame sync confidence from the track's first frame) and ``diarise``
+  (the config section used). Its manifest records the digests of ``activesd.pckl``, ``sync.pckl`` and
+  ``diarization.pckl``; stage 4 refuses it when any of them changed since.
 """
 from __future__ import annotations
 
@@ -49,6 +54,11 @@ from pipeline.errors import CacheError
 RUN_PIPELINE = "scripts/run_pipeline.py"
 RUN_SYNCNET = "scripts/run_syncnet.py"
 CLUSTER = "scripts/cluster.py"
+
+# Stage 3's outputs that stage 4 draws, and the outputs each is made from (recorded in its manifest's key):
+# stage 4 refuses one whose upstream changed since.
+DIARISATION_UPSTREAM = ("media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "faceid.pckl")
+SYNC_CURVES_UPSTREAM = ("activesd.pckl", "sync.pckl", "diarization.pckl")
 
 
 class Turn(NamedTuple):
