@@ -39,13 +39,21 @@ def crop_face(frame: np.ndarray, x: float, y: float, s: float, crop_scale: float
 
     The reference pads the frame by ``bsi = int(s * (1 + 2 * crop_scale))`` pixels of ``pad_value`` and
     slices ``[int(my - s) : int(my + s * (1 + 2cs)), int(mx - s * (1 + cs)) : int(mx + s * (1 + cs))]``
-    around the padded centre; here the same window is cut from the unpadded frame and the outside filled.
+    around the padded centre; here the same window is cut from the unpadded frame and the outside filled,
+    pixel for pixel the reference's. A window larger than ``WINDOW_LIMIT`` frames (a box far larger than the
+    frame) is instead sampled straight into the ``size_px`` output, so memory stays bounded by the frame and
+    the output whatever the box.
     """
     height, width = frame.shape[:2]
+    if not all(np.isfinite(v) for v in (x, y, s)) or s < 0:
+        return np.full((size_px, size_px, frame.shape[2]), pad_value, dtype=frame.dtype)
     pad = int(s * (1 + 2 * crop_scale))
     my, mx = y + pad, x + pad
     rows = _clip_slice(int(my - s), int(my + s * (1 + 2 * crop_scale)), height + 2 * pad)
     cols = _clip_slice(int(mx - s * (1 + crop_scale)), int(mx + s * (1 + crop_scale)), width + 2 * pad)
+    window_px = (rows[1] - rows[0]) * (cols[1] - cols[0])
+    if window_px > WINDOW_LIMIT * max(height * width, size_px * size_px):
+        return _sample_window(frame, rows[0] - pad, rows[1] - pad, cols[0] - pad, cols[1] - pad, pad_value, size_px)
     out = np.full((rows[1] - rows[0], cols[1] - cols[0], frame.shape[2]), pad_value, dtype=frame.dtype)
     src_r0, src_r1 = max(rows[0] - pad, 0), min(rows[1] - pad, height)
     src_c0, src_c1 = max(cols[0] - pad, 0), min(cols[1] - pad, width)
@@ -55,6 +63,27 @@ def crop_face(frame: np.ndarray, x: float, y: float, s: float, crop_scale: float
     if out.size == 0:
         out = np.full((1, 1, frame.shape[2]), pad_value, dtype=frame.dtype)
     return cv2.resize(out, (size_px, size_px))
+
+
+# Windows (in frames, or outputs for small frames) cut and resized exactly as the reference does; larger
+# ones are sampled with the same bilinear mapping but without materialising the window.
+WINDOW_LIMIT = 4
+
+
+def _sample_window(frame: np.ndarray, row0: int, row1: int, col0: int, col1: int, pad_value: int,
+                   size_px: int) -> np.ndarray:
+    """``cv2.resize`` of the window ``[row0:row1, col0:col1]`` of the frame padded with ``pad_value`` (frame
+    coordinates, may reach far outside), computed as one affine warp into ``size_px`` x ``size_px``.
+
+    Same source coordinates as ``cv2.resize`` (pixel centres, ``(d + 0.5) * scale - 0.5``); pixels of the
+    window's last row and column may blend with their outside neighbours where resize repeats the edge.
+    """
+    scale_x = max(col1 - col0, 1) / size_px
+    scale_y = max(row1 - row0, 1) / size_px
+    inverse = np.array([[scale_x, 0.0, 0.5 * scale_x - 0.5 + col0],
+                        [0.0, scale_y, 0.5 * scale_y - 0.5 + row0]], dtype=np.float64)
+    return cv2.warpAffine(frame, inverse, (size_px, size_px), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 4)
 
 
 def _clip_slice(start: int, stop: int, length: int) -> tuple[int, int]:

@@ -63,10 +63,14 @@ Stage 3, ``cluster``:
   window k covering ``[k * hop_s, k * hop_s + window_s)``.
 - ``faceid.pckl``: list over tracks of int face identity.
 - ``diarization.pckl``: list of turns ``(start_s, end_s, speaker, source, track_ids)``, source 'av' or 'audio'.
+- ``sync_curves.pckl``: what the fusion decided from, for stage 4 to draw: dict ``metric``, ``thresholds``
+  (list of float, one vote each), ``frame_rate_hz``, ``confidence`` (list over tracks of float64
+  ``[num_frames]``, the smoothed per-frame sync confidence from the track's first frame) and ``diarise``
+  (the config section used). Its manifest records the digests of ``activesd.pckl``, ``sync.pckl`` and
+  ``diarization.pckl``; stage 4 refuses it when any of them changed since.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Sequence
 
 from pipeline.errors import CacheError
@@ -85,6 +89,11 @@ RUN_PIPELINE = "scripts/run_pipeline.py"
 RUN_SYNCNET = "scripts/run_syncnet.py"
 CLUSTER = "scripts/cluster.py"
 
+# Stage 3's outputs that stage 4 draws, and the outputs each is made from (recorded in its manifest's key):
+# stage 4 refuses one whose upstream changed since.
+DIARISATION_UPSTREAM = ("media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "faceid.pckl")
+SYNC_CURVES_UPSTREAM = ("activesd.pckl", "sync.pckl", "diarization.pckl")
+
 
 class Turn(NamedTuple):
     """One speaker turn; pickled as a plain tuple."""
@@ -102,7 +111,9 @@ def turns_from_pickle(rows: Sequence[Sequence[Any]]) -> list[Turn]:
 
 
 def validate_faces(faces: Any, source: str) -> list[list[dict]]:
-    """Check syncnet_python's faces.pckl layout and return it with plain floats; CacheError names the problem."""
+    """Check syncnet_python's faces.pckl layout and return it with plain floats; CacheError names the problem.
+
+    Box values are not judged here: ``pipeline.detections.sanitize_faces`` drops unusable boxes."""
     if not isinstance(faces, list):
         raise CacheError(f"{source}: faces must be a list with one list of detections per frame")
     clean: list[list[dict]] = []
@@ -116,8 +127,9 @@ def validate_faces(faces: Any, source: str) -> list[list[dict]]:
                 conf = float(det.get("conf", 1.0))
             except (TypeError, KeyError, ValueError):
                 raise CacheError(f"{source}: frame {frame_idx} has a detection without a 4-number 'bbox'") from None
-            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-                raise CacheError(f"{source}: frame {frame_idx} has an invalid box {bbox}")
+            if len(bbox) != 4:
+                raise CacheError(f"{source}: frame {frame_idx} has a box of {len(bbox)} numbers, not 4")
+            # non-finite, empty or absurd boxes are dropped (and counted) by pipeline.detections.sanitize_faces
             frame_dets.append({"frame": frame_idx, "bbox": bbox, "conf": conf})
         clean.append(frame_dets)
     return clean

@@ -17,6 +17,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, content_identity
 from pipeline.config import Section
 from pipeline.crop import smooth_track, write_track_crops
+from pipeline.detections import sanitize_faces
 from pipeline.errors import InputError
 from pipeline.formats import validate_faces
 from pipeline.prefetch import prefetch
@@ -173,6 +174,9 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
         result.notes.append("using the face detections found in faces.pckl (delete it to detect again)")
     elif not need_detection:
         result.reused.append("faces")
+    faces, note = sanitize_faces(faces, info["width"], info["height"], cfg.detections)
+    if note is not None:
+        result.notes.append(note)
     return info, faces, shots
 
 
@@ -183,6 +187,7 @@ def build_tracks(cache: Cache, cfg: Section, faces: list, shots: list, force: bo
         "upstream": {"faces.pckl": cache.digest("faces.pckl"), "scene.pckl": cache.digest("scene.pckl")},
         "track": cfg.track.to_dict(),
         "crop": cfg.crop.to_dict(),
+        "detections": cfg.detections.to_dict(),
     }
     if not force:
         tracks = cache.load_valid("tracks.pckl", key)

@@ -9,6 +9,7 @@ key still matches:
 - ``faceid.pckl``: the ``faces`` config, the face checkpoint's sha256, ``tracks.pckl`` and crops.
 - ``diarization.pckl``: the ``diarise`` config (and the expert's thresholds for Wav2Lip evidence) and the
   digests of everything above plus stage 2's outputs.
+- ``sync_curves.pckl``: the confidence curves and thresholds the fusion used, for stage 4 to draw.
 
 The decisions themselves are ``pipeline.fuse.diarise`` (``diarise.mode: voxconverse``) or
 ``pipeline.fuse_argmax.diarise_argmax`` (``argmax``); stage 2's evidence must come from ``sync.model``.
@@ -28,13 +29,15 @@ from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.evidence import (
     check_evidence_model,
     diarisation_key_extra,
+    evidence_model,
     fusion_mode,
     model_curves,
     vote_thresholds,
 )
+from pipeline.formats import DIARISATION_UPSTREAM, SYNC_CURVES_UPSTREAM, Turn, turns_from_pickle
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
-from pipeline.formats import SPEAKER_MODELS, VAD_METHODS, Turn, turns_from_pickle
+from pipeline.formats import SPEAKER_MODELS, VAD_METHODS
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"
@@ -194,8 +197,7 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
                         sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
     key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
-           "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "vad.pckl",
-                                 "embeddings.pckl", "faceid.pckl")}
+           "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
 
     def produce() -> list[tuple]:
         if fusion_mode(cfg) == "argmax":
@@ -212,6 +214,29 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
 
     rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
     return turns_from_pickle(rows)
+
+
+def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sync: Mapping,
+                     force: bool = False) -> dict:
+    """``sync_curves.pckl``: the per-frame confidence of every track and the voting thresholds the fusion
+    used, so that stage 4 draws exactly what was decided whatever its own config says."""
+    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
+           "upstream": _upstream(cache, *SYNC_CURVES_UPSTREAM)}
+
+    def produce() -> dict:
+        metric = str(sync.get("metric", "cosine"))
+        curves = model_curves(sync, len(distances))  # the sync model's own curves (Wav2Lip's expert), else None
+        if curves is None:
+            curves = [fuse.track_confidence(np.asarray(d), cfg.diarise) for d in distances]
+        return {"metric": metric,
+                "model": evidence_model(sync),
+                "mode": fusion_mode(cfg),
+                "thresholds": [float(t) for t in vote_thresholds(cfg, sync)],
+                "frame_rate_hz": float(cfg.diarise.frame_rate_hz),
+                "confidence": [np.asarray(c, dtype=np.float64) for c in curves],
+                "diarise": cfg.diarise.to_dict()}
+
+    return run_atomic_step(cache, "sync_curves.pckl", produce, STAGE, key, force)[0]
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -243,7 +268,9 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
     face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
     evidence = track_evidence(tracks, distances, vad, face_ids, curves)
-    return compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
+    turns = compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
+    save_sync_curves(cache, cfg, distances, sync, force)
+    return turns
 
 
 def summary(turns: list[Turn]) -> dict[str, Any]:
@@ -255,4 +282,4 @@ def summary(turns: list[Turn]) -> dict[str, Any]:
             "speech_s": sum(t.end_s - t.start_s for t in turns)}
 
 
-__all__ = ["run_cluster", "require_stage1", "require_stage2", "summary"]
+__all__ = ["run_cluster", "require_stage1", "require_stage2", "save_sync_curves", "summary"]

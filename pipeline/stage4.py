@@ -1,8 +1,10 @@
 """Stage 4, visualise: the cache's final turns as RTTM, a VIA 3 project, two plots and an annotated video.
 
 Reads (pywork/REF/): media.pckl and tracks.pckl (``scripts/run_pipeline.py``), activesd.pckl and sync.pckl
-(``scripts/run_syncnet.py``), faceid.pckl and diarization.pckl (``scripts/cluster.py``), and for the video
-pyavi/REF/audio.wav and the original video. Writes, all atomically, into pywork/REF/:
+(``scripts/run_syncnet.py``), faceid.pckl, diarization.pckl and sync_curves.pckl (``scripts/cluster.py``),
+and for the video pyavi/REF/audio.wav and the original video. The confidence curves and thresholds drawn
+are those stage 3 decided with (sync_curves.pckl), never recomputed with stage 4's own ``diarise`` config,
+and each of stage 3's outputs must have been made from the current upstream outputs. Writes, all atomically, into pywork/REF/:
 
 - ``REF.rttm``: the turns (file id REF);
 - ``REF_via.json``: the VIA 3 project on the original video;
@@ -18,18 +20,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
-from pipeline.evidence import evidence_model, fusion_mode, model_curves, vote_thresholds
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import Turn, turns_from_pickle
 from pipeline.plots import track_labels
-from pipeline.formats import CLUSTER, RUN_PIPELINE, RUN_SYNCNET
+from pipeline.formats import CLUSTER, DIARISATION_UPSTREAM, RUN_PIPELINE, RUN_SYNCNET, SYNC_CURVES_UPSTREAM
 
 
 
@@ -43,6 +44,10 @@ class Stage4Inputs:
     sync: dict
     face_ids: list[int]
     turns: list[Turn]
+    confidences: list  # sync_curves.pckl: per track float64 [num_frames], as stage 3 computed them
+    thresholds: tuple[float, ...]  # the voting thresholds stage 3 used
+    model: str = "syncnet"  # the sync model whose evidence stage 3 fused
+    mode: str = "voxconverse"  # the fusion rule stage 3 used
 
 
 def load_inputs(cache: Cache) -> Stage4Inputs:
@@ -51,13 +56,21 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
     tracks = cache.require("tracks.pckl", RUN_PIPELINE)
     dists = cache.require("activesd.pckl", RUN_SYNCNET)
     sync = cache.require("sync.pckl", RUN_SYNCNET)
-    face_ids = cache.require("faceid.pckl", CLUSTER)
+    face_ids = cache.require_fresh("faceid.pckl", CLUSTER, {"tracks.pckl": ""})
     try:
-        turns = turns_from_pickle(cache.require("diarization.pckl", CLUSTER))
+        turns = turns_from_pickle(cache.require_fresh("diarization.pckl", CLUSTER, dict.fromkeys(DIARISATION_UPSTREAM)))
     except (TypeError, ValueError, IndexError):
         raise CacheError(f"{cache.work('diarization.pckl')} is not a list of turns: run {CLUSTER} again") from None
+    curves = cache.require_fresh("sync_curves.pckl", CLUSTER, dict.fromkeys(SYNC_CURVES_UPSTREAM))
+    try:
+        confidences = [np.asarray(c, dtype=np.float64) for c in curves["confidence"]]
+        thresholds = tuple(float(t) for t in curves["thresholds"])
+        model, mode = str(curves.get("model", "syncnet")), str(curves.get("mode", "voxconverse"))
+    except (TypeError, ValueError, KeyError):
+        raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
     inputs = Stage4Inputs(media=media, tracks=list(tracks), dists=list(dists), sync=sync,
-                          face_ids=[int(i) for i in face_ids], turns=turns)
+                          face_ids=[int(i) for i in face_ids], turns=turns, confidences=confidences,
+                          thresholds=thresholds, model=model, mode=mode)
     _check_consistent(inputs)
     return inputs
 
@@ -67,6 +80,9 @@ def _check_consistent(inputs: Stage4Inputs) -> None:
     if len(inputs.dists) != num_tracks:
         raise CacheError(f"activesd.pckl has {len(inputs.dists)} tracks, tracks.pckl {num_tracks}: "
                          f"run {RUN_SYNCNET} again")
+    if len(inputs.confidences) != num_tracks:
+        raise CacheError(f"sync_curves.pckl has {len(inputs.confidences)} tracks, tracks.pckl {num_tracks}: "
+                         f"run {CLUSTER} again")
     if len(inputs.face_ids) != num_tracks:
         raise CacheError(f"faceid.pckl has {len(inputs.face_ids)} tracks, tracks.pckl {num_tracks}: "
                          f"run {CLUSTER} again")
@@ -74,13 +90,6 @@ def _check_consistent(inputs: Stage4Inputs) -> None:
         for track_idx in turn.track_ids:
             if not 0 <= track_idx < num_tracks:
                 raise CacheError(f"diarization.pckl names track {track_idx} of {num_tracks}: run {CLUSTER} again")
-
-
-def track_confidences(dists: Sequence[np.ndarray], cfg_diarise: Any) -> list[np.ndarray]:
-    """Per-frame smoothed sync confidence of every track, as stage 3 computes it."""
-    from pipeline.fuse import track_confidence
-
-    return [np.asarray(track_confidence(np.asarray(d), cfg_diarise), dtype=np.float64) for d in dists]
 
 
 def output_names(reference: str) -> dict[str, str]:
@@ -98,7 +107,7 @@ def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = 
     inputs = load_inputs(cache)
     source_path = str(cache.source_video(inputs.media))
     names = output_names(reference)
-    confidences = model_curves(inputs.sync, len(inputs.tracks)) or track_confidences(inputs.dists, cfg.diarise)
+    confidences = inputs.confidences
     labels = track_labels(inputs.turns, inputs.face_ids)
     outputs: dict[str, Path] = {}
     try:
@@ -123,12 +132,12 @@ def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, st
     frame_rate_hz = float(inputs.media.get("frame_rate_hz", cfg.media.frame_rate_hz))
     duration_s = float(inputs.media.get("duration_s") or max((t.end_s for t in inputs.turns), default=0.0))
     track_frames = [np.asarray(track["track"]["frame"]) for track in inputs.tracks]
-    thresholds = vote_thresholds(cfg, dict(inputs.sync, metric=inputs.sync.get("metric", cfg.syncnet.metric)))
-    if evidence_model(inputs.sync) == "wav2lip" or fusion_mode(cfg) == "argmax":  # the seed project's picture
-        expert = evidence_model(inputs.sync) == "wav2lip"
+    thresholds = inputs.thresholds
+    if inputs.model == "wav2lip" or inputs.mode == "argmax":  # the seed project's picture
+        expert = inputs.model == "wav2lip"
         sync_png = plot_sync_argmax(
             cache.work(names["sync_plot"]), track_frames, confidences, labels, frame_rate_hz, duration_s,
-            thresholds if fusion_mode(cfg) == "voxconverse" else (),
+            thresholds if inputs.mode == "voxconverse" else (),
             title=f"{cache.reference}: {'Wav2Lip expert smoothed score' if expert else 'SyncNet confidence'} per "
                   "face track (shaded: the face with the highest)",
             ylabel="lip-sync score (smoothed)" if expert else "sync confidence")
@@ -177,4 +186,4 @@ def copy_outputs(outputs: dict[str, Path], out_dir: Path) -> dict[str, Path]:
     return copied
 
 
-__all__ = ["Stage4Inputs", "copy_outputs", "load_inputs", "output_names", "track_confidences", "visualise"]
+__all__ = ["Stage4Inputs", "copy_outputs", "load_inputs", "output_names", "visualise"]

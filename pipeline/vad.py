@@ -126,8 +126,29 @@ def webrtc_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> l
         raise InputError(f"vad.webrtc_padding_ms must be at least one frame ({frame_ms} ms)")
     runs = collect_voiced(flags, padding_frames, float(cfg_vad.webrtc_trigger_ratio),
                           float(cfg_vad.webrtc_release_ratio))
-    frame_s = frame_ms / 1000.0
-    return [(first * frame_s, end * frame_s) for first, end in runs]
+    return webrtc_times(runs, sample_rate_hz * frame_ms // 1000, sample_rate_hz, frame_ms)
+
+
+def webrtc_times(runs: list[tuple[int, int]], frame_len: int, sample_rate_hz: int,
+                 frame_ms: int) -> list[tuple[float, float]]:
+    """``(start_s, end_s)`` of frame runs, in the reference's float arithmetic.
+
+    py-webrtcvad's ``frame_generator`` stamps frame k by adding the frame duration ``(n / rate) / 2`` (n
+    bytes) k times to 0.0, and av-diarization's ``run_webrtc`` takes ``len(bytes) / 32000`` as the length,
+    so ``end = start + length``. ``k * 0.03`` can round to the other side of a multiple of 1/25 s, which
+    moves a boundary by one frame after ``int(t * 25)``.
+    """
+    frame_bytes = int(sample_rate_hz * (frame_ms / 1000.0) * 2)
+    duration_s = (float(frame_bytes) / sample_rate_hz) / 2.0
+    bytes_per_s = 2 * sample_rate_hz  # av-diarization's SEGMENT_FACTOR, 32000 at 16 kHz
+    times: list[tuple[float, float]] = []
+    timestamp, frame = 0.0, 0
+    for first, end in runs:
+        while frame < first:
+            timestamp += duration_s
+            frame += 1
+        times.append((timestamp, timestamp + float((end - first) * frame_len * 2) / bytes_per_s))
+    return times
 
 
 # ---- silero-vad ----------------------------------------------------------------------------------

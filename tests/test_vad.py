@@ -168,7 +168,7 @@ def test_webrtc_matches_av_diarization(shared_data, name):
     int16 = audio if audio.dtype == np.int16 else np.clip(np.rint(audio * 32768.0), -32768, 32767).astype(np.int16)
     theirs = _reference_webrtc(int16)
     assert len(ours) == len(theirs) > 0
-    np.testing.assert_allclose(np.array(ours), np.array(theirs), atol=1e-9)
+    assert ours == theirs  # the same floats: boundaries land on the same frame after int(t * 25)
 
 
 def test_collector_rule_on_hand_made_flags():
@@ -179,3 +179,29 @@ def test_collector_rule_on_hand_made_flags():
     # nine voiced frames never open a segment; a segment still open at the end runs to the last frame
     assert collect_voiced(np.array([1] * 9 + [0], dtype=bool), 10, 0.9, 0.9) == []
     assert collect_voiced(np.ones(15, dtype=bool), 10, 0.9, 0.9) == [(0, 15)]
+
+
+def _reference_frames(segments_s, frame_rate_hz: int = 25) -> list[tuple[int, int]]:
+    """av-diarization's ``Diarizer.addvad``: ``int(start * 25)`` to ``int((start + duration) * 25)``."""
+    return [(int(start * frame_rate_hz), int(end * frame_rate_hz)) for start, end in segments_s]
+
+
+@pytest.fixture(scope="module")
+def real_clip_audio(shared_data):
+    """16 kHz mono audio of every real clip, as stage 1 writes it to audio.wav."""
+    from pipeline.media import decode_audio
+
+    return {path.stem: decode_audio(path, RATE_HZ) for path in sorted((shared_data / "videos").glob("*.mp4"))}
+
+
+def test_webrtc_frame_boundaries_are_the_references_on_every_real_clip(real_clip_audio):
+    """Times accumulate 0.03 s per frame in float as py-webrtcvad's frame_generator does; ``k * 0.03`` put
+    gestsync_asd2spk_a's second segment at frames 45-182 where av-diarization has 45-183 (4 of 25 wavs moved)."""
+    assert len(real_clip_audio) == 11
+    for name, audio in real_clip_audio.items():
+        ours = speech_segments(audio, RATE_HZ, CFG.vad, "webrtc")
+        theirs = _reference_webrtc(audio)
+        assert ours == theirs, name  # the same floats, not merely close
+        assert _reference_frames(ours) == _reference_frames(theirs), name
+    assert _reference_frames(speech_segments(real_clip_audio["gestsync_asd2spk_a"], RATE_HZ, CFG.vad, "webrtc")) == \
+        [(5, 36), (45, 183), (184, 272)]

@@ -16,6 +16,8 @@ from pipeline.errors import CacheError, InputError
 from pipeline.export import read_rttm
 from pipeline.media import iter_frames
 from pipeline.plots import identity_speakers, plot_sync, plot_timeline, speaker_colours, track_labels
+from pipeline.formats import DIARISATION_UPSTREAM
+from pipeline.stage3 import save_sync_curves
 from pipeline.stage4 import output_names, visualise
 from tests.synth import make_video, make_wav
 
@@ -59,13 +61,20 @@ def cache_dir(tmp_path) -> Path:
         "activesd.pckl": [_dists(50, 10, 0), _dists(36, 3, 1)],
         "sync.pckl": {"metric": "cosine", "vshift_frames": 10, "offset_frames": [0, -7], "min_dist": [0.4, 0.5],
                       "confidence": [0.6, 0.5]},
-        "faceid.pckl": [0, 1],
-        "diarization.pckl": [(0.0, 1.2, "spk00", "av", (0,)), (1.2, 1.8, "spk01", "av", (1,)),
-                             (1.8, 2.0, "unknown", "audio", ())],
     }
     for name, obj in objects.items():
         cache.save_pickle(name, obj, stage="test", key={})
+    cache.save_pickle("faceid.pckl", [0, 1], stage="test", key={"upstream": {"tracks.pckl": cache.digest("tracks.pckl")}})
+    save_stage3_turns(cache, [(0.0, 1.2, "spk00", "av", (0,)), (1.2, 1.8, "spk01", "av", (1,)),
+                              (1.8, 2.0, "unknown", "audio", ())])
     return data_dir
+
+
+def save_stage3_turns(cache: Cache, turns: list, cfg=None) -> None:
+    """diarization.pckl and sync_curves.pckl as stage 3 records them (made from the cache's current upstream)."""
+    upstream = {name: cache.digest(name) for name in DIARISATION_UPSTREAM}
+    cache.save_pickle("diarization.pckl", turns, stage="test", key={"upstream": upstream})
+    save_sync_curves(cache, cfg or load_config(), cache.load_pickle("activesd.pckl"), cache.load_pickle("sync.pckl"))
 
 
 def _decode(path: Path):
@@ -133,10 +142,54 @@ def test_without_video_no_mp4(cache_dir):
     ("sync.pckl", "run_syncnet.py"),
     ("faceid.pckl", "cluster.py"),
     ("diarization.pckl", "cluster.py"),
+    ("sync_curves.pckl", "cluster.py"),
 ])
 def test_missing_cache_names_the_stage_to_run(cache_dir, name, script):
     Cache(cache_dir, REF, create=False).invalidate(name)
     with pytest.raises(CacheError, match=rf"no {name} .* run scripts/{script} first"):
+        visualise(cache_dir, REF, load_config())
+
+
+def test_stage4_draws_what_stage3_decided_whatever_its_own_diarise_config(cache_dir, monkeypatch):
+    """Other smoothing and thresholds at stage 4 change nothing: the curves and thresholds drawn, the video and
+    the RTTM are stage 3's (before the fix stage 4 recomputed the curves with its own config)."""
+    import pipeline.plots
+
+    drawn = []
+    real_plot_sync = pipeline.plots.plot_sync
+
+    def spy(path, track_frames, confidences, labels, turns, frame_rate_hz, duration_s, thresholds, **kwargs):
+        drawn.append(([np.array(c) for c in confidences], tuple(thresholds)))
+        return real_plot_sync(path, track_frames, confidences, labels, turns, frame_rate_hz, duration_s, thresholds,
+                              **kwargs)
+
+    monkeypatch.setattr(pipeline.plots, "plot_sync", spy)
+    cfg = load_config()
+    other = load_config(overrides=["diarise.conf_medfilt_frames=5", "diarise.conf_thresholds_cosine=[0.1, 0.2]",
+                                   "diarise.conf_pad_frames=0"])
+    first = {k: p.read_bytes() for k, p in visualise(cache_dir, REF, cfg, video=True).items() if k != "via"}
+    second = {k: p.read_bytes() for k, p in visualise(cache_dir, REF, other, video=True).items() if k != "via"}
+    assert first.keys() == {"rttm", "sync_plot", "timeline_plot", "video"} and first == second  # via: a timestamp
+    from pipeline.fuse import track_confidence
+
+    dists = Cache(cache_dir, REF, create=False).load_pickle("activesd.pckl")
+    for run in drawn:
+        assert run[1] == (0.5, 0.9)
+        for ours, d in zip(run[0], dists):
+            np.testing.assert_array_equal(ours, track_confidence(d, cfg.diarise))
+
+
+def test_stale_stage3_outputs_are_refused(cache_dir):
+    """Turns re-clustered without new curves, or stage 2 re-run after stage 3: stage 4 says run cluster.py."""
+    cache = Cache(cache_dir, REF, create=False)
+    upstream = {name: cache.digest(name) for name in DIARISATION_UPSTREAM}
+    cache.save_pickle("diarization.pckl", [(0.0, 2.0, "spk00", "av", (0,))], stage="test", key={"upstream": upstream})
+    with pytest.raises(CacheError, match=r"sync_curves.pckl is stale \(diarization.pckl changed since\): "
+                                         r"run scripts/cluster.py again"):
+        visualise(cache_dir, REF, load_config())
+    dists = cache.load_pickle("activesd.pckl")
+    cache.save_pickle("activesd.pckl", [d + 0.01 for d in dists], stage="run_syncnet", key={"again": 1})
+    with pytest.raises(CacheError, match=r"diarization.pckl is stale \(activesd.pckl changed since\)"):
         visualise(cache_dir, REF, load_config())
 
 
@@ -148,7 +201,7 @@ def test_empty_data_dir_says_run_pipeline(tmp_path):
 
 def test_inconsistent_cache_is_a_cache_error(cache_dir):
     cache = Cache(cache_dir, REF, create=False)
-    cache.save_pickle("diarization.pckl", [(0.0, 1.0, "spk00", "av", (7,))], stage="test", key={})
+    save_stage3_turns(cache, [(0.0, 1.0, "spk00", "av", (7,))])
     with pytest.raises(CacheError, match="names track 7 of 2: run scripts/cluster.py again"):
         visualise(cache_dir, REF, load_config())
 
@@ -165,6 +218,7 @@ def test_fewer_frames_than_media_says_is_a_cache_error_and_leaves_nothing(cache_
     cache = Cache(cache_dir, REF, create=False)
     media = cache.load_pickle("media.pckl")
     cache.save_pickle("media.pckl", dict(media, num_frames=media["num_frames"] + 10), stage="test", key={})
+    save_stage3_turns(cache, cache.load_pickle("diarization.pckl"))  # stage 3 re-run on the new media.pckl
     with pytest.raises(CacheError, match="run scripts/run_pipeline.py again"):
         visualise(cache_dir, REF, load_config(), video=True)
     assert not list(cache.work_dir.glob("*.mp4")) and not list(cache.work_dir.glob(".*mp4"))
