@@ -20,8 +20,9 @@ from torch import nn
 
 from models.loader import load_strict, read_state_dict
 from pipeline.errors import InputError
-from pipeline.sync import SyncSettings, compute_mfcc, lip_windows, mfcc_windows
-from pipeline.train_data import TrackData, WindowBatch
+from pipeline.cache import Cache
+from pipeline.sync import SyncSettings, compute_mfcc, count_windows, lip_windows, mfcc_windows
+from pipeline.train_data import TrackData, WindowBatch, decode_crops
 
 
 def balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,6 +63,18 @@ class SyncNetAdapter:
     def state_to_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The published format: a bare state dict with syncnet_python's keys, on the CPU."""
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.settings.sample_rate_hz
+
+    def track_frames(self, cache: Cache, tracks: list[dict]) -> list[np.ndarray]:
+        """Each track's 224 x 224 lossless crops, the frames stage 2 feeds SyncNet."""
+        return [decode_crops(cache, idx) for idx in range(len(tracks))]
+
+    def count_windows(self, num_frames: int, audio: np.ndarray) -> int:
+        """Stage 2's windows: ``min(num_frames, samples // 640) - 5``."""
+        return count_windows(num_frames, len(audio), self.settings)
 
     def _track_mfcc(self, track: TrackData) -> torch.Tensor:
         key = id(track)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from pipeline import media
 from pipeline.cache import Cache
 from pipeline.errors import CacheError, InputError
 from pipeline.stage1 import read_wav, require_tracks_and_crops
-from pipeline.sync import SyncSettings, count_windows
 
 
 @dataclass
@@ -31,7 +30,7 @@ class TrackData:
 
     reference: str
     track_idx: int
-    frames: np.ndarray  # uint8 [num_frames, 224, 224, 3], BGR
+    frames: np.ndarray  # uint8 [num_frames, H, W, 3] BGR: the model's face input per frame
     audio: np.ndarray  # int16 [num_samples], 16 kHz mono, aligned with frame 0
     num_windows: int  # windows stage 2 scores on this track
 
@@ -99,28 +98,31 @@ def choose_references(data_dir: str | Path, references: Sequence[str] | None) ->
     return list(dict.fromkeys(references))
 
 
-def load_track(cache: Cache, track_idx: int, settings: SyncSettings) -> TrackData:
-    """Decode one track's lossless crops and read its audio."""
-    audio = read_wav(cache.crop_wav(track_idx), settings.sample_rate_hz)
+def decode_crops(cache: Cache, track_idx: int) -> np.ndarray:
+    """``[T, 224, 224, 3]`` uint8 BGR: one track's lossless crops (``pycrop/REF/%05d.mkv``), as stage 2 reads them."""
     with contextlib.closing(media.iter_video_frames(cache.crop_frames(track_idx))) as frames:
         decoded = list(frames)
     if not decoded:
         raise CacheError(f"{cache.crop_frames(track_idx)} has no frames: run scripts/run_pipeline.py again")
-    stack = np.stack(decoded)  # [T, 224, 224, 3]
-    num_windows = count_windows(len(stack), len(audio), settings)
-    return TrackData(cache.reference, track_idx, stack, audio, num_windows)
+    return np.stack(decoded)
 
 
-def load_reference(data_dir: str | Path, reference: str, settings: SyncSettings) -> list[TrackData]:
-    """Every track of one cached video (stage 1's crops, checked against its tracks)."""
+def load_reference(data_dir: str | Path, reference: str, adapter: Any) -> list[TrackData]:
+    """Every track of one cached video: the adapter's per-frame video input (its stage-2 front end) and the
+    track's audio (stage 1's ``pycrop/REF/%05d.wav``), checked against stage 1's tracks."""
     cache = Cache(data_dir, reference, create=False)
     if not cache.work_dir.is_dir():
         raise InputError(f"no cached video {reference!r} in {data_dir}: run scripts/run_pipeline.py on it first")
     tracks = require_tracks_and_crops(cache)
     try:
-        return [load_track(cache, idx, settings) for idx in range(len(tracks))]
-    except InputError as err:  # an undecodable crop: stage 1's output is broken
+        frames = adapter.track_frames(cache, tracks)
+    except InputError as err:  # an undecodable crop or source: stage 1's output is broken
         raise CacheError(f"{reference}: {err}; run scripts/run_pipeline.py again") from None
+    loaded = []
+    for idx, track_frames in enumerate(frames):
+        audio = read_wav(cache.crop_wav(idx), adapter.sample_rate_hz)
+        loaded.append(TrackData(reference, idx, track_frames, audio, adapter.count_windows(len(track_frames), audio)))
+    return loaded
 
 
 def split_references(references: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -195,8 +197,8 @@ def sample_batch(tracks: Sequence[TrackData], batch_size: int, sampling: Samplin
 
 
 def validation_batches(tracks: Sequence[TrackData], num_windows: int, batch_size: int, sampling: SamplingSettings,
-                       seed: int) -> list[WindowBatch]:
-    """A fixed validation set (the same windows and negatives at every evaluation), in batches."""
+                       seed: int | np.random.Generator) -> list[WindowBatch]:
+    """``num_windows`` windows in batches; with a seed, the same windows and negatives at every call."""
     rng = np.random.default_rng(seed)
     batches, left = [], num_windows
     while left > 0:

@@ -29,7 +29,6 @@ import torch
 from models.loader import read_state_dict
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError
-from pipeline.sync import SyncSettings
 from pipeline.sync_adapters import make_adapter
 from pipeline.train_data import (SamplingSettings, TrackData, WindowBatch, choose_references, load_reference,
                                  require_windows, sample_batch, split_references, validation_batches)
@@ -73,6 +72,7 @@ class TrainSettings:
     val_fraction: float
     val_windows: int
     val_every_steps: int
+    bn_recalibration_windows: int
     seed: int
     cuda_precision: str
 
@@ -85,8 +85,8 @@ class TrainSettings:
             raise InputError("train.lr and train.lr_final must be > 0")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"train.val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.val_windows < 1 or self.val_every_steps < 1:
-            raise InputError("train.val_windows and train.val_every_steps must be >= 1")
+        if self.val_windows < 1 or self.val_every_steps < 1 or self.bn_recalibration_windows < 1:
+            raise InputError("train.val_windows, val_every_steps and bn_recalibration_windows must be >= 1")
         if self.cuda_precision not in PRECISIONS:
             raise InputError(f"train.cuda_precision must be one of {', '.join(PRECISIONS)}")
 
@@ -117,14 +117,13 @@ class TrainData:
     val_tracks: list[TrackData]
 
 
-def load_data(data_dir: str | Path, references: Sequence[str] | None, cfg: Any, settings: TrainSettings,
+def load_data(data_dir: str | Path, references: Sequence[str] | None, adapter: Any, settings: TrainSettings,
               sampling: SamplingSettings) -> TrainData:
     """Split the references by video and load their tracks; InputError when there is too little data."""
     refs = choose_references(data_dir, references)
     train_refs, val_refs = split_references(refs, settings.val_fraction, settings.seed)
-    sync_settings = SyncSettings.from_config(cfg)
-    train = [t for ref in train_refs for t in load_reference(data_dir, ref, sync_settings)]
-    val = [t for ref in val_refs for t in load_reference(data_dir, ref, sync_settings)]
+    train = [t for ref in train_refs for t in load_reference(data_dir, ref, adapter)]
+    val = [t for ref in val_refs for t in load_reference(data_dir, ref, adapter)]
     return TrainData(train_refs, val_refs, require_windows(train, "training", sampling, train_refs),
                      require_windows(val, "validation", sampling, val_refs))
 
@@ -156,6 +155,31 @@ def validation_loss(adapter, model: torch.nn.Module, batches: Sequence[WindowBat
     total = sum(float(batch_loss(adapter, model, b, device, precision)) * b.size for b in batches)
     model.train(was_training)
     return total / sum(b.size for b in batches)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(adapter, model: torch.nn.Module, batches: Sequence[WindowBatch],
+                          device: torch.device, precision: str) -> None:
+    """Recompute every BatchNorm's running mean and variance as plain averages over ``batches`` ("precise BN").
+
+    Stage 2 runs the network in eval mode, on running statistics; during training those trail the weights
+    (an exponential average with momentum 0.1 over earlier weights), which early in training leaves eval-mode
+    embeddings far from the trained ones. Weights are not touched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    model.train()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: the mean over the batches
+    try:
+        for batch in batches:
+            batch_loss(adapter, model, batch, device, precision)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.train(was_training)
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -252,7 +276,7 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
     adapter = make_adapter(settings.model, cfg)
     device = torch.device(device)
     out = Path(out_dir)
-    data = load_data(data_dir, references, cfg, settings, sampling)
+    data = load_data(data_dir, references, adapter, settings, sampling)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(settings.seed)
@@ -290,6 +314,10 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
 
     def validate() -> None:
         nonlocal best_val, best_step
+        calib_rng = np.random.default_rng([settings.seed, step])  # its own stream: training's is untouched
+        recalibrate_batchnorm(adapter, model, validation_batches(
+            data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling, calib_rng),
+            device, settings.cuda_precision)
         val = validation_loss(adapter, model, val_batches, device, settings.cuda_precision)
         history[-1]["val_loss"] = val
         if val < best_val:

@@ -71,14 +71,15 @@ def load_speech(name: str) -> np.ndarray:
 
 def loudness_envelope(audio: np.ndarray, num_frames: int) -> np.ndarray:
     """``[num_frames]`` mouth opening 0..1: the RMS level (dB) of each frame's 640 samples, scaled between
-    the clip's 20th and 97th percentile (quiet frames close the mouth, loud ones open it fully)."""
+    the clip's 20th and 97th percentile and stretched by 1.4 (quiet frames close the mouth, loud ones open it
+    fully: a crisp, high-contrast movement)."""
     samples = np.zeros(num_frames * SAMPLES_PER_FRAME, np.float64)
     usable = min(len(audio), samples.size)
     samples[:usable] = audio[:usable]
     rms = np.sqrt(np.mean(samples.reshape(num_frames, SAMPLES_PER_FRAME) ** 2, axis=1))
     level_db = 20 * np.log10(rms + 1.0)
     low, high = np.percentile(level_db, 20), np.percentile(level_db, 97)
-    return np.clip((level_db - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return np.clip(1.4 * (level_db - low) / max(high - low, 1e-6) - 0.2, 0.0, 1.0)
 
 
 def speech_segment(audio: np.ndarray, start_s: float, num_frames: int) -> np.ndarray:
@@ -94,9 +95,10 @@ def speech_segment(audio: np.ndarray, start_s: float, num_frames: int) -> np.nda
 def background(size_wh: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A static textured background: smooth colour blobs plus fine noise."""
     width, height = size_wh
-    coarse = rng.integers(40, 200, size=(height // 40 + 2, width // 40 + 2, 3)).astype(np.uint8)
+    base = rng.integers(60, 180, size=3)
+    coarse = np.clip(base + rng.integers(-25, 26, size=(height // 80 + 2, width // 80 + 2, 3)), 0, 255).astype(np.uint8)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(-12, 13, size=image.shape)
+    noise = rng.integers(-3, 4, size=image.shape)
     return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
@@ -130,14 +132,14 @@ def draw_face(image: np.ndarray, face: FaceSpec, frame_idx: int) -> list[float]:
                  cv2.LINE_AA)
     cv2.line(image, pt(0, -0.1), pt(0.04, 0.15), tuple(int(0.7 * c) for c in face.skin_bgr), max(1, int(hh / 30)),
              cv2.LINE_AA)
-    # the mouth: lips always visible, the dark opening grows with loudness (0.03 .. 0.33 of the face height):
+    # the mouth: lips always visible, the dark opening grows with loudness (0.03 .. 0.43 of the face height):
     # a large, high-contrast mouth is a strong signal, so a sync model learns it in minutes on a CPU
-    mouth_h = 0.03 + 0.30 * opening
-    mouth_w = 0.40 + 0.10 * opening
-    cv2.ellipse(image, pt(0, 0.5), axes(mouth_w + 0.05, mouth_h + 0.05), 0, 0, 360, (70, 60, 170), -1, **draw)
-    cv2.ellipse(image, pt(0, 0.5), axes(mouth_w, mouth_h), 0, 0, 360, (25, 15, 35), -1, **draw)
+    mouth_h = 0.03 + 0.45 * opening
+    mouth_w = 0.55 + 0.10 * opening
+    cv2.ellipse(image, pt(0, 0.45), axes(mouth_w + 0.05, mouth_h + 0.05), 0, 0, 360, (70, 60, 170), -1, **draw)
+    cv2.ellipse(image, pt(0, 0.45), axes(mouth_w, mouth_h), 0, 0, 360, (25, 15, 35), -1, **draw)
     if opening > 0.3:  # upper teeth
-        cv2.ellipse(image, pt(0, 0.5 - mouth_h * 0.75), axes(mouth_w * 0.7, mouth_h * 0.22), 0, 0, 360,
+        cv2.ellipse(image, pt(0, 0.45 - mouth_h * 0.75), axes(mouth_w * 0.7, mouth_h * 0.22), 0, 0, 360,
                     (235, 235, 235), -1, **draw)
     pad = 0.08 * hh  # a detector's box is a little larger than the skin
     return [cx - hw - pad, cy - hh - pad, cx + hw + pad, cy + hh + pad]
@@ -225,7 +227,7 @@ def make_clip(folder: Path, plan: ClipPlan, num_frames: int, seed: int,
     half_h = float(rng.uniform(55, 70))
     talker_x = 90.0 if plan.distractor else float(rng.uniform(140, 180))
     faces = [FaceSpec((talker_x, float(rng.uniform(105, 125))), half_h, skin, loudness_envelope(talk, num_frames),
-                      motion_px=float(rng.uniform(3, 8)), motion_period_frames=float(rng.uniform(40, 90)),
+                      motion_px=float(rng.uniform(1.5, 3.0)), motion_period_frames=float(rng.uniform(40, 90)),
                       phase=float(rng.uniform(0, 2 * np.pi)))]
     if plan.distractor:
         other_name = HELD_OUT_SPEECH[(HELD_OUT_SPEECH.index(plan.speech_name) + 1) % len(HELD_OUT_SPEECH)] \
