@@ -2,9 +2,11 @@
 # Download the published checkpoints listed in models/checkpoints.tsv (the registry the Python loader reads).
 #   bash download_models.sh [WEIGHTS_DIR] [NETWORK ... | all]
 # WEIGHTS_DIR defaults to $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights. NETWORK is one of
-# s3fd syncnet resnetse34 vggface2 ecapa: every published file of those networks; `all`: every file;
+# s3fd syncnet resnetse34 vggface2 ecapa wav2lip: every published file of those networks; `all`: every file;
 # nothing: the files the default config uses (registry column `default`). Files with a published sha256
 # are checked; a file is written under a temporary name and moved into place only when complete and verified.
+# A file without a stable direct URL (column `default` is `manual`, e.g. Wav2Lip's lipsync_expert.pth) is not
+# downloaded: the script says where to get it and where to put it, and exits non-zero while it is missing.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +41,10 @@ while IFS=$'\t' read -r network file sha256 default url; do
     elif [[ -f "$out" && "$sha256" == "-" ]]; then
         echo "present  $file (no published sha256)"
         continue
+    fi
+    if [[ "$default" == "manual" ]]; then
+        echo "error: $file has no direct download: get it from $url and save it as $out" >&2
+        status=1; continue
     fi
     echo "fetching $file"
     tmp="$out.part"

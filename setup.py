@@ -40,6 +40,9 @@ setup(
         "silero-vad>=5.1,<7",
         "speechbrain>=1.0,<1.2",
         "python_speech_features>=0.6,<0.7",
+        # Wav2Lip's lip-sync expert was trained on librosa's STFT and Slaney mel basis: the library gives its exact
+        # front end (checked against a transcription of Wav2Lip's audio.py) instead of hand-written filters.
+        "librosa>=0.10,<2",
         "PyYAML>=6,<7",
         "tqdm>=4.60,<5",
         "matplotlib>=3.7,<4",

@@ -34,7 +34,8 @@ class CheckpointEntry:
     file: str
     sha256: str | None
     default: bool  # fetched by a plain `bash download_models.sh` (the default config's files)
-    url: str
+    url: str  # the file itself, or for a manual entry the page that links it
+    manual: bool = False  # no stable direct URL (registry column `default` is `manual`): the user fetches it
 
 
 def read_registry(path: Path = REGISTRY_PATH) -> list[CheckpointEntry]:
@@ -44,7 +45,8 @@ def read_registry(path: Path = REGISTRY_PATH) -> list[CheckpointEntry]:
         if not line.strip() or line.startswith("#"):
             continue
         network, file, sha256, default, url = line.split("\t")
-        entries.append(CheckpointEntry(network, file, None if sha256 == "-" else sha256, default == "1", url))
+        entries.append(CheckpointEntry(network, file, None if sha256 == "-" else sha256, default == "1", url,
+                                       manual=default == "manual"))
     return entries
 
 
@@ -82,6 +84,8 @@ def checkpoint_path(file: str, weights_dir: str | Path | None) -> Path:
         return path
     entry = registry_entry(file)
     fetch = f"; `bash download_models.sh {folder}` fetches it" if entry else ""
+    if entry is not None and entry.manual:
+        fetch = f"; it has no direct download: get it from {entry.url} and save it there as {file}"
     raise CheckpointError(f"checkpoint {file} not found in {folder} (set --weights_dir or ${WEIGHTS_ENV}){fetch}")
 
 

@@ -18,17 +18,24 @@ def _networks() -> dict[str, torch.nn.Module]:
     from models.s3fd import S3FD
     from models.syncnet import SyncNet
     from models.vggface import VGGFaceResNet50
+    from models.wav2lip import LipSyncExpert
 
     return {
         "s3fd.model": S3FD(),
         "syncnet.model": SyncNet(),
         "speakernet.model": ResNetSE34V2(),
         "faceembedding.model": VGGFaceResNet50(),
+        "lipsync_expert.pth": LipSyncExpert(),
     }
 
 
+# Files published as training checkpoints: the weights sit under 'state_dict' (Wav2Lip's save_checkpoint).
+_TRAINING_CHECKPOINTS = ("lipsync_expert.pth",)
+
+
 def write_random_checkpoints(weights_dir: str | Path | None, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write seeded random ``s3fd.model``, ``syncnet.model``, ``speakernet.model`` and ``faceembedding.model``."""
+    """Write seeded random ``s3fd.model``, ``syncnet.model``, ``speakernet.model``, ``faceembedding.model`` and
+    Wav2Lip's ``lipsync_expert.pth`` (in its training-checkpoint layout)."""
     folder = resolve_weights_dir(weights_dir)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -36,5 +43,8 @@ def write_random_checkpoints(weights_dir: str | Path | None, seed: int = 0, over
         path = folder / name
         if overwrite or not path.exists():
             module.eval()
-            torch.save(module.state_dict(), path)
+            state = module.state_dict()
+            if name in _TRAINING_CHECKPOINTS:
+                state = {"state_dict": state, "optimizer": None, "global_step": 0, "global_epoch": 0}
+            torch.save(state, path)
     return folder

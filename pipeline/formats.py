@@ -30,6 +30,29 @@ Stage 2, ``run_syncnet``:
 - ``offsets.txt``: two ``#`` header lines, then ``track offset_frames min_dist confidence`` per line
   (``nan`` where undefined).
 
+Stage 2 with ``sync.model: wav2lip`` (Wav2Lip's lip-sync expert, ``pipeline/sync_wav2lip.py``): the expert's
+face input is the track's own box (``tracks.pckl`` ``track.bbox``, grown by ``wav2lip.box_expand`` on each
+side, clipped to the frame, resized to 96 x 96), not the 224 crop with its 40 % context. Stage 2 cuts it from
+the normalised frame sequence itself (``pipeline.media.iter_frames`` of the video stage 1 read, whose file
+identity ``media.pckl`` records; one decode for all tracks), so stage 1 and its crops stay the same for
+every sync model. The audio is the track's ``%05d.wav``, as for SyncNet.
+
+- ``activesd.pckl``: list over tracks of float32 ``[num_windows, 2 * vshift + 1]`` **scores** (cosine
+  similarity of the expert's embeddings, in [0, 1], higher = more in sync; 0 where the shifted audio window
+  falls outside the track's audio); row i compares frames i .. i + 4 with the 16 mel frames starting at
+  ``int(80 * (i + shift) / 25)``, shift ``-vshift .. +vshift``. ``num_windows = min(num_frames - 4,`` windows
+  the audio holds``)``.
+- ``sync.pckl``: dict ``model`` ('wav2lip'), ``metric`` ('cosine_similarity'), ``vshift_frames``,
+  ``checkpoint``, ``smooth_frames``, and per track lists ``offset_frames`` (``vshift`` minus the column with
+  the highest mean score: SyncNet's sign; NaN for a track too short or digitally silent), ``best_score`` (that
+  mean; NaN when too short), ``confidence`` (best minus median of the per-shift means; 0.0 when undefined),
+  ``score_raw`` (float32 ``[num_frames]`` per track frame: the score at the best shift of the window centred
+  on that frame, i.e. window i on frame i + 2; NaN on frames no window is centred on) and ``score_smooth``
+  (float32 ``[num_frames]``: the centred ``smooth_frames`` moving average of ``score_raw`` over its finite
+  values; NaN where none). Frame j of both curves is the track's frame ``track.frame[0] + j``.
+  SyncNet's ``sync.pckl`` records ``model`` 'syncnet' (absent in caches written before it: read as SyncNet).
+- ``offsets.txt``: as above with ``best_score`` in place of ``min_dist``.
+
 Stage 3, ``cluster``:
 
 - ``vad.pckl``: dict ``method``, ``audio``: list of ``(start_s, end_s)``, ``tracks``: one such list per track
@@ -45,6 +68,11 @@ import math
 from typing import Any, NamedTuple, Sequence
 
 from pipeline.errors import CacheError
+
+# Stage 2's sync models (config ``sync.model``; ``--sync_model``): SyncNet is VoxConverse's.
+SYNC_MODELS = ("syncnet", "wav2lip")
+# Stage 3's fusion rules (config ``diarise.mode``; ``--fusion``): voxconverse is av-diarization's.
+FUSION_MODES = ("voxconverse", "argmax")
 
 # The script that writes each stage's intermediates, named in errors about a missing or stale cache.
 RUN_PIPELINE = "scripts/run_pipeline.py"

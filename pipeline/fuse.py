@@ -53,6 +53,7 @@ class TrackEvidence:
     dists: np.ndarray  # float [num_windows, num_shifts], SyncNet distances (activesd.pckl row)
     vad_s: Sequence[tuple[float, float]]  # speech in the track's audio, seconds from its first frame
     identity: int  # face identity (faceid.pckl)
+    confidence: np.ndarray | None = None  # float [n] on frames first_frame + j, when the sync model gives its own
 
     @property
     def first_frame(self) -> int:
@@ -186,6 +187,14 @@ def track_confidence(dists: np.ndarray, cfg_diarise) -> np.ndarray:
                            int(cfg_diarise.conf_medfilt_frames))
 
 
+def track_curve(track: TrackEvidence, cfg_diarise: Any) -> np.ndarray:
+    """The per-frame confidence the rules vote on: the sync model's own curve when stage 2 gave one
+    (Wav2Lip's smoothed score), else SyncNet's from the distances (``track_confidence``)."""
+    if track.confidence is not None:
+        return np.asarray(track.confidence, dtype=np.float64)
+    return track_confidence(track.dists, cfg_diarise)
+
+
 def vad_frame_counts(segments_s: Sequence[tuple[float, float]], num_frames: int, frame_rate_hz: float) -> np.ndarray:
     """How many VAD segments cover each frame: [num_frames]; frames ``int(start * fps) .. int(end * fps) - 1``."""
     counts = np.zeros(num_frames, dtype=np.float64)
@@ -212,8 +221,8 @@ def active_speaker_frames(confidence: np.ndarray, vad_counts: np.ndarray, thresh
 
 def track_activity(track_idx: int, track: TrackEvidence, cfg_diarise: Any,
                    thresholds: Sequence[float]) -> TrackActivity:
-    """One track's active-speech frames from its SyncNet distances and its own VAD."""
-    confidence = track_confidence(track.dists, cfg_diarise)
+    """One track's active-speech frames from its sync confidence and its own VAD."""
+    confidence = track_curve(track, cfg_diarise)
     vad_counts = vad_frame_counts(track.vad_s, confidence.size, float(cfg_diarise.frame_rate_hz))
     active = active_speaker_frames(confidence, vad_counts, thresholds, int(cfg_diarise.min_votes),
                                    int(cfg_diarise.closing_frames))
@@ -384,21 +393,31 @@ def timeline_frames(num_frames: int, audio_vad_s: Sequence[tuple[float, float]],
 
 def diarise(tracks: Sequence[TrackEvidence], audio_vad_s: Sequence[tuple[float, float]], embeddings: np.ndarray,
             cfg_diarise: Any, metric: str, hop_s: float, num_frames: int,
-            duration_s: float | None = None) -> list[Turn]:
+            duration_s: float | None = None, thresholds: Sequence[float] | None = None) -> list[Turn]:
     """Speaker turns of one video from its face tracks, whole-audio VAD and sliding speaker embeddings.
 
     ``embeddings`` is [num_windows, dim] with window k starting at ``k * hop_s``; ``metric`` is the SyncNet
-    distance stage 2 used ('cosine' or 'euclidean'), which picks the confidence thresholds.
+    distance stage 2 used ('cosine' or 'euclidean'), which picks the confidence thresholds unless
+    ``thresholds`` gives them (another sync model's own scale).
     """
+    thresholds = conf_thresholds(cfg_diarise, metric) if thresholds is None else tuple(thresholds)
+    activities = [track_activity(i, t, cfg_diarise, thresholds) for i, t in enumerate(tracks) if len(t.frames)]
+    return turns_from_activities(tracks, activities, int(cfg_diarise.min_utterance_frames), audio_vad_s,
+                                 embeddings, cfg_diarise, hop_s, num_frames, duration_s)
+
+
+def turns_from_activities(tracks: Sequence[TrackEvidence], activities: Sequence[TrackActivity],
+                          min_utterance_frames: int, audio_vad_s: Sequence[tuple[float, float]],
+                          embeddings: np.ndarray, cfg_diarise: Any, hop_s: float, num_frames: int,
+                          duration_s: float | None = None) -> list[Turn]:
+    """Steps 2 and 3 from every track's active frames (step 1, whichever rule made them): the turns."""
     fps = float(cfg_diarise.frame_rate_hz)
-    thresholds = conf_thresholds(cfg_diarise, metric)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2:
         embeddings = embeddings.reshape(-1, embeddings.shape[-1]) if embeddings.size else np.zeros((0, 0))
     timeline = EmbeddingTimeline(len(embeddings), float(hop_s), float(cfg_diarise.embedding_offset_s), fps)
 
-    activities = [track_activity(i, t, cfg_diarise, thresholds) for i, t in enumerate(tracks) if len(t.frames)]
-    utterances = [u for a in activities for u in face_utterances(a, int(cfg_diarise.min_utterance_frames))]
+    utterances = [u for a in activities for u in face_utterances(a, min_utterance_frames)]
     length = timeline_frames(num_frames, audio_vad_s, activities, fps)
     uncovered = uncovered_speech(vad_frame_counts(audio_vad_s, length, fps), activities)
     runs = speech_runs(uncovered, int(cfg_diarise.min_offscreen_frames))

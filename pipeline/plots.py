@@ -116,6 +116,71 @@ def plot_sync(path: Path, track_frames: Sequence[np.ndarray], confidences: Seque
     return _save_png(figure, path)
 
 
+def distinct_track_colours(labels: Sequence[str]) -> list[tuple[float, float, float]]:
+    """A colour per track: its speaker's (as ``label_colours``), silent faces the palette colours no speaker
+    uses, in turn, so that every face of the argmax picture can be told apart."""
+    speaking = label_colours(labels)
+    used = {speaking[label] for label in labels if not label.startswith("face ")}
+    spare = [rgb for rgb in PALETTE_RGB if rgb not in used] or list(PALETTE_RGB)
+    colours, next_spare = [], 0
+    for label in labels:
+        if label.startswith("face "):
+            colours.append(spare[next_spare % len(spare)])
+            next_spare += 1
+        else:
+            colours.append(speaking[label])
+    return colours
+
+
+def argmax_spans(track_frames: Sequence[np.ndarray], curves: Sequence[np.ndarray],
+                 num_frames: int) -> list[tuple[int, int, int]]:
+    """``(start_frame, end_frame, track)`` runs where a track's curve is the highest (frames with none left out)."""
+    from pipeline.fuse import find_runs
+    from pipeline.fuse_argmax import NO_FACE, argmax_faces
+
+    firsts = [int(np.asarray(f)[0]) if len(f) else 0 for f in track_frames]
+    usable = [np.asarray(c, dtype=float)[:len(f)] for c, f in zip(curves, track_frames)]
+    values, starts, lengths = find_runs(argmax_faces(usable, firsts, num_frames))
+    return [(int(s), int(s + n), int(v)) for v, s, n in zip(values, starts, lengths) if v != NO_FACE]
+
+
+def plot_sync_argmax(path: Path, track_frames: Sequence[np.ndarray], curves: Sequence[np.ndarray],
+                     labels: Sequence[str], frame_rate_hz: float, duration_s: float,
+                     thresholds: Sequence[float] = (), title: str = "", ylabel: str = "lip-sync score") -> Path:
+    """Each track's smoothed sync curve against time, and in every frame the track with the highest curve
+    shaded in its colour (syncnet-speaker-diarization's picture: the argmax face is the speaker).
+
+    ``curves[i][j]`` belongs to frame ``track_frames[i][0] + j``; NaN values are not drawn. Dashed lines mark
+    the thresholds of the VoxConverse voting rule when given.
+    """
+    colours = distinct_track_colours(labels)
+    figure = _figure(_width_in(duration_s), 4.0)
+    axes = figure.add_subplot()
+    num_frames = max([int(round(duration_s * frame_rate_hz))] +
+                     [int(np.asarray(f)[0]) + len(f) for f in track_frames if len(f)])
+    for start, end, track_idx in argmax_spans(track_frames, curves, num_frames):
+        axes.axvspan(start / frame_rate_hz, end / frame_rate_hz, color=colours[track_idx], alpha=0.15, lw=0)
+    for track_idx, (frames, curve) in enumerate(zip(track_frames, curves)):
+        count = min(len(frames), len(curve))
+        if count == 0:
+            continue
+        times_s = (int(np.asarray(frames)[0]) + np.arange(count)) / frame_rate_hz
+        axes.plot(times_s, np.asarray(curve[:count], dtype=float), color=colours[track_idx], lw=1.2,
+                  label=f"face {track_idx} ({labels[track_idx]})")
+    for threshold in thresholds:
+        axes.axhline(threshold, color="black", lw=0.8, ls="--", alpha=0.6)
+    axes.set_xlim(0.0, max(duration_s, 1e-3))
+    axes.set_xlabel("time (s)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title or "lip-sync score per face (shaded: the face with the highest score)")
+    axes.grid(alpha=0.3)
+    if 0 < len(curves) <= 12:
+        axes.legend(loc="upper right", fontsize="small", ncols=min(4, len(curves)))
+    if not len(curves):
+        axes.text(0.5, 0.5, "no face tracks", transform=axes.transAxes, ha="center", va="center")
+    return _save_png(figure, path)
+
+
 def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: str = "") -> Path:
     """One row per speaker with its turns as bars: solid when a face was seen speaking, hatched for voice only."""
     speakers = sorted({turn.speaker for turn in turns}, key=lambda s: (s == UNKNOWN_SPEAKER, s))
@@ -149,9 +214,12 @@ def rgb_to_bgr255(rgb: tuple[float, float, float]) -> tuple[int, int, int]:
 __all__ = [
     "NEUTRAL_RGB",
     "PALETTE_RGB",
+    "argmax_spans",
+    "distinct_track_colours",
     "identity_speakers",
     "label_colours",
     "plot_sync",
+    "plot_sync_argmax",
     "plot_timeline",
     "rgb_to_bgr255",
     "speaker_colours",

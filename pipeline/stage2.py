@@ -25,6 +25,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, sha256_file, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
+from pipeline.evidence import configured_model
 from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
@@ -127,10 +128,15 @@ def _load_valid(cache: Cache, key: Mapping) -> Stage2Output | None:
 def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None,
                device: torch.device | str = "cpu", force: bool = False,
                progress: ProgressHook | None = None) -> Stage2Output:
-    """SyncNet on every track of ``cache``; reuses a valid earlier result unless ``force``.
+    """SyncNet (or the ``sync.model`` stage 2 is set to) on every track of ``cache``; reuses a valid earlier
+    result unless ``force``.
 
     Raises CacheError when stage 1's output is missing or stale, CheckpointError for a bad checkpoint.
     """
+    if configured_model(cfg) == "wav2lip":  # Wav2Lip's lip-sync expert: pipeline/sync_wav2lip.py
+        from pipeline.sync_wav2lip import run_stage2_wav2lip
+
+        return run_stage2_wav2lip(cache, cfg, weights_dir, device, force, progress)
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_stage1(cache)
     settings = SyncSettings.from_config(cfg)
@@ -156,6 +162,7 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
     distances = [r.distances for r in results]
     sync = summarise(results, settings)
     sync["checkpoint"] = ckpt_file
+    sync["model"] = "syncnet"
     _write_outputs(cache, distances, sync, key)
     return Stage2Output(distances, sync, reused=False)
 

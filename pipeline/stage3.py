@@ -7,9 +7,11 @@ key still matches:
 - ``vad.pckl``: the ``vad`` config and method, the sha256 of ``audio.wav``, the digests of stage 1's outputs.
 - ``embeddings.pckl``: the ``embed`` config, the speaker model and its checkpoint's sha256, the audio.
 - ``faceid.pckl``: the ``faces`` config, the face checkpoint's sha256, ``tracks.pckl`` and crops.
-- ``diarization.pckl``: the ``diarise`` config and the digests of everything above plus stage 2's outputs.
+- ``diarization.pckl``: the ``diarise`` config (and the expert's thresholds for Wav2Lip evidence) and the
+  digests of everything above plus stage 2's outputs.
 
-The decisions themselves are ``pipeline.fuse.diarise``.
+The decisions themselves are ``pipeline.fuse.diarise`` (``diarise.mode: voxconverse``) or
+``pipeline.fuse_argmax.diarise_argmax`` (``argmax``); stage 2's evidence must come from ``sync.model``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pipeline.cache import Cache, run_atomic_step, sha256_file
 from pipeline.config import Section
 from pipeline.stage1 import read_wav, require_tracks_and_crops
 from pipeline.errors import CacheError, CheckpointError, InputError
+from pipeline.evidence import (check_evidence_model, diarisation_key_extra, fusion_mode, model_curves,
+                               vote_thresholds)
 from pipeline.formats import Turn, turns_from_pickle
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
@@ -166,30 +170,37 @@ def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None,
 
 
 def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping,
-                   face_ids: list[int]) -> list[fuse.TrackEvidence]:
-    """Per-track inputs of the fusion rules, checked for matching lengths."""
+                   face_ids: list[int], curves: list[np.ndarray] | None = None) -> list[fuse.TrackEvidence]:
+    """Per-track inputs of the fusion rules, checked for matching lengths (``curves``: the sync model's own)."""
     if not (len(tracks) == len(distances) == len(vad["tracks"]) == len(face_ids)):
         raise CacheError(f"stage 3's inputs disagree on the number of tracks ({len(tracks)} tracks, "
                          f"{len(distances)} distance matrices, {len(vad['tracks'])} track VADs, {len(face_ids)} "
                          f"identities): re-run with --force")
     return [
         fuse.TrackEvidence(frames=np.asarray(t["track"]["frame"], dtype=np.int64), dists=np.asarray(d),
-                           vad_s=list(v), identity=int(i))
-        for t, d, v, i in zip(tracks, distances, vad["tracks"], face_ids)
+                           vad_s=list(v), identity=int(i), confidence=None if curves is None else curves[k])
+        for k, (t, d, v, i) in enumerate(zip(tracks, distances, vad["tracks"], face_ids))
     ]
 
 
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
                         sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
-    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(),
+    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "vad.pckl",
                                  "embeddings.pckl", "faceid.pckl")}
 
     def produce() -> list[tuple]:
-        turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, str(sync["metric"]),
-                             float(embeddings["hop_s"]), int(media_info["num_frames"]),
-                             media_info.get("duration_s"))
+        if fusion_mode(cfg) == "argmax":
+            from pipeline.fuse_argmax import diarise_argmax
+
+            turns = diarise_argmax(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise,
+                                   float(embeddings["hop_s"]), int(media_info["num_frames"]),
+                                   media_info.get("duration_s"))
+        else:
+            turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, str(sync["metric"]),
+                                 float(embeddings["hop_s"]), int(media_info["num_frames"]),
+                                 media_info.get("duration_s"), thresholds=vote_thresholds(cfg, sync))
         return [tuple(turn) for turn in turns]
 
     rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
@@ -215,13 +226,16 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
 
     media_info, tracks = require_stage1(cache)
     distances, sync = require_stage2(cache, len(tracks))
-    fuse.conf_thresholds(cfg.diarise, str(sync["metric"]))  # an unknown metric fails before any work
+    check_evidence_model(cfg, sync)  # evidence of another sync model: its thresholds do not apply
+    fusion_mode(cfg)
+    vote_thresholds(cfg, sync)  # an unknown metric fails before any work
+    curves = model_curves(sync, len(tracks))
     audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
 
     vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
     embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
     face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
-    evidence = track_evidence(tracks, distances, vad, face_ids)
+    evidence = track_evidence(tracks, distances, vad, face_ids, curves)
     return compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
 
 

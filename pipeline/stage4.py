@@ -6,7 +6,8 @@ pyavi/REF/audio.wav and the original video. Writes, all atomically, into pywork/
 
 - ``REF.rttm``: the turns (file id REF);
 - ``REF_via.json``: the VIA 3 project on the original video;
-- ``REF_sync.png``: every face track's sync confidence over time, speaking spans shaded;
+- ``REF_sync.png``: every face track's sync confidence over time, speaking spans shaded (Wav2Lip evidence or
+  ``diarise.mode: argmax``: the smoothed curves with, per frame, the face with the highest shaded);
 - ``REF_timeline.png``: the speakers' turns;
 - ``REF_annotated.mp4`` (only when asked): the annotated 25 fps video with the audio.
 
@@ -24,6 +25,7 @@ import numpy as np
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
+from pipeline.evidence import evidence_model, fusion_mode, model_curves, vote_thresholds
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import Turn, turns_from_pickle
 from pipeline.plots import track_labels
@@ -96,7 +98,7 @@ def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = 
     inputs = load_inputs(cache)
     source_path = str(inputs.media["source"]["path"])
     names = output_names(reference)
-    confidences = track_confidences(inputs.dists, cfg.diarise)
+    confidences = model_curves(inputs.sync, len(inputs.tracks)) or track_confidences(inputs.dists, cfg.diarise)
     labels = track_labels(inputs.turns, inputs.face_ids)
     outputs: dict[str, Path] = {}
     try:
@@ -116,16 +118,24 @@ def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = 
 
 def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, str],
            confidences: list[np.ndarray], labels: list[str]) -> dict[str, Path]:
-    from pipeline.fuse import conf_thresholds
-    from pipeline.plots import plot_sync, plot_timeline
+    from pipeline.plots import plot_sync, plot_sync_argmax, plot_timeline
 
     frame_rate_hz = float(inputs.media.get("frame_rate_hz", cfg.media.frame_rate_hz))
     duration_s = float(inputs.media.get("duration_s") or max((t.end_s for t in inputs.turns), default=0.0))
     track_frames = [np.asarray(track["track"]["frame"]) for track in inputs.tracks]
-    thresholds = conf_thresholds(cfg.diarise, str(inputs.sync.get("metric", cfg.syncnet.metric)))
-    sync_png = plot_sync(cache.work(names["sync_plot"]), track_frames, confidences, labels, inputs.turns,
-                         frame_rate_hz, duration_s, thresholds,
-                         title=f"{cache.reference}: sync confidence per face track (shaded: speaking)")
+    thresholds = vote_thresholds(cfg, dict(inputs.sync, metric=inputs.sync.get("metric", cfg.syncnet.metric)))
+    if evidence_model(inputs.sync) == "wav2lip" or fusion_mode(cfg) == "argmax":  # the seed project's picture
+        expert = evidence_model(inputs.sync) == "wav2lip"
+        sync_png = plot_sync_argmax(
+            cache.work(names["sync_plot"]), track_frames, confidences, labels, frame_rate_hz, duration_s,
+            thresholds if fusion_mode(cfg) == "voxconverse" else (),
+            title=f"{cache.reference}: {'Wav2Lip expert smoothed score' if expert else 'SyncNet confidence'} per "
+                  "face track (shaded: the face with the highest)",
+            ylabel="lip-sync score (smoothed)" if expert else "sync confidence")
+    else:
+        sync_png = plot_sync(cache.work(names["sync_plot"]), track_frames, confidences, labels, inputs.turns,
+                             frame_rate_hz, duration_s, thresholds,
+                             title=f"{cache.reference}: sync confidence per face track (shaded: speaking)")
     timeline_png = plot_timeline(cache.work(names["timeline_plot"]), inputs.turns, duration_s,
                                  title=f"{cache.reference}: speakers (solid: face seen speaking; hatched: voice only)")
     return {"sync_plot": sync_png, "timeline_plot": timeline_png}

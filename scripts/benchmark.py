@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights_dir", default=None, help="checkpoints (default: seeded random ones)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
-    parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,stage3")
+    parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,wav2lip,stage3")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--debug", action="store_true")
     add_config_args(parser)
@@ -129,6 +129,18 @@ def bench_stage2(cache, cfg, weights_dir, device, timer: Timer) -> None:
         timer.add(label, time.perf_counter() - start, windows, "windows")
 
 
+def bench_stage2_wav2lip(cache, cfg, weights_dir, device, timer: Timer) -> None:
+    """Stage 2 with Wav2Lip's lip-sync expert on the same tracks (frames decoded and cropped, mel included)."""
+    from pipeline.config import load_config
+    from pipeline.stage2 import run_stage2
+
+    start = time.perf_counter()
+    out = run_stage2(cache, load_config(overrides=["sync.model=wav2lip"]), weights_dir, device, force=True)
+    _sync(device)
+    windows = sum(len(d) for d in out.distances)
+    timer.add("stage 2 Wav2Lip expert", time.perf_counter() - start, windows, "windows")
+
+
 def bench_stage3(cache, cfg, weights_dir, device, timer: Timer) -> None:
     from scipy.io import wavfile
 
@@ -163,6 +175,9 @@ def main(args: argparse.Namespace) -> int:
         if not (weights_dir / cfg.detect.checkpoint).is_file():
             weights_dir = write_random_checkpoints(scratch / "weights")
             print(f"benchmark: seeded random checkpoints in {weights_dir} (published ones not found)")
+        elif not (weights_dir / cfg.wav2lip.checkpoint).is_file():
+            skip.add("wav2lip")
+            print(f"benchmark: no {cfg.wav2lip.checkpoint} in {weights_dir}: the Wav2Lip expert is not timed")
         print(f"benchmark: {videofile.name}: {info.width}x{info.height}, {info.duration_s:.2f} s, device {device}")
         timer = Timer(info.duration_s or 1.0)
         bench_decode(videofile, cfg, timer)
@@ -175,6 +190,8 @@ def main(args: argparse.Namespace) -> int:
             cache, _ = bench_stage1(videofile, cfg, weights_dir, device, None, scratch / "data", timer)
         if cache is not None and "stage2" not in skip:
             bench_stage2(cache, cfg, weights_dir, device, timer)
+        if cache is not None and "wav2lip" not in skip:
+            bench_stage2_wav2lip(cache, cfg, weights_dir, device, timer)
         if cache is not None and "stage3" not in skip:
             bench_stage3(cache, cfg, weights_dir, device, timer)
         print(f"{'peak RSS':<34} {peak_rss_mb():9.0f} MB")

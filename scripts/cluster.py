@@ -2,6 +2,7 @@
 """Stage 3: voice activity, speaker embeddings, face identities and the audio-visual diarisation.
 
     python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero] [--speaker_model resnetse34|ecapa]
+                              [--fusion voxconverse|argmax]
 
 Runs after scripts/run_pipeline.py and scripts/run_syncnet.py; writes D/pywork/REF/diarization.pckl.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
+from pipeline.formats import FUSION_MODES  # noqa: E402
 from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
                           config_from_args, resolve_device, run_main)
 
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voice activity detector (default: vad.method in the config, webrtc)")
     parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None,
                         help="speaker embedding network (default: embed.speaker_model in the config, resnetse34)")
+    parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
+                        help="fusion rule (default: diarise.mode in the config, voxconverse); shorthand for "
+                             "--set diarise.mode=...")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from pipeline.stage3 import run_cluster, summary
 
+    if args.fusion:
+        args.overrides = [*args.overrides, f"diarise.mode={args.fusion}"]
     cfg = config_from_args(args)
     cache = Cache(args.data_dir, args.reference)
     progress = Progress(enabled=not args.quiet)

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
+from pipeline.formats import FUSION_MODES, SYNC_MODELS  # noqa: E402
 from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
                           info, input_file, resolve_device, run_main, writable_dir)
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", action="store_true", help="also write the annotated video")
     parser.add_argument("--vad", choices=["webrtc", "silero"], default=None, help="voice activity detector")
     parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None, help="speaker embeddings")
+    parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None,
+                        help="stage 2's sync network (default: sync.model, syncnet); shorthand for --set sync.model=...")
+    parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
+                        help="stage 3's rule (default: diarise.mode, voxconverse); shorthand for --set diarise.mode=...")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
@@ -40,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.stage4 import visualise
 
     videofile = input_file(args.videofile, "video file")
+    args.overrides = [*args.overrides, *([f"sync.model={args.sync_model}"] if args.sync_model else []),
+                      *([f"diarise.mode={args.fusion}"] if args.fusion else [])]
     cfg = config_from_args(args)
     if args.out_dir is not None:
         writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
@@ -51,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
         stage1 = run_pipeline(videofile, cache, cfg, args.weights_dir, device, args.force, progress)
         for note in stage1.notes:
             info(f"diarize: note: {note}", args.quiet)
-        info(f"diarize: [2/4] SyncNet on {stage1.num_tracks} face tracks", args.quiet)
+        sync_name = "Wav2Lip's lip-sync expert" if cfg.sync.model == "wav2lip" else "SyncNet"
+        info(f"diarize: [2/4] {sync_name} on {stage1.num_tracks} face tracks", args.quiet)
         run_stage2(cache, cfg, args.weights_dir, device, args.force, progress)
         info("diarize: [3/4] voice activity, speaker embeddings and clustering", args.quiet)
         turns = run_cluster(cache, cfg, args.weights_dir, device, args.vad, args.speaker_model, args.force, progress)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Stage 2: SyncNet offset, confidence and distance curves of every face track.
 
-    python scripts/run_syncnet.py --data_dir D --reference REF      # after scripts/run_pipeline.py
+    python scripts/run_syncnet.py --data_dir D --reference REF [--sync_model syncnet|wav2lip]   # after run_pipeline.py
     python scripts/run_syncnet.py --videofile CLIP.avi [--features OUT.npz]   # one face clip, like the demo
+    python scripts/run_syncnet.py --videofile FACE.avi --sync_model wav2lip   # Wav2Lip's expert on one face clip
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pipeline.cache import Cache  # noqa: E402
 from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
                           config_from_args, default_reference, info, input_file, resolve_device, run_main)
 from pipeline.errors import InputError  # noqa: E402
+from pipeline.formats import SYNC_MODELS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,17 +27,37 @@ def build_parser() -> argparse.ArgumentParser:
                              "to evaluate like syncnet_python's demo_syncnet.py")
     parser.add_argument("--features", default=None, metavar="OUT.npz",
                         help="single-clip mode: also save the per-window lip and audio embeddings")
+    parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None,
+                        help="sync network (default: sync.model in the config, syncnet); shorthand for "
+                             "--set sync.model=...")
     add_cache_args(parser, reference_required=False, data_dir_required=False)  # no --data_dir: single clip
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
 
 
+def run_clip_wav2lip(args: argparse.Namespace, cfg) -> int:
+    from pipeline import sync_wav2lip
+
+    if args.features:
+        raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
+                         "it does not apply to --sync_model wav2lip")
+    clip = input_file(args.videofile, "video file")
+    result = sync_wav2lip.sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device))
+    if result.silent:
+        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
+    print(sync_wav2lip.demo_report(result), flush=True)
+    return 0
+
+
 def run_clip(args: argparse.Namespace) -> int:
+    from pipeline.evidence import configured_model
     from pipeline.stage2 import demo_report, save_features, sync_clip
     from pipeline.sync import SyncSettings
 
     cfg = config_from_args(args)
+    if configured_model(cfg) == "wav2lip":
+        return run_clip_wav2lip(args, cfg)
     clip = input_file(args.videofile, "video file")
     result = sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device), keep_embeddings=bool(args.features))
     if result.silent:
@@ -66,6 +88,9 @@ def run_cache(args: argparse.Namespace) -> int:
     elif out.num_tracks == 0:
         info(f"no face tracks in {reference!r}: wrote empty activesd.pckl, sync.pckl and offsets.txt to {where}",
              args.quiet)
+    elif out.sync.get("model") == "wav2lip":
+        info(f"Wav2Lip expert on {out.num_tracks} tracks in {progress.seconds.get('wav2lip', 0.0):.1f} s: "
+             f"wrote activesd.pckl, sync.pckl, offsets.txt to {where}", args.quiet)
     else:
         info(f"SyncNet ({out.sync['metric']}) on {out.num_tracks} tracks in "
              f"{progress.seconds.get('syncnet', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
@@ -74,6 +99,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.sync_model:
+        args.overrides = [*args.overrides, f"sync.model={args.sync_model}"]
     if args.data_dir:
         if args.features:
             raise InputError("--features belongs to single-clip mode (--videofile without --data_dir)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -49,3 +50,39 @@ def test_clip_runs_through_every_stage(tmp_path, random_weights, name):
     assert sum(len(v) for v in rttm.values()) == len([t for t in turns if t.end_s > t.start_s])
     assert json.loads(outputs["via"].read_text())["file"]["1"]["fname"] == f"{name}.mp4"
     assert np.isfinite([t.start_s for t in turns]).all()
+
+
+# Wav2Lip's lip-sync expert as stage 2's model (issue 9). To keep CI short it runs two clips that cover
+# the cases: two faces in two shots at 29.97 fps with an edit list (argmax rule, annotated video) and a
+# variable-frame-rate talking head (VoxConverse rule); `AVDIARISE_ALL_CLIPS=1` runs every clip (about 6 min
+# on a 2-core CPU), the three-face split screen with the argmax rule and the annotated video as well.
+WAV2LIP_CLIPS = CLIPS if os.environ.get("AVDIARISE_ALL_CLIPS") else ["gestsync_asd2spk_b", "retalking_talkinghead_1"]
+WAV2LIP_ARGMAX_CLIPS = ("gestsync_asd2spk_b", "syncnetdiar_3spk_newsmax")
+
+
+@pytest.mark.parametrize("name", WAV2LIP_CLIPS)
+def test_clip_runs_through_every_stage_with_wav2lip(tmp_path, random_weights, name):
+    argmax = name in WAV2LIP_ARGMAX_CLIPS
+    cfg = load_config(overrides=["sync.model=wav2lip"] + (["diarise.mode=argmax"] if argmax else []))
+    cache = Cache(tmp_path, name)
+    shutil.copy(DETECTIONS / f"{name}_haar_faces.pckl", cache.work("faces.pckl"))
+    stage1 = run_pipeline(VIDEOS / f"{name}.mp4", cache, cfg)
+
+    stage2 = run_stage2(cache, cfg, random_weights, "cpu")
+    assert stage2.sync["model"] == "wav2lip" and len(stage2.distances) == stage1.num_tracks
+    for idx, (scores, track) in enumerate(zip(stage2.distances, cache.load_pickle("tracks.pckl"))):
+        track_frames = len(track["track"]["frame"])
+        assert scores.shape[1] == 2 * cfg.wav2lip.vshift_frames + 1 and scores.shape[0] <= track_frames - 4
+        assert np.all((scores >= 0) & (scores <= 1 + 1e-6))
+        assert stage2.sync["score_raw"][idx].shape == stage2.sync["score_smooth"][idx].shape == (track_frames,)
+    assert run_stage2(cache, cfg, random_weights, "cpu").reused
+
+    turns = run_cluster(cache, cfg, random_weights, "cpu")
+    assert all(0 <= t.start_s < t.end_s <= stage1.num_frames / 25 + 1e-6 for t in turns)
+    outputs = visualise(tmp_path, name, cfg, video=argmax)
+    rttm = read_rttm(outputs["rttm"])
+    assert sum(len(v) for v in rttm.values()) == len(turns)
+    assert json.loads(outputs["via"].read_text())["file"]["1"]["fname"] == f"{name}.mp4"
+    assert outputs["sync_plot"].stat().st_size > 0 and outputs["timeline_plot"].stat().st_size > 0
+    if argmax:
+        assert outputs["video"].stat().st_size > 0

@@ -54,3 +54,17 @@ def test_speaker_embeddings_on_cuda_match_cpu(random_weights):
     gpu = sliding_embeddings(load_speaker_model(cfg.embed, random_weights, "cuda", "resnetse34"), audio, 16000, cfg.embed)
     cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cosine.min() > 0.999
+
+
+def test_wav2lip_expert_on_cuda_matches_cpu(random_weights):
+    from models.wav2lip import load_lipsync_expert
+    from pipeline.sync_wav2lip import ExpertSettings, face_crop, sync_faces
+
+    settings = ExpertSettings.from_config(load_config())
+    faces = [face_crop(f, [540, 200, 700, 380], settings.box_expand)
+             for f in islice(media.iter_frames(clip("syncnetdiar_3spk_newsmax")), 80)]
+    audio = media.decode_audio(clip("syncnetdiar_3spk_newsmax"))[: 80 * 640]
+    results = [sync_faces(load_lipsync_expert(random_weights, "lipsync_expert.pth", device), faces, audio, settings,
+                          torch.device(device)) for device in ("cpu", "cuda")]
+    np.testing.assert_allclose(results[0].scores, results[1].scores, atol=1e-3)
+    assert results[0].offset_frames == results[1].offset_frames
