@@ -7,6 +7,11 @@ it, and saves in the published format stage 2 loads:
   (``pipeline.sync.lip_windows``); the contrastive loss of "Out of time" (Chung & Zisserman 2016, §3) on the
   Euclidean distance ``d`` of the 1024-d embeddings, ``y d^2 + (1 - y) max(margin - d, 0)^2``; saved as a
   bare state dict with the published keys (``syncnet.model``).
+- ``wav2lip``: Wav2Lip's expert (``pipeline/sync_wav2lip.py``): 96 x 96 face crops cut from the video with the
+  track's boxes, lower half, and 16-frame mel windows; binary cross-entropy on the cosine similarity of the
+  embeddings (Wav2Lip ``color_syncnet_train.py`` ``cosine_loss``); saved as Wav2Lip's training checkpoint
+  (``state_dict``, ``optimizer``, ``global_step``, ``global_epoch``) under the configured
+  ``wav2lip.checkpoint`` name (``lipsync_expert.pth``).
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ class SyncNetAdapter:
         """Strictly load a published (or earlier trained) SyncNet checkpoint to fine-tune."""
         load_strict(model, read_state_dict(path), path)
 
-    def state_to_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
+    def state_to_save(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict[str, torch.Tensor]:
         """The published format: a bare state dict with syncnet_python's keys, on the CPU."""
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -101,7 +106,108 @@ class SyncNetAdapter:
         return contrastive_loss(lip_emb.float(), aud_emb.float(), labels, self.margin)
 
 
-ADAPTERS: dict[str, Callable[[Any], Any]] = {"syncnet": SyncNetAdapter}
+def bce_on_cosine(face: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Wav2Lip's ``cosine_loss``: binary cross-entropy of the cosine similarity (the sync probability) of the
+    expert's unit, non-negative embeddings. ``face`` [B, D], ``audio`` [B, K, D], ``labels`` [B, K]."""
+    prob = F.cosine_similarity(face[:, None, :].expand_as(audio), audio, dim=-1)  # [B, K], in [0, 1]
+    terms = F.binary_cross_entropy(prob.clamp(0.0, 1.0), labels, reduction="none")  # log clamped at -100 as BCELoss
+    return balanced_mean(terms, labels)
+
+
+class Wav2LipAdapter:
+    """Wav2Lip's expert: lower halves of 96 x 96 face crops cut from the video with the track's boxes, and
+    16-frame mel windows (``pipeline/sync_wav2lip.py``, stage 2's front end for ``sync.model: wav2lip``)."""
+
+    name = "wav2lip"
+
+    def __init__(self, cfg: Any) -> None:
+        from pipeline.sync_wav2lip import ExpertSettings
+
+        self.settings = ExpertSettings.from_config(cfg)
+        self.checkpoint_file = str(cfg.wav2lip.checkpoint)  # the name stage 2 loads (lipsync_expert.pth)
+        self._mels: dict[int, np.ndarray] = {}
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.settings.sample_rate_hz
+
+    def build(self) -> nn.Module:
+        from models.wav2lip import LipSyncExpert
+
+        return LipSyncExpert()
+
+    def load_init(self, model: nn.Module, path: Path) -> None:
+        """Strictly load a published expert (``state_dict`` inside, ``module.`` prefixes stripped)."""
+        from models.wav2lip import strip_module_prefix
+
+        load_strict(model, strip_module_prefix(read_state_dict(path)), path)
+
+    def state_to_save(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
+        """The published format: ``state_dict``, ``optimizer``, ``global_step``, ``global_epoch`` (Wav2Lip's
+        ``save_checkpoint``)."""
+        return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "global_step": int(step), "global_epoch": 0}
+
+    def track_frames(self, cache: Cache, tracks: list[dict]) -> list[np.ndarray]:
+        """Each track's 96 x 96 face crops, cut from the video stage 1 read as stage 2 cuts them."""
+        from pipeline import media
+        from pipeline.formats import RUN_PIPELINE
+        from pipeline.sync_wav2lip import _source_video, face_crop
+
+        source = _source_video(cache, cache.require("media.pckl", RUN_PIPELINE))
+        firsts = [int(t["track"]["frame"][0]) for t in tracks]
+        boxes = [np.asarray(t["track"]["bbox"], dtype=np.float64) for t in tracks]
+        crops: list[list[np.ndarray]] = [[] for _ in tracks]
+        last_frame = max((f + len(b) - 1 for f, b in zip(firsts, boxes)), default=-1)
+        frames = media.iter_frames(source, self.settings.frame_rate_hz)
+        try:
+            for frame_idx, frame in enumerate(frames):
+                if frame_idx > last_frame:
+                    break
+                for idx, (first, track_boxes) in enumerate(zip(firsts, boxes)):
+                    if 0 <= frame_idx - first < len(track_boxes):
+                        crops[idx].append(face_crop(frame, track_boxes[frame_idx - first], self.settings.box_expand))
+        finally:
+            frames.close()
+        return [np.stack(c) if c else np.zeros((0, 96, 96, 3), np.uint8) for c in crops]
+
+    def _track_mels(self, audio: np.ndarray) -> np.ndarray:
+        from pipeline.sync_wav2lip import melspectrogram
+
+        key = id(audio)
+        if key not in self._mels:
+            self._mels[key] = melspectrogram(audio)  # [80, M]
+        return self._mels[key]
+
+    def count_windows(self, num_frames: int, audio: np.ndarray) -> int:
+        """Stage 2's windows: frames with a whole 16-frame mel window and 5 video frames."""
+        from pipeline.sync_wav2lip import count_audio_windows
+
+        return max(0, min(count_audio_windows(self._track_mels(audio).shape[1], self.settings.frame_rate_hz),
+                          num_frames - 4))
+
+    def lip_input(self, batch: WindowBatch, device: torch.device) -> torch.Tensor:
+        """``[B, 15, 48, 96]`` face windows in [0, 1], exactly as stage 2 builds them."""
+        from pipeline.sync_wav2lip import face_windows
+
+        return torch.cat([face_windows(torch.from_numpy(t.frames[s:s + 5])) for t, s in
+                          zip(batch.tracks, batch.lip_starts)]).to(device)
+
+    def audio_input(self, batch: WindowBatch, device: torch.device) -> torch.Tensor:
+        """``[B * K, 1, 80, 16]`` mel windows, exactly as stage 2 builds them."""
+        from pipeline.sync_wav2lip import mel_windows
+
+        windows = [mel_windows(self._track_mels(t.audio), [int(s)], self.settings.frame_rate_hz)
+                   for row_t, row_s in zip(batch.audio_tracks, batch.audio_starts) for t, s in zip(row_t, row_s)]
+        return torch.from_numpy(np.concatenate(windows)).to(device)
+
+    def loss(self, model: nn.Module, lip: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        face_emb = model.forward_face(lip)  # [B, 512]
+        aud_emb = model.forward_audio(audio).reshape(labels.shape[0], labels.shape[1], -1)  # [B, K, 512]
+        return bce_on_cosine(face_emb.float(), aud_emb.float(), labels)
+
+
+ADAPTERS: dict[str, Callable[[Any], Any]] = {"syncnet": SyncNetAdapter, "wav2lip": Wav2LipAdapter}
 
 
 def make_adapter(model_name: str, cfg: Any):

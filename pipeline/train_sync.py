@@ -322,7 +322,7 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
         history[-1]["val_loss"] = val
         if val < best_val:
             best_val, best_step = val, step
-            save_torch_atomic(adapter.state_to_save(model), out / adapter.checkpoint_file)
+            save_torch_atomic(adapter.state_to_save(model, optimizer, step), out / adapter.checkpoint_file)
         write_history(out, history)
         save_last()
 

@@ -201,3 +201,34 @@ def test_init_fine_tunes_from_a_published_checkpoint(synthetic, tmp_path):
     assert torch.allclose(start["netfcaud.3.weight"], tuned["netfcaud.3.weight"], atol=1e-6)
     with pytest.raises(InputError):
         train_sync_model(root / "train", tmp_path / "x", cfg, steps=1, model="nosuchmodel")
+
+
+def test_losses_on_hand_computed_cases():
+    from pipeline.sync_adapters import bce_on_cosine, contrastive_loss
+
+    lip = torch.tensor([[0.0, 0.0]])
+    audio = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 3.0]]])
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    # positive: d = 5 -> 25; negatives: d = 1 -> (2 - 1)^2 = 1, d = 3 -> 0 (beyond the margin); halves weigh the same
+    assert float(contrastive_loss(lip, audio, labels, margin=2.0)) == pytest.approx(0.5 * (25 + 0.5), rel=1e-5)
+    face = torch.tensor([[1.0, 0.0]])
+    audio = torch.tensor([[[0.6, 0.8], [0.0, 1.0]]])
+    # in sync with cosine 0.6: -ln 0.6; off sync with cosine 0: -ln 1 = 0
+    assert float(bce_on_cosine(face, audio, torch.tensor([[1.0, 0.0]]))) == pytest.approx(0.5 * -np.log(0.6), rel=1e-5)
+
+
+def test_wav2lip_expert_trains_in_its_published_format_and_loads_in_stage2(synthetic, tmp_path):
+    root, _ = synthetic
+    run = tmp_path / "run"
+    done = _run("train_sync.py", "--model", "wav2lip", "--data_dir", str(root / "train"), "--out_dir", str(run),
+                "--steps", "2", "--quiet", "--set", "train.batch_size=2", "--set", "train.val_windows=2",
+                "--set", "train.val_every_steps=1", "--set", "train.bn_recalibration_windows=2")
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(run / "lipsync_expert.pth", map_location="cpu", weights_only=True)
+    assert set(saved) == {"state_dict", "optimizer", "global_step", "global_epoch"}  # Wav2Lip's save_checkpoint
+    manifest = {e["key"]: tuple(e["shape"]) for e in fakeweights.manifest_keys("wav2lip_lipsync_expert.json")}
+    assert {k: tuple(v.shape) for k, v in saved["state_dict"].items()} == manifest
+    stage2 = _run("run_syncnet.py", "--data_dir", str(root / "held"), "--reference", "held01", "--weights_dir",
+                  str(run), "--sync_model", "wav2lip", "--force", "--quiet")
+    assert stage2.returncode == 0, stage2.stderr
+    assert "wav2lip" in (root / "held" / "pywork" / "held01" / "offsets.txt").read_text()
