@@ -55,11 +55,21 @@ class SyncNetAdapter:
         self.settings = SyncSettings.from_config(cfg)
         self.margin = float(cfg.train.margin)
         self._mfcc: dict[int, torch.Tensor] = {}
+        self._features: dict[tuple[str, int, int], torch.Tensor] | None = None  # frozen trunks: (stream, track, start)
+
+    def cache_trunk_features(self) -> None:
+        """Remember each window's convolutional features: with frozen trunks (in eval mode) they never change,
+        so every window's trunk runs once and later steps cost only the fully connected heads."""
+        self._features = {}
 
     def build(self) -> nn.Module:
         from models.syncnet import SyncNet
 
         return SyncNet()
+
+    def convolutions(self, model: nn.Module) -> list[nn.Module]:
+        """The convolutional trunks (``train.freeze_convolutions`` keeps them; the fully connected heads learn)."""
+        return [model.netcnnlip, model.netcnnaud]
 
     def load_init(self, model: nn.Module, path: Path) -> None:
         """Strictly load a published (or earlier trained) SyncNet checkpoint to fine-tune."""
@@ -100,9 +110,38 @@ class SyncNetAdapter:
                    for row_t, row_s in zip(batch.audio_tracks, batch.audio_starts) for t, s in zip(row_t, row_s)]
         return torch.cat(windows).to(device)
 
-    def loss(self, model: nn.Module, lip: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        lip_emb = model.forward_lip(lip)  # [B, 1024]
-        aud_emb = model.forward_aud(audio).reshape(labels.shape[0], labels.shape[1], -1)  # [B, K, 1024]
+    def _cached_trunk(self, stream: str, keys: list[tuple[int, int]], trunk: nn.Module,
+                      inputs: Callable[[list[int]], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """``[len(keys), 512]`` trunk features, computing only those not seen before (frozen trunks only)."""
+        assert self._features is not None
+        missing = [i for i, key in enumerate(keys) if (stream, *key) not in self._features]
+        if missing:
+            with torch.no_grad():
+                feats = trunk(inputs(missing))
+            for i, feat in zip(missing, feats.reshape(len(missing), -1)):
+                self._features[(stream, *keys[i])] = feat
+        return torch.stack([self._features[(stream, *key)] for key in keys]).to(device)
+
+    def loss(self, model: nn.Module, batch: WindowBatch, device: torch.device) -> torch.Tensor:
+        """The contrastive loss of the batch's lip windows against their audio windows."""
+        labels = torch.from_numpy(batch.labels).to(device)
+        if self._features is None:
+            lip_emb = model.forward_lip(self.lip_input(batch, device))  # [B, 1024]
+            aud_emb = model.forward_aud(self.audio_input(batch, device))  # [B * K, 1024]
+        else:
+            lip_keys = [(id(t), int(s)) for t, s in zip(batch.tracks, batch.lip_starts)]
+            aud_pairs = [(t, int(s)) for row_t, row_s in zip(batch.audio_tracks, batch.audio_starts)
+                         for t, s in zip(row_t, row_s)]
+            lip_feat = self._cached_trunk("lip", lip_keys, model.netcnnlip, lambda idx: self.lip_input(
+                WindowBatch([batch.tracks[i] for i in idx], batch.lip_starts[idx], [], np.zeros((0, 0)),
+                            np.zeros((0, 0))), device), device)
+            aud_feat = self._cached_trunk("audio", [(id(t), s) for t, s in aud_pairs], model.netcnnaud,
+                                          lambda idx: torch.cat([mfcc_windows(self._track_mfcc(aud_pairs[i][0]),
+                                                                              aud_pairs[i][1], aud_pairs[i][1] + 1,
+                                                                              self.settings) for i in idx]).to(device),
+                                          device)
+            lip_emb, aud_emb = model.netfclip(lip_feat), model.netfcaud(aud_feat)
+        aud_emb = aud_emb.reshape(labels.shape[0], labels.shape[1], -1)  # [B, K, 1024]
         return contrastive_loss(lip_emb.float(), aud_emb.float(), labels, self.margin)
 
 
@@ -135,6 +174,9 @@ class Wav2LipAdapter:
         from models.wav2lip import LipSyncExpert
 
         return LipSyncExpert()
+
+    def convolutions(self, model: nn.Module) -> list[nn.Module]:
+        raise InputError("train.freeze_convolutions does not apply to the Wav2Lip expert: it is convolutions only")
 
     def load_init(self, model: nn.Module, path: Path) -> None:
         """Strictly load a published expert (``state_dict`` inside, ``module.`` prefixes stripped)."""
@@ -201,9 +243,11 @@ class Wav2LipAdapter:
                    for row_t, row_s in zip(batch.audio_tracks, batch.audio_starts) for t, s in zip(row_t, row_s)]
         return torch.from_numpy(np.concatenate(windows)).to(device)
 
-    def loss(self, model: nn.Module, lip: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        face_emb = model.forward_face(lip)  # [B, 512]
-        aud_emb = model.forward_audio(audio).reshape(labels.shape[0], labels.shape[1], -1)  # [B, K, 512]
+    def loss(self, model: nn.Module, batch: WindowBatch, device: torch.device) -> torch.Tensor:
+        """Binary cross-entropy of the batch's face windows against their audio windows."""
+        labels = torch.from_numpy(batch.labels).to(device)
+        face_emb = model.forward_face(self.lip_input(batch, device))  # [B, 512]
+        aud_emb = model.forward_audio(self.audio_input(batch, device)).reshape(labels.shape[0], labels.shape[1], -1)
         return bce_on_cosine(face_emb.float(), aud_emb.float(), labels)
 
 

@@ -73,6 +73,7 @@ class TrainSettings:
     val_windows: int
     val_every_steps: int
     bn_recalibration_windows: int
+    freeze_convolutions: bool
     seed: int
     cuda_precision: str
 
@@ -94,7 +95,7 @@ class TrainSettings:
     def from_config(cls, cfg: Any, **overrides: Any) -> "TrainSettings":
         values = {name: cfg.train[name] for name in cls.__dataclass_fields__}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        casts = {"float": float, "int": int, "str": str}
+        casts = {"float": float, "int": int, "str": str, "bool": _as_bool}
         try:
             return cls(**{k: casts[cls.__dataclass_fields__[k].type](v) for k, v in values.items()})
         except (TypeError, ValueError) as err:
@@ -104,6 +105,12 @@ class TrainSettings:
         """Log-linear from ``lr`` at step 0 to ``lr_final`` at the last step."""
         frac = step / max(1, self.steps - 1)
         return float(math.exp(math.log(self.lr) + frac * (math.log(self.lr_final) - math.log(self.lr))))
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -139,11 +146,8 @@ def _autocast(device: torch.device, precision: str):
 def batch_loss(adapter, model: torch.nn.Module, batch: WindowBatch, device: torch.device,
                precision: str) -> torch.Tensor:
     """The adapter's loss on one batch (forward pass only)."""
-    lip = adapter.lip_input(batch, device)
-    audio = adapter.audio_input(batch, device)
-    labels = torch.from_numpy(batch.labels).to(device)
     with _autocast(device, precision):
-        return adapter.loss(model, lip, audio, labels)
+        return adapter.loss(model, batch, device)
 
 
 @torch.inference_mode()
@@ -157,19 +161,34 @@ def validation_loss(adapter, model: torch.nn.Module, batches: Sequence[WindowBat
     return total / sum(b.size for b in batches)
 
 
+def set_train_mode(model: torch.nn.Module, frozen: Sequence[torch.nn.Module]) -> None:
+    """Training mode, except the frozen parts (their BatchNorm keeps its measured statistics)."""
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
+def freeze(modules: Sequence[torch.nn.Module]) -> None:
+    """Stop the parameters of ``modules`` from learning."""
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(False)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(adapter, model: torch.nn.Module, batches: Sequence[WindowBatch],
-                          device: torch.device, precision: str) -> None:
+                          device: torch.device, precision: str, frozen: Sequence[torch.nn.Module] = ()) -> None:
     """Recompute every BatchNorm's running mean and variance as plain averages over ``batches`` ("precise BN").
 
     Stage 2 runs the network in eval mode, on running statistics; during training those trail the weights
     (an exponential average with momentum 0.1 over earlier weights), which early in training leaves eval-mode
     embeddings far from the trained ones. Weights are not touched.
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kept = {id(m) for part in frozen for m in part.modules()}  # frozen parts keep their statistics
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in kept]
     momenta = [m.momentum for m in norms]
     was_training = model.training
-    model.train()
+    set_train_mode(model, frozen)
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average: the mean over the batches
@@ -179,14 +198,17 @@ def recalibrate_batchnorm(adapter, model: torch.nn.Module, batches: Sequence[Win
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
-        model.train(was_training)
+        if was_training:
+            set_train_mode(model, frozen)
+        else:
+            model.eval()
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -288,6 +310,15 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
             raise CheckpointError(f"--init checkpoint not found: {init_path}")
         adapter.load_init(model, init_path)
     model.to(device).train()
+    frozen = adapter.convolutions(model) if settings.freeze_convolutions else []
+    if frozen and not resume:  # measure the statistics the frozen convolutions will use, once
+        recalibrate_batchnorm(adapter, model, validation_batches(
+            data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling,
+            np.random.default_rng([settings.seed, 0, 1])), device, settings.cuda_precision)
+    freeze(frozen)
+    set_train_mode(model, frozen)
+    if frozen:
+        adapter.cache_trunk_features()
     optimizer = make_optimizer(model, settings)
     val_batches = validation_batches(data.val_tracks, settings.val_windows, settings.batch_size, sampling,
                                      settings.seed + 1)
@@ -317,8 +348,9 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
         calib_rng = np.random.default_rng([settings.seed, step])  # its own stream: training's is untouched
         recalibrate_batchnorm(adapter, model, validation_batches(
             data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling, calib_rng),
-            device, settings.cuda_precision)
+            device, settings.cuda_precision, frozen)
         val = validation_loss(adapter, model, val_batches, device, settings.cuda_precision)
+        set_train_mode(model, frozen)
         history[-1]["val_loss"] = val
         if val < best_val:
             best_val, best_step = val, step

@@ -32,10 +32,13 @@ SAMPLE_RATE_HZ = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FRAME_RATE_HZ
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
-# Real speech for the mouths: training draws on the first group, held-out clips on the second (split by source).
-TRAIN_SPEECH = ("retalking_talkinghead_1", "retalking_talkinghead_2", "retalking_talkinghead_3",
-                "retalking_talkinghead_4", "retalking_talkinghead_5", "syncnetdiar_3spk_newsmax")
-HELD_OUT_SPEECH = ("pyannote_sample", "gestsync_asd2spk_a", "gestsync_asd2spk_b", "tst00")
+# Real speech for the mouths: training draws on the first group (about 95 s of speech, nine recordings),
+# held-out clips on the second (other recordings and speakers): split by source.
+TRAIN_SPEECH = ("tst00", "pyannote_sample", "syncnetdiar_3spk_newsmax", "gestsync_sync_offset0",
+                "gestsync_sync_offset25", "retalking_talkinghead_1", "retalking_talkinghead_2",
+                "retalking_talkinghead_3")
+HELD_OUT_SPEECH = ("retalking_talkinghead_4", "retalking_talkinghead_5", "gestsync_asd2spk_a", "gestsync_asd2spk_b",
+                   "gestsync_sync_offset-15")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def load_speech(name: str) -> np.ndarray:
         return audio[int(6.7 * SAMPLE_RATE_HZ):] if name == "pyannote_sample" else audio  # speech starts at 6.7 s
     from pipeline.media import decode_audio
 
-    return decode_audio(SHARED_DATA / "videos" / f"{name}.mp4", SAMPLE_RATE_HZ)
+    audio = decode_audio(SHARED_DATA / "videos" / f"{name}.mp4", SAMPLE_RATE_HZ)
+    return audio[int(0.8 * SAMPLE_RATE_HZ):] if name == "gestsync_sync_offset25" else audio  # 0.79 s of zeros first
 
 
 def loudness_envelope(audio: np.ndarray, num_frames: int) -> np.ndarray:
@@ -95,7 +99,7 @@ def speech_segment(audio: np.ndarray, start_s: float, num_frames: int) -> np.nda
 def background(size_wh: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A static textured background: smooth colour blobs plus fine noise."""
     width, height = size_wh
-    base = rng.integers(60, 180, size=3)
+    base = rng.integers(90, 140, size=3)
     coarse = np.clip(base + rng.integers(-25, 26, size=(height // 80 + 2, width // 80 + 2, 3)), 0, 255).astype(np.uint8)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     noise = rng.integers(-3, 4, size=image.shape)
@@ -223,7 +227,7 @@ def make_clip(folder: Path, plan: ClipPlan, num_frames: int, seed: int,
         return speech_cache[name]
 
     talk = speech_segment(speech(plan.speech_name), plan.start_s, num_frames)
-    skin = tuple(int(v) for v in rng.integers([120, 140, 170], [190, 200, 240]))
+    skin = tuple(int(v) for v in rng.integers([150, 165, 195], [170, 185, 215]))  # similar faces: less to learn to ignore
     half_h = float(rng.uniform(55, 70))
     talker_x = 90.0 if plan.distractor else float(rng.uniform(140, 180))
     faces = [FaceSpec((talker_x, float(rng.uniform(105, 125))), half_h, skin, loudness_envelope(talk, num_frames),
@@ -232,7 +236,7 @@ def make_clip(folder: Path, plan: ClipPlan, num_frames: int, seed: int,
     if plan.distractor:
         other_name = HELD_OUT_SPEECH[(HELD_OUT_SPEECH.index(plan.speech_name) + 1) % len(HELD_OUT_SPEECH)] \
             if plan.speech_name in HELD_OUT_SPEECH else TRAIN_SPEECH[0]
-        other = speech_segment(speech(other_name), plan.start_s + 1.3, num_frames)
+        other = speech_segment(speech(other_name), 0.0, num_frames)
         faces.append(FaceSpec((235.0, 120.0), half_h * 0.95, (150, 170, 200), loudness_envelope(other, num_frames),
                               motion_px=4.0, motion_period_frames=70.0, phase=1.0))
     path = folder / f"{plan.reference}.mkv"
@@ -253,15 +257,33 @@ def run_stage1(videofile: Path, detections: list[list[dict]], data_dir: Path, re
     return run_pipeline(videofile, cache, cfg or load_config())
 
 
-def training_plans(num_videos: int, clip_s: float, seed: int = 0) -> list[ClipPlan]:
+def _start_s(rng: np.random.Generator, name: str, clip_s: float, speech_cache: dict[str, np.ndarray]) -> float:
+    if name not in speech_cache:
+        speech_cache[name] = load_speech(name)
+    return float(rng.uniform(0.0, max(0.0, len(speech_cache[name]) / SAMPLE_RATE_HZ - clip_s)))
+
+
+def training_plans(num_videos: int, clip_s: float, seed: int = 0,
+                   speech_cache: dict[str, np.ndarray] | None = None) -> list[ClipPlan]:
     """``num_videos`` in-sync clips, speech drawn in turn from the training sources at seeded start times."""
     rng = np.random.default_rng(seed)
-    plans = []
-    for idx in range(num_videos):
-        name = TRAIN_SPEECH[idx % len(TRAIN_SPEECH)]
-        start_s = float(rng.uniform(0.0, 1.0)) if name != "syncnetdiar_3spk_newsmax" else float(rng.uniform(0, 10 - clip_s))
-        plans.append(ClipPlan(f"train{idx:02d}", name, max(0.0, start_s)))
-    return plans
+    cache = speech_cache if speech_cache is not None else {}
+    return [ClipPlan(f"train{idx:02d}", TRAIN_SPEECH[idx % len(TRAIN_SPEECH)],
+                     _start_s(rng, TRAIN_SPEECH[idx % len(TRAIN_SPEECH)], clip_s, cache))
+            for idx in range(num_videos)]
+
+
+def held_out_plans(delays_frames: Sequence[int], clip_s: float, seed: int = 0,
+                   speech_cache: dict[str, np.ndarray] | None = None) -> list[ClipPlan]:
+    """One held-out clip per delay (speech of the held-out sources), plus ``pair``: the talking face beside a
+    distractor whose mouth follows other speech."""
+    rng = np.random.default_rng(seed)
+    cache = speech_cache if speech_cache is not None else {}
+    names = [HELD_OUT_SPEECH[i % len(HELD_OUT_SPEECH)] for i in range(len(delays_frames))]
+    plans = [ClipPlan(f"held{i:02d}", name, _start_s(rng, name, clip_s, cache), int(delay))
+             for i, (name, delay) in enumerate(zip(names, delays_frames))]
+    return plans + [ClipPlan("pair", HELD_OUT_SPEECH[2], _start_s(rng, HELD_OUT_SPEECH[2], clip_s, cache), 0,
+                             distractor=True)]
 
 
 def make_dataset(data_dir: Path, video_dir: Path, plans: Sequence[ClipPlan], clip_s: float, seed: int = 0,

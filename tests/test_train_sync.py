@@ -32,13 +32,16 @@ from tests.conftest import REPO
 SEED = 0
 CLIP_S = 4.0
 HELD_OUT_S = 3.0
-NUM_TRAIN_VIDEOS = 8
+NUM_TRAIN_VIDEOS = 16
 # delays (frames) of the held-out clips' audio; SyncNet's sign reads -delay
 HELD_OUT_DELAYS = (-6, -4, -3, -1, 0, 2, 3, 5, 6, 0)
-# the quick run the tests share (tuned so that it learns on a 2-core CPU in about a minute)
-TRAIN_SETTINGS = ["train.lr=1.0e-3", "train.lr_final=1.0e-3", "train.batch_size=8", "train.val_windows=32",
-                  "train.val_every_steps=50"]
+# the quick run the tests share: SyncNet's heads learn on top of its random, frozen convolutions (whose
+# features are computed once per window), in about a minute on a 2-core CPU
+TRAIN_SETTINGS = ["train.freeze_convolutions=true", "train.lr=1.0e-3", "train.lr_final=1.0e-3", "train.batch_size=32",
+                  "train.negatives_per_window=8", "train.val_windows=64", "train.val_every_steps=25",
+                  "train.bn_recalibration_windows=32"]
 TRAIN_STEPS = 150
+VAL_EVERY = 25
 
 
 def _sync_cfg():
@@ -115,17 +118,20 @@ def test_trained_syncnet_recovers_shifts_and_finds_the_talking_face(synthetic, t
     assert _av_tracks(root / "held", untrained_dir, weights_dir, tmp_path) != {0}
 
 
-def test_run_outputs_published_format_curves_and_split(synthetic, trained):
+def test_run_outputs_published_format_curves_and_split(synthetic, trained, untrained_dir):
     root, _ = synthetic
     out = trained.out_dir
     state = torch.load(out / "syncnet.model", map_location="cpu", weights_only=True)
     manifest = {e["key"]: tuple(e["shape"]) for e in fakeweights.manifest_keys("syncnet.json")}
     assert {k: tuple(v.shape) for k, v in state.items()} == manifest  # a bare state dict with the published keys
+    start = torch.load(untrained_dir / "syncnet.model", weights_only=True)
+    assert torch.equal(state["netcnnlip.0.weight"], start["netcnnlip.0.weight"])  # frozen convolutions
+    assert not torch.equal(state["netfclip.0.weight"], start["netfclip.0.weight"])  # the heads learnt
     with open(out / "losses.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == list(range(1, TRAIN_STEPS + 1))
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
-    assert len(val) == TRAIN_STEPS // 50 and min(val) == pytest.approx(trained.best_val_loss, rel=1e-5)
+    assert len(val) == TRAIN_STEPS // VAL_EVERY and min(val) == pytest.approx(trained.best_val_loss, rel=1e-5)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((out / "train.json").read_text())
@@ -141,7 +147,8 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp_path):
     root, _ = synthetic
     run = tmp_path / "run"
-    common = ["--data_dir", str(root / "train"), "--out_dir", str(run), "--quiet", "--set", "train.batch_size=2",
+    common = ["--data_dir", str(root / "train"), "--references", "train00", "train01", "train02", "--out_dir", str(run),
+              "--quiet", "--set", "train.batch_size=2", "--set", "train.bn_recalibration_windows=2",
               "--set", "train.val_windows=2", "--set", "train.val_every_steps=1"]
     done = _run("train_sync.py", *common, "--steps", "1")
     assert done.returncode == 0, done.stderr
@@ -159,17 +166,19 @@ def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp
 def test_interrupt_saves_a_checkpoint_that_resumes_exactly(synthetic, tmp_path):
     """Ctrl-C at step 2 then --resume to step 3 gives the same weights as 3 uninterrupted steps (seeded)."""
     root, _ = synthetic
-    cfg = load_config(overrides=["train.batch_size=2", "train.val_windows=2", "train.val_every_steps=10"])
+    cfg = load_config(overrides=["train.batch_size=2", "train.val_windows=2", "train.val_every_steps=10",
+                                 "train.bn_recalibration_windows=2"])
+    refs = ["train00", "train01", "train02"]
 
     def interrupt(step, total, loss, rate):
         if step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_sync_model(root / "train", tmp_path / "a", cfg, steps=3, progress=interrupt)
+        train_sync_model(root / "train", tmp_path / "a", cfg, refs, steps=3, progress=interrupt)
     assert torch.load(tmp_path / "a" / LAST_FILE, weights_only=True)["step"] == 2
-    resumed = train_sync_model(root / "train", tmp_path / "a", cfg, steps=3, resume=True)
-    straight = train_sync_model(root / "train", tmp_path / "b", cfg, steps=3)
+    resumed = train_sync_model(root / "train", tmp_path / "a", cfg, refs, steps=3, resume=True)
+    straight = train_sync_model(root / "train", tmp_path / "b", cfg, refs, steps=3)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
     a = torch.load(tmp_path / "a" / "syncnet.model", weights_only=True)
     b = torch.load(tmp_path / "b" / "syncnet.model", weights_only=True)
@@ -183,8 +192,9 @@ def test_too_little_data_is_one_line(synthetic, tmp_path):
         shutil.copytree(root / "train" / sub / "train00", one / sub / "train00")
     done = _run("train_sync.py", "--data_dir", str(one), "--out_dir", str(tmp_path / "r"), "--quiet")
     assert done.returncode == 2 and "at least two videos" in done.stderr and len(done.stderr.splitlines()) == 1
-    done = _run("train_sync.py", "--data_dir", str(root / "train"), "--out_dir", str(tmp_path / "r"), "--quiet",
-                "--set", "train.min_shift_frames=200", "--set", "train.max_shift_frames=200")
+    done = _run("train_sync.py", "--data_dir", str(root / "train"), "--references", "train00", "train01", "--out_dir",
+                str(tmp_path / "r"), "--quiet", "--set", "train.min_shift_frames=200", "--set",
+                "train.max_shift_frames=200")
     assert done.returncode == 2 and "long enough" in done.stderr and len(done.stderr.splitlines()) == 1
     done = _run("train_sync.py", "--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "r"), "--quiet")
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
@@ -194,13 +204,13 @@ def test_init_fine_tunes_from_a_published_checkpoint(synthetic, tmp_path):
     root, _ = synthetic
     published = fakeweights.save_checkpoint(fakeweights.random_state_dict("syncnet.json", seed=3), tmp_path / "s.model")
     cfg = load_config(overrides=["train.batch_size=2", "train.val_windows=2", "train.val_every_steps=1",
-                                 "train.lr=1.0e-12", "train.lr_final=1.0e-12"])
-    train_sync_model(root / "train", tmp_path / "run", cfg, init=published, steps=1)
+                                 "train.lr=1.0e-12", "train.lr_final=1.0e-12", "train.bn_recalibration_windows=2"])
+    train_sync_model(root / "train", tmp_path / "run", cfg, ["train00", "train01"], init=published, steps=1)
     start = torch.load(published, weights_only=True)
     tuned = torch.load(tmp_path / "run" / "syncnet.model", weights_only=True)
     assert torch.allclose(start["netfcaud.3.weight"], tuned["netfcaud.3.weight"], atol=1e-6)
     with pytest.raises(InputError):
-        train_sync_model(root / "train", tmp_path / "x", cfg, steps=1, model="nosuchmodel")
+        train_sync_model(root / "train", tmp_path / "x", cfg, ["train00", "train01"], steps=1, model="nosuchmodel")
 
 
 def test_losses_on_hand_computed_cases():
@@ -220,7 +230,8 @@ def test_losses_on_hand_computed_cases():
 def test_wav2lip_expert_trains_in_its_published_format_and_loads_in_stage2(synthetic, tmp_path):
     root, _ = synthetic
     run = tmp_path / "run"
-    done = _run("train_sync.py", "--model", "wav2lip", "--data_dir", str(root / "train"), "--out_dir", str(run),
+    done = _run("train_sync.py", "--model", "wav2lip", "--data_dir", str(root / "train"), "--references", "train00",
+                "train01", "--out_dir", str(run),
                 "--steps", "2", "--quiet", "--set", "train.batch_size=2", "--set", "train.val_windows=2",
                 "--set", "train.val_every_steps=1", "--set", "train.bn_recalibration_windows=2")
     assert done.returncode == 0, done.stderr
