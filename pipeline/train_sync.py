@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from models.loader import read_state_dict
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError
 from pipeline.sync_adapters import make_adapter
@@ -386,7 +385,3 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
     return TrainResult(out, out / adapter.checkpoint_file, step, best_val, best_step, history,
                        float(np.median(rates)) if rates else math.nan)
 
-
-def load_trained_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A checkpoint written by the trainer, read like stage 2 reads published ones (``weights_only``)."""
-    return read_state_dict(Path(path))

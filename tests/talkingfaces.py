@@ -86,6 +86,12 @@ def loudness_envelope(audio: np.ndarray, num_frames: int) -> np.ndarray:
     return np.clip(1.4 * (level_db - low) / max(high - low, 1e-6) - 0.2, 0.0, 1.0)
 
 
+def listener_mouth(num_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """``[num_frames]`` mouth opening of a listener: nearly closed, with slow small movements (0 .. 0.15)."""
+    knots = rng.uniform(0.0, 0.15, size=num_frames // 12 + 2)
+    return np.interp(np.arange(num_frames) / 12.0, np.arange(knots.size), knots)
+
+
 def speech_segment(audio: np.ndarray, start_s: float, num_frames: int) -> np.ndarray:
     """``num_frames`` frames of ``audio`` from ``start_s`` (zero-padded past the end)."""
     start = int(start_s * SAMPLE_RATE_HZ)
@@ -211,7 +217,8 @@ class ClipPlan:
     speech_name: str
     start_s: float
     audio_delay_frames: int = 0
-    distractor: bool = False  # a second face whose mouth follows other speech (not the audio track)
+    distractor: bool = False  # a second face, a listener whose mouth barely moves
+    clip_s: float | None = None  # this clip's length, when not the dataset's
 
 
 def make_clip(folder: Path, plan: ClipPlan, num_frames: int, seed: int,
@@ -234,11 +241,8 @@ def make_clip(folder: Path, plan: ClipPlan, num_frames: int, seed: int,
                       motion_px=float(rng.uniform(1.5, 3.0)), motion_period_frames=float(rng.uniform(40, 90)),
                       phase=float(rng.uniform(0, 2 * np.pi)))]
     if plan.distractor:
-        other_name = HELD_OUT_SPEECH[(HELD_OUT_SPEECH.index(plan.speech_name) + 1) % len(HELD_OUT_SPEECH)] \
-            if plan.speech_name in HELD_OUT_SPEECH else TRAIN_SPEECH[0]
-        other = speech_segment(speech(other_name), 0.0, num_frames)
-        faces.append(FaceSpec((235.0, 120.0), half_h * 0.95, (150, 170, 200), loudness_envelope(other, num_frames),
-                              motion_px=4.0, motion_period_frames=70.0, phase=1.0))
+        faces.append(FaceSpec((235.0, 120.0), half_h * 0.95, (150, 170, 200), listener_mouth(num_frames, rng),
+                              motion_px=3.0, motion_period_frames=70.0, phase=1.0))
     path = folder / f"{plan.reference}.mkv"
     detections = render_talking_video(path, talk, faces, num_frames, audio_delay_frames=plan.audio_delay_frames,
                                       seed=seed)
@@ -275,15 +279,16 @@ def training_plans(num_videos: int, clip_s: float, seed: int = 0,
 
 def held_out_plans(delays_frames: Sequence[int], clip_s: float, seed: int = 0,
                    speech_cache: dict[str, np.ndarray] | None = None) -> list[ClipPlan]:
-    """One held-out clip per delay (speech of the held-out sources), plus ``pair``: the talking face beside a
-    distractor whose mouth follows other speech."""
+    """One held-out clip per delay (speech of the held-out sources), plus ``pair`` (twice as long): the talking
+    face beside a listener."""
     rng = np.random.default_rng(seed)
     cache = speech_cache if speech_cache is not None else {}
     names = [HELD_OUT_SPEECH[i % len(HELD_OUT_SPEECH)] for i in range(len(delays_frames))]
     plans = [ClipPlan(f"held{i:02d}", name, _start_s(rng, name, clip_s, cache), int(delay))
              for i, (name, delay) in enumerate(zip(names, delays_frames))]
-    return plans + [ClipPlan("pair", HELD_OUT_SPEECH[2], _start_s(rng, HELD_OUT_SPEECH[2], clip_s, cache), 0,
-                             distractor=True)]
+    pair_s = 2 * clip_s
+    return plans + [ClipPlan("pair", HELD_OUT_SPEECH[2], _start_s(rng, HELD_OUT_SPEECH[2], pair_s, cache), 0,
+                             distractor=True, clip_s=pair_s)]
 
 
 def make_dataset(data_dir: Path, video_dir: Path, plans: Sequence[ClipPlan], clip_s: float, seed: int = 0,
@@ -294,7 +299,8 @@ def make_dataset(data_dir: Path, video_dir: Path, plans: Sequence[ClipPlan], cli
     num_frames = int(round(clip_s * FRAME_RATE_HZ))
     all_detections = []
     for idx, plan in enumerate(plans):
-        path, detections = make_clip(video_dir, plan, num_frames, seed + idx, speech_cache)
+        frames = int(round(plan.clip_s * FRAME_RATE_HZ)) if plan.clip_s else num_frames
+        path, detections = make_clip(video_dir, plan, frames, seed + idx, speech_cache)
         run_stage1(path, detections, data_dir, plan.reference, cfg)
         all_detections.append(detections)
     return all_detections

@@ -52,11 +52,10 @@ def _sync_cfg():
 def synthetic(tmp_path_factory, shared_data):
     """Training videos and held-out clips through stage 1 (boxes of the drawing injected)."""
     root = tmp_path_factory.mktemp("talking")
-    tf.make_dataset(root / "train", root / "videos", tf.training_plans(NUM_TRAIN_VIDEOS, CLIP_S, SEED), CLIP_S, SEED)
-    rng = np.random.default_rng(SEED + 7)
-    held = [tf.ClipPlan(f"held{i:02d}", tf.HELD_OUT_SPEECH[i % len(tf.HELD_OUT_SPEECH)],
-                        float(rng.uniform(0.0, 3.0)), delay) for i, delay in enumerate(HELD_OUT_DELAYS)]
-    held.append(tf.ClipPlan("pair", "pyannote_sample", 5.0, 0, distractor=True))
+    speech: dict = {}
+    tf.make_dataset(root / "train", root / "videos", tf.training_plans(NUM_TRAIN_VIDEOS, CLIP_S, SEED, speech), CLIP_S,
+                    SEED)
+    held = tf.held_out_plans(HELD_OUT_DELAYS, HELD_OUT_S, SEED + 7, speech)
     tf.make_dataset(root / "held", root / "videos", held, HELD_OUT_S, seed=100)
     return root, held
 
@@ -95,7 +94,8 @@ def _share_recovered(found) -> float:
 
 
 def _av_tracks(data_dir: Path, sync_weights: Path, other_weights: Path, tmp: Path) -> set[int]:
-    """Tracks that stage 3 gives speech to on the two-face clip (track 0 talks, track 1 is the distractor)."""
+    """Tracks that stage 3 (VoxConverse's rules, default config) gives speech to on the two-face clip (track 0
+    talks, track 1 listens)."""
     folder = tmp / f"weights_{sync_weights.name}"
     shutil.copytree(other_weights, folder, dirs_exist_ok=True)
     shutil.copy(sync_weights / "syncnet.model", folder / "syncnet.model")
