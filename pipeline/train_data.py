@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import media
 from pipeline.cache import Cache
 from pipeline.errors import CacheError, InputError
-from pipeline.stage1 import read_wav, require_tracks_and_crops
+from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 
 @dataclass
