@@ -168,8 +168,6 @@ def speaker_weights(weights_dir, tmp_path_factory) -> Path:
 
 def test_silent_video_without_faces_gives_no_turns(cluster_main, tmp_path, speaker_weights):
     """Zero tracks and silence: an empty diarization.pckl, a one-line summary, and a second run reuses it."""
-    pytest.importorskip("pipeline.embed")
-    pytest.importorskip("pipeline.faceid")
     cache = fake_stage1(tmp_path)
     fake_stage2(cache)
     result = cluster_main("--data_dir", str(tmp_path), "--reference", "clip", env_weights=speaker_weights)

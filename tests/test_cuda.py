@@ -27,9 +27,10 @@ def test_detector_on_cuda_matches_cpu(random_weights):
     frames = list(islice(media.iter_frames(clip("syncnetdiar_3spk_newsmax")), 8))
     on_cpu = FaceDetector(cfg, random_weights, torch.device("cpu")).detect_batch(frames)
     on_gpu = FaceDetector(cfg, random_weights, torch.device("cuda")).detect_batch(frames)
+    assert sum(len(boxes) for boxes in on_cpu) > 0, "no boxes at all: the comparison would be empty"
     for cpu_boxes, gpu_boxes in zip(on_cpu, on_gpu):
         assert cpu_boxes.shape == gpu_boxes.shape
-        np.testing.assert_allclose(cpu_boxes, gpu_boxes, atol=0.5)
+        np.testing.assert_allclose(cpu_boxes, gpu_boxes, atol=0.05)  # px; scores within 1e-4 of each other
 
 
 def test_syncnet_on_cuda_matches_cpu(random_weights):

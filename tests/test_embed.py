@@ -7,11 +7,11 @@ import torch
 
 from models.resnetse34v2 import load_resnetse34
 from pipeline import embed
-from pipeline.config import load_config
+from pipeline.config import load_config, with_overrides
 from pipeline.errors import CheckpointError, InputError
 from tests import fakespeaker, fakeweights
 
-CFG = load_config()
+CFG = load_config()  # float32 by default: the bfloat16 test asks for it
 RATE_HZ = 16000
 WINDOW = 32000  # 200 frames * 160 samples, as av-diarization's SpeakerNet
 HOP = 3200
@@ -190,7 +190,7 @@ def test_segment_embedding_is_one_pass_over_the_segment(resnet_fp32, speech):
 
 
 def test_bfloat16_on_cpu_stays_close_to_float32(speaker_dir, resnet_fp32, speech):
-    model = embed.load_speaker_model(CFG.embed, speaker_dir, "cpu")
+    model = embed.load_speaker_model(with_overrides(CFG, ["embed.cpu_precision=bfloat16"]).embed, speaker_dir, "cpu")
     if not model.bfloat16:
         pytest.skip("this CPU has no native bfloat16")
     audio = speech[10 * RATE_HZ: 10 * RATE_HZ + WINDOW + 2 * HOP + 1]

@@ -313,7 +313,10 @@ def test_real_clip_center_crop(model):
     audio = media.decode_audio(path, 16000)[: 30 * SPF]
     r = sync_track(model, iter(frames), audio, SyncSettings.from_config(load_config(), demo=True))
     assert r.distances.shape == (25, 31) and np.isfinite(r.distances).all()
-    assert -15 <= r.offset_frames <= 15 and r.confidence >= 0
+    mean_per_shift = r.distances.astype(np.float64).mean(axis=0)  # syncnet_python: offset = vshift - argmin
+    assert r.offset_frames == 15 - int(np.argmin(mean_per_shift))
+    assert r.min_dist == pytest.approx(mean_per_shift.min(), rel=1e-5)
+    assert r.confidence == pytest.approx(np.median(mean_per_shift) - mean_per_shift.min(), rel=1e-4, abs=1e-5)
 
 
 # ---- the stage over a cache ----------------------------------------------------------------------

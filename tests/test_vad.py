@@ -9,7 +9,7 @@ from scipy.io import wavfile
 
 from pipeline.config import load_config
 from pipeline.errors import InputError
-from pipeline.vad import collect_voiced, speech_segments
+from pipeline.vad import collect_voiced, speech_segments, to_int16, webrtc_segments
 
 CFG = load_config()
 RATE_HZ = 16000
@@ -71,7 +71,9 @@ def test_finds_the_speech_of_a_real_conversation(sample, method):
 def test_default_method_is_webrtc(sample):
     audio, _ = sample
     assert CFG.vad.method == "webrtc"
-    assert speech_segments(audio, RATE_HZ, CFG.vad) == speech_segments(audio, RATE_HZ, CFG.vad, "webrtc")
+    default = speech_segments(audio, RATE_HZ, CFG.vad)
+    assert default == webrtc_segments(to_int16(audio), RATE_HZ, CFG.vad)
+    assert default != speech_segments(audio, RATE_HZ, CFG.vad, "silero")
 
 
 @pytest.mark.parametrize("method", ["webrtc", "silero"])
