@@ -17,9 +17,13 @@ from pipeline.stage1 import run_pipeline
 from pipeline.stage2 import run_stage2
 from pipeline.stage3 import run_cluster
 from pipeline.stage4 import visualise
-from tests.conftest import DETECTIONS, VIDEOS
+from tests.conftest import DETECTIONS, REPO, VIDEOS
 
 CLIPS = sorted(path.stem for path in VIDEOS.glob("*.mp4"))
+# The RTTM each clip gives with the faithful defaults, its haar detections and write_random_checkpoints'
+# seeded weights: any change of behaviour shows here and must be explained in its commit, then stored anew
+# with `python tests/make_regression_rttms.py`.
+REGRESSION_DIR = REPO / "tests" / "data" / "regression"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,10 @@ def test_clip_runs_through_every_stage(tmp_path, random_weights, name):
     assert sum(len(v) for v in rttm.values()) == len([t for t in turns if t.end_s > t.start_s])
     assert json.loads(outputs["via"].read_text())["file"]["1"]["fname"] == f"{name}.mp4"
     assert np.isfinite([t.start_s for t in turns]).all()
+    stored = REGRESSION_DIR / f"{name}.rttm"
+    assert outputs["rttm"].read_text() == stored.read_text(), (
+        f"{name}: the pipeline's RTTM changed from {stored}; if the change is intended, explain it in the commit "
+        "and run python tests/make_regression_rttms.py")
 
 
 # Wav2Lip's lip-sync expert as stage 2's model (issue 9). To keep CI short it runs one clip here, a
