@@ -49,5 +49,9 @@ setup(
         "pyannote.core>=5,<7",
         "pyannote.metrics>=3.2,<5",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # Ray runs a corpus over many machines (scripts/diarize_corpus.py --ray); not needed on one machine.
+        "cluster": ["ray>=2.40,<3"],
+        "test": ["pytest>=7,<10", "ruff>=0.8,<1", "ray>=2.40,<3"],
+    },
 )
