@@ -40,7 +40,8 @@ def argmax_faces(curves: Sequence[np.ndarray], first_frames: Sequence[int], num_
     return winner
 
 
-def argmax_activities(tracks: Sequence[TrackEvidence], curves: Sequence[np.ndarray], speech: np.ndarray) -> list[TrackActivity]:
+def argmax_activities(tracks: Sequence[TrackEvidence], curves: Sequence[np.ndarray],
+                      speech: np.ndarray) -> list[TrackActivity]:
     """Each track's active frames: the speech frames where its curve is the highest."""
     present = [i for i, t in enumerate(tracks) if len(t.frames)]
     winner = argmax_faces([curves[i] for i in present], [tracks[i].first_frame for i in present], speech.size)

@@ -477,8 +477,8 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     if result.num_windows == 0:
         raise InputError(
             f"{videofile} is too short for the Wav2Lip expert: it needs {WINDOW_FRAMES} frames and "
-            f"{MEL_WINDOW_FRAMES / MEL.frames_per_s:.2f} s of audio (audio {len(audio) / settings.sample_rate_hz:.2f} s,"
-            f" {result.num_frames} frames)")
+            f"{MEL_WINDOW_FRAMES / MEL.frames_per_s:.2f} s of audio "
+            f"(audio {len(audio) / settings.sample_rate_hz:.2f} s, {result.num_frames} frames)")
     return result
 
 

@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vad", choices=["webrtc", "silero"], default=None, help="voice activity detector")
     parser.add_argument("--speaker_model", choices=["resnetse34", "ecapa"], default=None, help="speaker embeddings")
     parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None,
-                        help="stage 2's sync network (default: sync.model, syncnet); shorthand for --set sync.model=...")
+                        help="stage 2's sync network (default: sync.model, syncnet); --set sync.model=...")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
-                        help="stage 3's rule (default: diarise.mode, voxconverse); shorthand for --set diarise.mode=...")
+                        help="stage 3's rule (default: diarise.mode, voxconverse); --set diarise.mode=...")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser

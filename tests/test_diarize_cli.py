@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -51,12 +52,21 @@ def test_diarize_writes_every_output(tmp_path, random_weights, name):
         assert {s.type for s in container.streams} == {"video", "audio"}
         frames = sum(1 for _ in container.decode(video=0))
     with open(DETECTIONS / f"{name}_haar_faces.pckl", "rb") as handle:
-        import pickle
-
         assert frames == len(pickle.load(handle))  # every frame of the 25 fps sequence
 
     again = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--weights_dir", str(random_weights))
     assert again.returncode == 0, again.stderr  # second run reuses the cache
+
+    if name == "gestsync_asd2spk_b":  # Wav2Lip's expert and the argmax rule on the same cache (stage 1 reused)
+        expert = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--weights_dir",
+                         str(random_weights), "--sync_model", "wav2lip", "--fusion", "argmax", "--out_dir",
+                         str(tmp_path / "expert"), "--video")
+        assert expert.returncode == 0, expert.stderr
+        assert (tmp_path / "expert" / f"{name}_annotated.mp4").stat().st_size > 0
+        with open(data_dir / "pywork" / name / "sync.pckl", "rb") as handle:
+            assert pickle.load(handle)["model"] == "wav2lip"
+        assert (tmp_path / "expert" / f"{name}_sync.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert set(read_rttm(tmp_path / "expert" / f"{name}.rttm")) <= {name}
 
 
 def test_missing_video_is_one_line(tmp_path):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import loader
-from models.wav2lip import MEL, LipSyncExpert, load_lipsync_expert, strip_module_prefix
+from models.wav2lip import MEL, load_lipsync_expert, strip_module_prefix
 from pipeline import sync_wav2lip as w2l
 from pipeline.cli import run_main
 from pipeline.errors import CheckpointError, InputError
