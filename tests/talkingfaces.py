@@ -1,8 +1,11 @@
 """Synthetic talking faces: drawn faces whose mouth opening follows the loudness of real speech.
 
-Each video holds one or more cartoon faces (skin ellipse, eyes, brows, a dark mouth whose height follows the
-per-frame loudness envelope of a speech recording) that drift and breathe in size (head motion), over a
-textured background, with the speech as the audio track, optionally delayed by a known number of frames.
+Each video holds a cartoon face (skin ellipse, eyes, brows, a large dark mouth whose height follows the
+per-frame loudness envelope of a speech recording) that drifts and breathes in size (head motion), over a
+smooth textured background, with the speech as the audio track, optionally delayed by a known number of
+frames; a distractor face beside it can listen (its mouth nearly closed, moving slowly and a little).
+Faces and backgrounds vary little from video to video and the mouth is large: a strong, clean signal, so a
+sync model learns it within minutes on a CPU.
 Videos are H.264 (yuv420p) with 16-bit PCM audio in Matroska, written with PyAV, so stage 1 reads them like
 any other video. The face boxes of the drawing are returned in syncnet_python's ``faces.pckl`` layout, to
 inject where the S3FD weights are random.
@@ -12,7 +15,7 @@ lags the video), which SyncNet reports as offset ``-d`` (syncnet_python's sign, 
 
 ``make_dataset`` writes videos, injects their boxes and runs stage 1, for the training test and the README run:
 
-    python -m tests.talkingfaces --data_dir D [--num_videos 8]   # then scripts/train_sync.py --data_dir D ...
+    python -m tests.talkingfaces --data_dir D [--num_videos 16]   # then scripts/train_sync.py --data_dir D ...
 """
 from __future__ import annotations
 
@@ -310,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Synthetic talking-face videos through stage 1 (for train_sync.py)")
     parser.add_argument("--data_dir", required=True, help="cache folder to fill (stage 1 of every clip)")
     parser.add_argument("--video_dir", default=None, help="where the videos go (default: DATA_DIR/videos)")
-    parser.add_argument("--num_videos", type=int, default=8)
+    parser.add_argument("--num_videos", type=int, default=16)
     parser.add_argument("--clip_s", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

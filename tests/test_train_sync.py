@@ -38,10 +38,10 @@ HELD_OUT_DELAYS = (-6, -4, -3, -1, 0, 2, 3, 5, 6, 0)
 # the quick run the tests share: SyncNet's heads learn on top of its random, frozen convolutions (whose
 # features are computed once per window), in about a minute on a 2-core CPU
 TRAIN_SETTINGS = ["train.freeze_convolutions=true", "train.lr=1.0e-3", "train.lr_final=1.0e-3", "train.batch_size=32",
-                  "train.negatives_per_window=8", "train.val_windows=64", "train.val_every_steps=25",
+                  "train.negatives_per_window=8", "train.val_windows=64", "train.val_every_steps=50",
                   "train.bn_recalibration_windows=32"]
 TRAIN_STEPS = 150
-VAL_EVERY = 25
+VAL_EVERY = 50
 
 
 def _sync_cfg():
