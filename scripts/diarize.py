@@ -14,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.cache import check_reference  # noqa: E402
 from pipeline.formats import FUSION_MODES, SPEAKER_MODELS, SYNC_MODELS, VAD_METHODS  # noqa: E402
-from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, info, input_file,  # noqa: E402
-                          run_main, writable_dir)
+from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
+                          info, input_file, run_main, writable_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.out_dir is not None:
         writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
-    from pipeline.api import diarize
+    check_reference(args.reference or default_reference(args.videofile))
+    from pipeline.api import diarize  # torch: only after the arguments pass
     from pipeline.stage3 import summary
 
     sync_name = "Wav2Lip's lip-sync expert" if cfg.sync.model == "wav2lip" else "SyncNet"
