@@ -16,9 +16,10 @@ Only the front end lives here; stage 2-4 integration (tracks, offsets, curves, c
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -61,7 +62,7 @@ class FrontEndSettings:
             raise InputError(f"gestsync log_floor must be > 0, got {self.log_floor!r}")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "FrontEndSettings":
+    def from_config(cls, cfg: Any) -> FrontEndSettings:
         g = cfg.gestsync
         return cls(sample_rate_hz=int(g.sample_rate_hz), n_fft=int(g.n_fft), win_samples=int(g.win_samples),
                    hop_samples=int(g.hop_samples), num_mels=int(g.num_mels), fmin_hz=float(g.fmin_hz),
