@@ -2,7 +2,7 @@
 # Download the published checkpoints listed in models/checkpoints.tsv (the registry the Python loader reads).
 #   bash download_models.sh [WEIGHTS_DIR] [NETWORK ... | all]
 # WEIGHTS_DIR defaults to $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights. NETWORK is one of
-# s3fd syncnet resnetse34 vggface2 ecapa wav2lip: every published file of those networks; `all`: every file;
+# s3fd syncnet resnetse34 vggface2 ecapa wav2lip gestsync: every published file of those networks; `all`: every file;
 # nothing: the files the default config uses (registry column `default`). Files with a published sha256
 # are checked; a file is written under a temporary name and moved into place only when complete and verified.
 # A file without a stable direct URL (column `default` is `manual`, e.g. Wav2Lip's lipsync_expert.pth) is not

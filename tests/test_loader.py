@@ -31,7 +31,7 @@ def test_registry_lists_every_published_file_with_url():
         # a manual entry (no stable direct URL) names the page that links the file instead
         assert entry.url.startswith("http") and (entry.manual or entry.url.endswith(Path(entry.file).name))
         assert entry.sha256 is None or (len(entry.sha256) == 64 and entry.sha256 in entry.url)
-    assert [entry.file for entry in entries if entry.manual] == ["lipsync_expert.pth"]
+    assert [entry.file for entry in entries if entry.manual] == ["lipsync_expert.pth", "model_rgb.pth"]
 
 
 def test_weights_dir_resolution(monkeypatch, tmp_path):

@@ -1,0 +1,177 @@
+"""GestSync's inputs (Sindhu-Hegde/gestsync ``utils/audio_utils.py`` and ``inference_syncoffset.py``).
+
+Audio: ``wav2filterbanks``: log-mel filterbanks at 100 Hz (STFT n_fft 512, 320-sample Hann window, hop 160,
+centred with reflection padding, the last frame dropped; magnitude, not power, through librosa's Slaney mel
+basis; ``log(mel + 1e-20)``), time-major ``[T, 80]``.
+
+Video: ``load_rgb_masked_frames``: each frame resized to 480 x 270 RGB with everything from the top down to
+15 px below the face's lowest keypoint blacked out (in the original frame, before resizing), or, when no face
+was found, rows 0..110 of the resized frame; values in [0, 1]. ``cv2.rectangle`` fills both corners
+inclusively, so the masks cover rows ``0 .. bottom`` *including* ``bottom``.
+
+Windows: video window ``i`` is frames ``i .. i + 24`` (stride 1); its audio is filterbank frames
+``4 i .. 4 i + 99`` (``load_spectrograms(stride=4)``), so both span the same second.
+
+Only the front end lives here; stage 2-4 integration (tracks, offsets, curves, caching) is not done yet.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class FrontEndSettings:
+    """GestSync's front-end values (config section ``gestsync``)."""
+
+    sample_rate_hz: int = 16000
+    n_fft: int = 512
+    win_samples: int = 320
+    hop_samples: int = 160
+    num_mels: int = 80
+    fmin_hz: float = 0.0
+    fmax_hz: float = 8000.0
+    log_floor: float = 1e-20
+    mel_frames_per_video_frame: int = 4
+    window_frames: int = 25
+    window_stride_frames: int = 1
+    frame_width_px: int = 480
+    frame_height_px: int = 270
+    mask_below_face_px: int = 15
+    mask_rows_no_face: int = 110
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate_hz", "n_fft", "win_samples", "hop_samples", "num_mels", "mel_frames_per_video_frame",
+                     "window_frames", "window_stride_frames", "frame_width_px", "frame_height_px"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise InputError(f"gestsync {name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.win_samples > self.n_fft:
+            raise InputError(f"gestsync win_samples ({self.win_samples}) must not exceed n_fft ({self.n_fft})")
+        if not 0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate_hz / 2:
+            raise InputError(f"gestsync needs 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2, got "
+                             f"{self.fmin_hz!r}, {self.fmax_hz!r}")
+        if not self.log_floor > 0:
+            raise InputError(f"gestsync log_floor must be > 0, got {self.log_floor!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FrontEndSettings:
+        g = cfg.gestsync
+        return cls(sample_rate_hz=int(g.sample_rate_hz), n_fft=int(g.n_fft), win_samples=int(g.win_samples),
+                   hop_samples=int(g.hop_samples), num_mels=int(g.num_mels), fmin_hz=float(g.fmin_hz),
+                   fmax_hz=float(g.fmax_hz), log_floor=float(g.log_floor),
+                   mel_frames_per_video_frame=int(g.mel_frames_per_video_frame),
+                   window_frames=int(g.window_frames), window_stride_frames=int(g.window_stride_frames),
+                   frame_width_px=int(g.frame_width_px), frame_height_px=int(g.frame_height_px),
+                   mask_below_face_px=int(g.mask_below_face_px), mask_rows_no_face=int(g.mask_rows_no_face))
+
+    @property
+    def mel_window_frames(self) -> int:
+        """Filterbank frames per window (100)."""
+        return self.window_frames * self.mel_frames_per_video_frame
+
+
+DEFAULTS = FrontEndSettings()
+
+
+# ---- audio ---------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _mel_basis(sample_rate_hz: int, n_fft: int, num_mels: int, fmin_hz: float, fmax_hz: float) -> torch.Tensor:
+    import librosa
+
+    basis = librosa.filters.mel(sr=sample_rate_hz, n_fft=n_fft, n_mels=num_mels, fmin=fmin_hz, fmax=fmax_hz)
+    return torch.from_numpy(basis).float()
+
+
+def filterbanks(audio: np.ndarray, settings: FrontEndSettings = DEFAULTS) -> np.ndarray:
+    """``[len // hop, 80]`` float32 log-mel filterbanks of mono audio (``wav2filterbanks``).
+
+    int16 samples are scaled to [-1, 1) as ``librosa.load`` reads a 16-bit wav; float samples are taken as
+    they are. Audio too short for reflection padding (at most n_fft / 2 samples) gives no frames.
+    """
+    wav = np.asarray(audio)
+    if wav.ndim != 1 or not (wav.dtype == np.int16 or np.issubdtype(wav.dtype, np.floating)):
+        raise InputError(f"GestSync needs mono int16 or float audio, got {wav.dtype} of shape {wav.shape}")
+    if wav.size <= settings.n_fft // 2:
+        return np.zeros((0, settings.num_mels), dtype=np.float32)
+    samples = torch.from_numpy(wav.astype(np.float32) / 32768.0 if wav.dtype == np.int16 else wav.astype(np.float32))
+    spectrum = torch.stft(samples, n_fft=settings.n_fft, hop_length=settings.hop_samples,
+                          win_length=settings.win_samples, window=torch.hann_window(settings.win_samples),
+                          center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+    magnitude = spectrum[:, :-1].abs()  # [F, T]: the reference drops the last frame
+    basis = _mel_basis(settings.sample_rate_hz, settings.n_fft, settings.num_mels, settings.fmin_hz, settings.fmax_hz)
+    return torch.log(basis @ magnitude + settings.log_floor).T.contiguous().numpy()
+
+
+def count_audio_windows(num_mel_frames: int, settings: FrontEndSettings = DEFAULTS) -> int:
+    """How many whole audio windows (one per video window start) ``num_mel_frames`` filterbank frames hold."""
+    span = settings.mel_window_frames
+    step = settings.mel_frames_per_video_frame * settings.window_stride_frames
+    return 0 if num_mel_frames < span else (num_mel_frames - span) // step + 1
+
+
+def audio_windows(fbanks: np.ndarray, starts: Sequence[int], settings: FrontEndSettings = DEFAULTS) -> torch.Tensor:
+    """``[N, 1, 80, 100]`` network input: the filterbank window of each video window start frame."""
+    span, per_frame = settings.mel_window_frames, settings.mel_frames_per_video_frame
+    out = np.empty((len(starts), 1, settings.num_mels, span), dtype=np.float32)
+    for row, start in enumerate(starts):
+        first = int(start) * per_frame
+        if start < 0 or first + span > len(fbanks):
+            raise InputError(f"no whole GestSync audio window at video frame {start} "
+                             f"({len(fbanks)} filterbank frames)")
+        out[row, 0] = fbanks[first:first + span].T
+    return torch.from_numpy(out)
+
+
+# ---- video ---------------------------------------------------------------------------------------
+def masked_frame(frame_rgb: np.ndarray, face_bottom_px: int | None,
+                 settings: FrontEndSettings = DEFAULTS) -> np.ndarray:
+    """``[270, 480, 3]`` uint8: the frame (RGB, any size) resized, face and everything above it black.
+
+    ``face_bottom_px``: the lowest face row in the frame as given (GestSync: the lowest face-oval keypoint);
+    None when no face was found.
+    """
+    if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
+        raise InputError(f"GestSync needs uint8 RGB frames [H, W, 3], got {frame_rgb.dtype} {frame_rgb.shape}")
+    size = (settings.frame_width_px, settings.frame_height_px)
+    if face_bottom_px is None:
+        out = cv2.resize(frame_rgb, size)
+        out[: settings.mask_rows_no_face + 1] = 0
+        return out
+    img = frame_rgb.copy()
+    img[: max(0, int(face_bottom_px) + settings.mask_below_face_px + 1)] = 0
+    return cv2.resize(img, size)
+
+
+def count_video_windows(num_frames: int, settings: FrontEndSettings = DEFAULTS) -> int:
+    """How many whole ``window_frames`` windows at ``window_stride_frames`` fit in ``num_frames`` frames."""
+    if num_frames < settings.window_frames:
+        return 0
+    return (num_frames - settings.window_frames) // settings.window_stride_frames + 1
+
+
+def window_starts(num_frames: int, num_mel_frames: int, settings: FrontEndSettings = DEFAULTS) -> list[int]:
+    """Start frames of the windows that have both whole video and whole audio (the reference truncates the
+    longer stream to the shorter)."""
+    count = min(count_video_windows(num_frames, settings), count_audio_windows(num_mel_frames, settings))
+    return [i * settings.window_stride_frames for i in range(count)]
+
+
+def video_windows(masked_u8: np.ndarray, starts: Sequence[int], settings: FrontEndSettings = DEFAULTS) -> torch.Tensor:
+    """``[N, 3, 25, 270, 480]`` float32 in [0, 1]: frames ``start .. start + 24`` of ``masked_u8``
+    (``[T, 270, 480, 3]`` uint8 from ``masked_frame``), channels first."""
+    span = settings.window_frames
+    frames = torch.from_numpy(np.ascontiguousarray(masked_u8))
+    if any(s < 0 or s + span > len(frames) for s in starts):
+        raise InputError(f"a GestSync window of {span} frames does not fit {len(frames)} frames at {list(starts)}")
+    if not len(starts):
+        return torch.zeros((0, 3, span, settings.frame_height_px, settings.frame_width_px))
+    batch = torch.stack([frames[s:s + span] for s in starts])  # [N, 25, H, W, 3]
+    return batch.permute(0, 4, 1, 2, 3).float() / 255.0
