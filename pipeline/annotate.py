@@ -9,17 +9,17 @@ name and renamed into place.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.cache import atomic_path
 from pipeline.errors import CacheError, InputError
-from pipeline.formats import Turn
-from pipeline.formats import RUN_PIPELINE
+from pipeline.formats import RUN_PIPELINE, Turn
 
 _AUDIO_FRAME_SAMPLES = 1024  # AAC frame size
 _THIN_PX, _THICK_PX = 2, 5

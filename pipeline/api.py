@@ -6,9 +6,10 @@ The scripts (``scripts/diarize.py``, the corpus runner) call this; each stage re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from pipeline.cache import Cache
 from pipeline.config import Section, load_config, with_overrides

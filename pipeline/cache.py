@@ -25,8 +25,9 @@ import pickle
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from pipeline.errors import BusyError, CacheError, DiskFullError, InputError, PipelineError
 from pipeline.formats import RUN_PIPELINE
@@ -218,7 +219,8 @@ class Cache:
             handle.close()  # closing releases the flock
 
     def remove_stale_parts(self, extra_dirs: Sequence[Path] = ()) -> list[Path]:
-        """Remove the temporary files (``atomic_path``'s ``.NAME.XXXXXXXX.part*``) that a killed run left in this reference's folders, and those of this reference's outputs in ``extra_dirs``.
+        """Remove the temporary files (``atomic_path``'s ``.NAME.XXXXXXXX.part*``) that a killed run left in
+        this reference's folders, and those of this reference's outputs in ``extra_dirs``.
 
         Call only while holding the lock (``locked`` does): then no other run of ours is writing them.
         Only names of our temporary-file pattern are touched; in ``extra_dirs`` (an --out_dir shared by

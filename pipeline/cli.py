@@ -8,8 +8,8 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from pipeline.config import Section, load_config
 from pipeline.errors import CacheError, InputError, PipelineError

@@ -16,8 +16,9 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import yaml
 

@@ -16,8 +16,8 @@ bit-identical to the reference's; larger batches can change the network's output
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def box_problem(bbox: Sequence[float], conf: float, width_px: int, height_px: int,

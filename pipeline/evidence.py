@@ -7,7 +7,8 @@ stage 3 refuses evidence from a model other than the configured ``sync.model``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

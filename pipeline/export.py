@@ -23,8 +23,8 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from pipeline.cache import write_bytes_atomic
 from pipeline.errors import InputError

@@ -8,8 +8,9 @@ between its features and all of that group's features is at most ``max_cosine_di
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np

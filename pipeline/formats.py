@@ -71,7 +71,8 @@ Stage 3, ``cluster``:
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from pipeline.errors import CacheError
 

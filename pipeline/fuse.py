@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import heapq
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import signal
@@ -38,8 +39,7 @@ from scipy.cluster.hierarchy import linkage
 from scipy.ndimage import binary_closing
 
 from pipeline.errors import CacheError
-from pipeline.formats import Turn
-from pipeline.formats import RUN_SYNCNET
+from pipeline.formats import RUN_SYNCNET, Turn
 
 UNKNOWN_SPEAKER = "unknown"
 UNKNOWN_LABEL = -1

@@ -11,7 +11,8 @@ face on screen wins (no face there) labelled by voice, the same output.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

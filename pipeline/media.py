@@ -11,9 +11,9 @@ Frames are decoded lazily and never all held in memory.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def track_styles(labels: Sequence[str]) -> list[dict]:
     return styles
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_families() -> tuple[tuple[str, frozenset[int]], ...]:
     """The installed families of ``TEXT_FONT_FAMILIES`` with the code points each has."""
     from matplotlib import font_manager

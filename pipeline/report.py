@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }

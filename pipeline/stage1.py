@@ -6,9 +6,9 @@ upstream results, so a re-run does only what changed. A ``faces.pckl`` placed in
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.io import wavfile

@@ -16,8 +16,9 @@ The decisions themselves are ``pipeline.fuse.diarise`` (``diarise.mode: voxconve
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,16 @@ from pipeline.evidence import (
     model_curves,
     vote_thresholds,
 )
-from pipeline.formats import DIARISATION_UPSTREAM, SYNC_CURVES_UPSTREAM, Turn, turns_from_pickle
+from pipeline.formats import (
+    DIARISATION_UPSTREAM,
+    SPEAKER_MODELS,
+    SYNC_CURVES_UPSTREAM,
+    VAD_METHODS,
+    Turn,
+    turns_from_pickle,
+)
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
-from pipeline.formats import SPEAKER_MODELS, VAD_METHODS
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"

@@ -18,9 +18,9 @@ With ``out_dir`` the same files are also copied there.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,10 +28,16 @@ from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.export import available_writers, get_writer
-from pipeline.formats import Turn, turns_from_pickle
+from pipeline.formats import (
+    CLUSTER,
+    DIARISATION_UPSTREAM,
+    RUN_PIPELINE,
+    RUN_SYNCNET,
+    SYNC_CURVES_UPSTREAM,
+    Turn,
+    turns_from_pickle,
+)
 from pipeline.plots import track_labels
-from pipeline.formats import CLUSTER, DIARISATION_UPSTREAM, RUN_PIPELINE, RUN_SYNCNET, SYNC_CURVES_UPSTREAM
-
 
 
 @dataclass(frozen=True)

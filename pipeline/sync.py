@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import python_speech_features
@@ -65,7 +66,7 @@ class SyncSettings:
                 f"media.sample_rate_hz / frame_rate_hz must be a whole number of samples per frame, got {spf}")
 
     @classmethod
-    def from_config(cls, cfg: Any, demo: bool = False) -> "SyncSettings":
+    def from_config(cls, cfg: Any, demo: bool = False) -> SyncSettings:
         """The pipeline's settings (``syncnet``), or the single-clip demo's (``syncnet_demo`` over ``syncnet``)."""
         sync = cfg.syncnet.to_dict()
         if demo:

@@ -15,8 +15,9 @@ it, and saves in the published format stage 2 loads:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.loader import load_strict, read_state_dict
-from pipeline.errors import InputError
 from pipeline.cache import Cache
+from pipeline.errors import InputError
 from pipeline.sync import SyncSettings, compute_mfcc, count_windows, lip_windows, mfcc_windows
 from pipeline.train_data import TrackData, WindowBatch, decode_crops
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,8 +30,16 @@ import torch.nn.functional as F
 from scipy import signal
 
 from models.loader import checkpoint_path
-from models.wav2lip import (EMBEDDING_DIM, FACE_SIZE_PX, MEL, MEL_WINDOW_FRAMES, WINDOW_FRAMES, LipSyncExpert,
-                            MelParams, load_lipsync_expert)
+from models.wav2lip import (
+    EMBEDDING_DIM,
+    FACE_SIZE_PX,
+    MEL,
+    MEL_WINDOW_FRAMES,
+    WINDOW_FRAMES,
+    LipSyncExpert,
+    MelParams,
+    load_lipsync_expert,
+)
 from pipeline import media
 from pipeline.cache import Cache, content_identity, sha256_file, write_bytes_atomic
 from pipeline.config import Section
@@ -73,7 +82,7 @@ class ExpertSettings:
                              f"{self.sample_rate_hz})")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ExpertSettings":
+    def from_config(cls, cfg: Any) -> ExpertSettings:
         w2l = cfg.wav2lip
         return cls(vshift_frames=int(w2l.vshift_frames), box_expand=float(w2l.box_expand),
                    smooth_frames=int(w2l.smooth_frames), batch_size=int(w2l.batch_size),

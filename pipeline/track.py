@@ -1,7 +1,7 @@
 """Face tracks within a shot: greedy IoU linking, gap interpolation, length and size filters."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,9 +12,10 @@ Tracks are held in memory as decoded uint8 frames (224 x 224 x 3 = 150 kB per fr
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class SamplingSettings:
             raise InputError("train.negatives_per_window must be >= 1 and train.other_track_negatives >= 0")
 
     @classmethod
-    def from_config(cls, cfg_train) -> "SamplingSettings":
+    def from_config(cls, cfg_train) -> SamplingSettings:
         return cls(int(cfg_train.min_shift_frames), int(cfg_train.max_shift_frames),
                    int(cfg_train.negatives_per_window), int(cfg_train.other_track_negatives))
 

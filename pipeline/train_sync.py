@@ -19,9 +19,10 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,17 @@ import torch
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError
 from pipeline.sync_adapters import make_adapter
-from pipeline.train_data import (SamplingSettings, TrackData, WindowBatch, choose_references, load_reference,
-                                 require_windows, sample_batch, split_references, validation_batches)
+from pipeline.train_data import (
+    SamplingSettings,
+    TrackData,
+    WindowBatch,
+    choose_references,
+    load_reference,
+    require_windows,
+    sample_batch,
+    split_references,
+    validation_batches,
+)
 
 LAST_FILE = "last.pt"
 CSV_FILE = "losses.csv"
@@ -91,7 +101,7 @@ class TrainSettings:
             raise InputError(f"train.cuda_precision must be one of {', '.join(PRECISIONS)}")
 
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> "TrainSettings":
+    def from_config(cls, cfg: Any, **overrides: Any) -> TrainSettings:
         values = {name: cfg.train[name] for name in cls.__dataclass_fields__}
         values.update({k: v for k, v in overrides.items() if v is not None})
         casts = {"float": float, "int": int, "str": str, "bool": _as_bool}

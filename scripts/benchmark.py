@@ -20,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cli import (add_config_args, add_runtime_args, config_from_args, input_file,  # noqa: E402
-                          resolve_device, run_main)
+from pipeline.cli import add_config_args, add_runtime_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
 
 
 class Timer:

@@ -15,8 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
-from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args,  # noqa: E402
-                          config_from_args, existing_reference, resolve_device, run_main)
+from pipeline.cli import (  # noqa: E402
+    Progress,
+    add_cache_args,
+    add_config_args,
+    add_runtime_args,
+    config_from_args,
+    existing_reference,
+    resolve_device,
+    run_main,
+)
 from pipeline.formats import FUSION_MODES, RUN_PIPELINE, SPEAKER_MODELS, VAD_METHODS  # noqa: E402
 
 

@@ -15,9 +15,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import check_reference  # noqa: E402
+from pipeline.cli import (  # noqa: E402
+    Progress,
+    add_config_args,
+    add_runtime_args,
+    config_from_args,
+    default_reference,
+    info,
+    input_file,
+    run_main,
+    writable_dir,
+)
 from pipeline.formats import FUSION_MODES, SPEAKER_MODELS, SYNC_MODELS, VAD_METHODS  # noqa: E402
-from pipeline.cli import (Progress, add_config_args, add_runtime_args, config_from_args, default_reference,  # noqa: E402
-                          info, input_file, run_main, writable_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
-from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args, config_from_args,  # noqa: E402
-                          default_reference, info, input_file, resolve_device, run_main)
+from pipeline.cli import (  # noqa: E402
+    Progress,
+    add_cache_args,
+    add_config_args,
+    add_runtime_args,
+    config_from_args,
+    default_reference,
+    info,
+    input_file,
+    resolve_device,
+    run_main,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cache import Cache  # noqa: E402
-from pipeline.cli import (Progress, add_cache_args, add_config_args, add_runtime_args, config_from_args,  # noqa: E402
-                          existing_reference, info, run_main, writable_dir)
+from pipeline.cli import (  # noqa: E402
+    Progress,
+    add_cache_args,
+    add_config_args,
+    add_runtime_args,
+    config_from_args,
+    existing_reference,
+    info,
+    run_main,
+    writable_dir,
+)
 from pipeline.formats import RUN_PIPELINE  # noqa: E402
 
 

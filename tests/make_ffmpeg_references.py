@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import VIDEOS  # noqa: E402
-from tests.test_media import AUDIO_CLIPS, ROTATIONS, ROTATION_CLIP, audio_excerpt_starts, rotated_copy  # noqa: E402
+from tests.test_media import AUDIO_CLIPS, ROTATION_CLIP, ROTATIONS, audio_excerpt_starts, rotated_copy  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -20,8 +20,8 @@ from pipeline.stage1 import run_pipeline  # noqa: E402
 from pipeline.stage2 import run_stage2  # noqa: E402
 from pipeline.stage3 import run_cluster  # noqa: E402
 from pipeline.stage4 import visualise  # noqa: E402
-from tests.test_all_clips import CLIPS, REGRESSION_DIR  # noqa: E402
 from tests.conftest import DETECTIONS, VIDEOS  # noqa: E402
+from tests.test_all_clips import CLIPS, REGRESSION_DIR  # noqa: E402
 
 
 def main(names: list[str]) -> int:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import av
 import cv2

@@ -20,8 +20,8 @@ from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.formats import turns_from_pickle
 from tests import fakespeaker, fakeweights
-from tests.synth import make_video
 from tests.conftest import DETECTIONS, clip
+from tests.synth import make_video
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "cluster.py"

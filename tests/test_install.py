@@ -66,10 +66,10 @@ def test_mel_front_end_equals_torchaudio():
 
 def test_broken_torchaudio_is_one_line_naming_the_versions(monkeypatch):
     """When speechbrain cannot import (torchaudio's library does not load), ECAPA says which versions clash."""
+    import builtins
+
     from pipeline import embed
     from pipeline.errors import CheckpointError
-
-    import builtins
     real_import = builtins.__import__
 
     def failing_import(name, *args, **kwargs):

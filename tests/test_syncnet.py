@@ -20,8 +20,15 @@ from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.stage2 import OUTPUTS, _map_tracks, offsets_text, run_stage2, sync_clip
-from pipeline.sync import (SyncSettings, compute_mfcc, count_windows, distance_matrix, mfcc_windows,
-                           offset_search, sync_track)
+from pipeline.sync import (
+    SyncSettings,
+    compute_mfcc,
+    count_windows,
+    distance_matrix,
+    mfcc_windows,
+    offset_search,
+    sync_track,
+)
 from tests import fakeweights
 from tests.conftest import clip
 

@@ -26,7 +26,8 @@ from pipeline.errors import InputError
 from pipeline.stage2 import run_stage2
 from pipeline.stage3 import run_cluster
 from pipeline.train_sync import LAST_FILE, train_sync_model
-from tests import fakeweights, talkingfaces as tf
+from tests import fakeweights
+from tests import talkingfaces as tf
 from tests.conftest import REPO
 
 SEED = 0

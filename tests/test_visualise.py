@@ -14,9 +14,9 @@ from pipeline.cache import Cache, file_identity
 from pipeline.config import load_config
 from pipeline.errors import CacheError, InputError
 from pipeline.export import read_rttm
+from pipeline.formats import DIARISATION_UPSTREAM
 from pipeline.media import iter_frames
 from pipeline.plots import identity_speakers, plot_sync, plot_timeline, speaker_colours, track_labels
-from pipeline.formats import DIARISATION_UPSTREAM
 from pipeline.stage3 import save_sync_curves
 from pipeline.stage4 import output_names, visualise
 from tests.synth import make_video, make_wav
