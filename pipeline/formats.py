@@ -78,8 +78,8 @@ from pipeline.errors import CacheError
 
 # Stage 2's sync models (config ``sync.model``; ``--sync_model``): SyncNet is VoxConverse's.
 SYNC_MODELS = ("syncnet", "wav2lip")
-# Stage 3's fusion rules (config ``diarise.mode``; ``--fusion``): voxconverse is av-diarization's.
-FUSION_MODES = ("voxconverse", "argmax")
+# Stage 3's fusion rules (config ``diarise.mode``; ``--fusion``): voxconverse is av-diarization's, improved ours.
+FUSION_MODES = ("voxconverse", "argmax", "improved")
 # Stage 3's voice activity detectors (``vad.method``; ``--vad``): webrtc is av-diarization's.
 VAD_METHODS = ("webrtc", "silero")
 # Stage 3's speaker embedding networks (``embed.speaker_model``; ``--speaker_model``): resnetse34 is av-diarization's.

@@ -12,7 +12,8 @@ key still matches:
 - ``sync_curves.pckl``: the confidence curves and thresholds the fusion used, for stage 4 to draw.
 
 The decisions themselves are ``pipeline.fuse.diarise`` (``diarise.mode: voxconverse``) or
-``pipeline.fuse_argmax.diarise_argmax`` (``argmax``); stage 2's evidence must come from ``sync.model``.
+``pipeline.fuse_argmax.diarise_argmax`` (``argmax``) or ``pipeline.fuse_improved.diarise_improved``
+(``improved``, with the ``improved`` config section); stage 2's evidence must come from ``sync.model``.
 """
 from __future__ import annotations
 
@@ -205,9 +206,17 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
     """``diarization.pckl``: the turns, stored as plain tuples."""
     key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
+    if fusion_mode(cfg) == "improved":  # the improved rule's own settings (absent from the other modes' keys)
+        key["improved"] = cfg.improved.to_dict()
 
     def produce() -> list[tuple]:
-        if fusion_mode(cfg) == "argmax":
+        if fusion_mode(cfg) == "improved":
+            from pipeline.fuse_improved import diarise_improved
+
+            turns = diarise_improved(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, cfg.improved,
+                                     str(sync["metric"]), float(embeddings["hop_s"]), int(media_info["num_frames"]),
+                                     media_info.get("duration_s"), thresholds=vote_thresholds(cfg, sync))
+        elif fusion_mode(cfg) == "argmax":
             from pipeline.fuse_argmax import diarise_argmax
 
             turns = diarise_argmax(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise,

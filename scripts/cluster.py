@@ -2,7 +2,7 @@
 """Stage 3: voice activity, speaker embeddings, face identities and the audio-visual diarisation.
 
     python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero] [--speaker_model resnetse34|ecapa]
-                              [--fusion voxconverse|argmax]
+                              [--fusion voxconverse|argmax|improved]
 
 Runs after scripts/run_pipeline.py and scripts/run_syncnet.py; writes D/pywork/REF/diarization.pckl.
 """
