@@ -201,6 +201,24 @@ def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping
     ]
 
 
+def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, embeddings: np.ndarray,
+           hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping) -> list[Turn]:
+    """The turns by the configured fusion rule (``diarise.mode``) from stage 3's evidence; also what
+    ``pipeline.simulate`` runs on simulated evidence."""
+    mode = fusion_mode(cfg)
+    if mode == "improved":
+        from pipeline.fuse_improved import diarise_improved
+
+        return diarise_improved(evidence, audio_vad_s, embeddings, cfg.diarise, cfg.improved, str(sync["metric"]),
+                                hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync))
+    if mode == "argmax":
+        from pipeline.fuse_argmax import diarise_argmax
+
+        return diarise_argmax(evidence, audio_vad_s, embeddings, cfg.diarise, hop_s, num_frames, duration_s)
+    return fuse.diarise(evidence, audio_vad_s, embeddings, cfg.diarise, str(sync["metric"]), hop_s, num_frames,
+                        duration_s, thresholds=vote_thresholds(cfg, sync))
+
+
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
                         sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
@@ -210,22 +228,8 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
         key["improved"] = cfg.improved.to_dict()
 
     def produce() -> list[tuple]:
-        if fusion_mode(cfg) == "improved":
-            from pipeline.fuse_improved import diarise_improved
-
-            turns = diarise_improved(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, cfg.improved,
-                                     str(sync["metric"]), float(embeddings["hop_s"]), int(media_info["num_frames"]),
-                                     media_info.get("duration_s"), thresholds=vote_thresholds(cfg, sync))
-        elif fusion_mode(cfg) == "argmax":
-            from pipeline.fuse_argmax import diarise_argmax
-
-            turns = diarise_argmax(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise,
-                                   float(embeddings["hop_s"]), int(media_info["num_frames"]),
-                                   media_info.get("duration_s"))
-        else:
-            turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, str(sync["metric"]),
-                                 float(embeddings["hop_s"]), int(media_info["num_frames"]),
-                                 media_info.get("duration_s"), thresholds=vote_thresholds(cfg, sync))
+        turns = decide(cfg, evidence, vad["audio"], embeddings["embeddings"], float(embeddings["hop_s"]),
+                       int(media_info["num_frames"]), media_info.get("duration_s"), sync)
         return [tuple(turn) for turn in turns]
 
     rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
