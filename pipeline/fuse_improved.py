@@ -13,7 +13,7 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
    dropped. With no speaking face at all this is the audio-only path: the speaker count comes from mean
    voices of many windows, so it does not grow with the number of VAD runs.
 3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
-   speech; a frame's score for a speaker is ``voice_weight`` times the similarity of its embedding window to
+   speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the similarity of its embedding window to
    the speaker's mean voice plus ``face_bonus`` where that speaker's face is active; changing speaker costs
    ``switch_penalty``. Mean voices are re-estimated from the decoding ``refine_iterations`` times. A turn as
    short as a few tenths of a second survives when its evidence outweighs two switches.
@@ -128,11 +128,19 @@ def speakers_from_voice(unit_emb: np.ndarray, window_weight: np.ndarray, onscree
 
 def decode(scores_voice: np.ndarray, face_active: np.ndarray, speech_idx: np.ndarray, run_starts: np.ndarray,
            cfg: Any) -> np.ndarray:
-    """Speaker index per speech frame (Viterbi over ``voice_weight * similarity + face_bonus * active``)."""
+    """Speaker index per speech frame: Viterbi over ``voice_weight * similarity + face_bonus * active``,
+    summed over steps of ``decode_step_frames`` frames within each speech run (``run_starts``)."""
     scores = float(cfg.voice_weight) * scores_voice
     if face_active.shape[1]:
         scores[:, :face_active.shape[1]] += float(cfg.face_bonus) * face_active[speech_idx]
-    return viterbi_potts(scores, float(cfg.switch_penalty), run_starts)
+    run_id = np.cumsum(np.isin(np.arange(speech_idx.size), run_starts)) - 1
+    position = np.arange(speech_idx.size) - np.asarray(run_starts)[run_id]
+    block = np.cumsum(np.diff(run_id * (speech_idx.size + 1) + position // int(cfg.decode_step_frames),
+                              prepend=-1) != 0) - 1
+    block_starts = np.flatnonzero(np.diff(block, prepend=-1) > 0)
+    block_scores = np.add.reduceat(scores, block_starts, axis=0)
+    block_run_starts = np.flatnonzero(np.diff(run_id[block_starts], prepend=-1) > 0)
+    return viterbi_potts(block_scores, float(cfg.switch_penalty), block_run_starts)[block]
 
 
 def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence[tuple[float, float]],

@@ -41,7 +41,7 @@ class Profile:
     vad_miss_short_p: float = 0.2      # a speech run shorter than 1 s is missed by the VAD
     vad_edge_s: float = 0.1            # std of each VAD boundary's displacement
     vad_bridge_s: float = 0.3          # gaps shorter than this are bridged (hangover)
-    vad_fa_per_min: float = 1.0        # false-alarm segments per minute of non-speech
+    vad_fa_per_min: float = 3.0        # false-alarm segments per minute of non-speech
     emb_noise: float = 0.8             # per-window embedding noise (relative to a unit voice)
     emb_noise_smooth_windows: int = 5  # windows over which the noise is correlated (overlapping 2 s windows)
     emb_drift: float = 0.3             # slow channel drift (relative), a random walk with knots every 30 s
@@ -51,11 +51,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "easy": Profile(p_offscreen=0.15, p_visible_speaking=0.9, bystanders_per_shot=0.1, p_split=0.05,
                     p_silent_face=0.05, dip_range=(0.7, 1.5), dist_noise=0.2, vad_miss_short_p=0.1,
-                    vad_fa_per_min=0.5, emb_noise=0.6, emb_drift=0.2, speaker_similarity=0.25),
+                    vad_fa_per_min=1.0, emb_noise=0.6, emb_drift=0.2, speaker_similarity=0.25),
     "default": Profile(),
     "hard": Profile(p_offscreen=0.4, p_visible_speaking=0.65, bystanders_per_shot=0.6, p_split=0.2,
                     p_silent_face=0.2, dip_range=(0.35, 1.1), dist_noise=0.4, vad_miss_short_p=0.35,
-                    vad_edge_s=0.15, vad_fa_per_min=2.0, emb_noise=1.0, emb_drift=0.4, speaker_similarity=0.35),
+                    vad_edge_s=0.15, vad_fa_per_min=6.0, emb_noise=1.0, emb_drift=0.4, speaker_similarity=0.35),
 }
 
 

@@ -27,7 +27,7 @@ in ``pipeline.simulate.PROFILES``):
   ``p_silent_face`` 0.1 a speaking face gives no dip at all (profile view, occlusion). Clipped to [0, 2].
 - VAD (whole audio): true speech runs shorter than 1 s missed with ``vad_miss_short_p`` 0.2, every boundary
   displaced by N(0, ``vad_edge_s`` 0.1 s), gaps shorter than ``vad_bridge_s`` 0.3 s bridged, and
-  Poisson(``vad_fa_per_min`` 1 per minute of silence) false alarms of 0.3-2 s in silence. Each track's VAD
+  Poisson(``vad_fa_per_min`` 3 per minute of silence) false alarms of 0.3-2 s in silence. Each track's VAD
   is the whole-audio VAD over the track's frames (its audio is the same audio).
 - Speaker embeddings (128-d, 2 s windows every 0.2 s): speaker voices are unit vectors with expected
   pairwise cosine ``speaker_similarity`` 0.3 (a common component); window k is the unit mix of the voices in
