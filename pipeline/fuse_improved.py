@@ -22,12 +22,17 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
 5. Rejection (``reject_unexplained``): voice-only speech whose 1 s mean similarity to its speaker is below
    ``reject_similarity`` is taken for a VAD false alarm and dropped.
 
+Speaker models differ in how similar unrelated voices are (Resemblyzer's GE2E windows of two speakers sit
+near 0.7, ResNetSE34's near 0.3): the voice settings are stated for a floor of 0 and rescaled by
+``similarity_floor`` (``calibrated``).
+
 Without any embedding (audio shorter than one window) there is no voice to compare: the VoxConverse steps
 run on the longer-kept face runs (``fuse.turns_from_activities``).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -143,12 +148,35 @@ def decode(scores_voice: np.ndarray, face_active: np.ndarray, speech_idx: np.nda
     return viterbi_potts(block_scores, float(cfg.switch_penalty), block_run_starts)[block]
 
 
+def similarity_floor(cfg: Any, speaker_model: str | None) -> float:
+    """``improved.similarity_floor_<model>`` when the config has one for ``speaker_model``, else
+    ``improved.similarity_floor``."""
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    return float(values.get(f"similarity_floor_{speaker_model}", values["similarity_floor"]))
+
+
+def calibrated(cfg: Any, floor: float) -> SimpleNamespace:
+    """The ``improved`` settings on a speaker model whose unrelated voices are ``floor`` similar: every
+    similarity threshold t becomes ``floor + t * (1 - floor)``, every distance d ``d * (1 - floor)`` and the
+    voice weight is divided by ``1 - floor`` (the settings are stated for a floor of 0)."""
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    scale = 1.0 - floor
+    for key in ("identity_merge_distance", "chunk_merge_distance", "centroid_merge_distance", "overlap_margin"):
+        values[key] = float(values[key]) * scale
+    for key in ("match_similarity", "reject_similarity", "overlap_min_similarity"):
+        values[key] = floor + float(values[key]) * scale
+    values["voice_weight"] = float(values["voice_weight"]) / scale
+    return SimpleNamespace(**values)
+
+
 def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence[tuple[float, float]],
                      embeddings: np.ndarray, cfg_diarise: Any, cfg: Any, metric: str, hop_s: float,
                      num_frames: int, duration_s: float | None = None,
-                     thresholds: Sequence[float] | None = None) -> list[Turn]:
+                     thresholds: Sequence[float] | None = None, speaker_model: str | None = None) -> list[Turn]:
     """Speaker turns by the improved rule (same inputs and output as ``fuse.diarise``, plus the ``improved``
-    config section ``cfg``)."""
+    config section ``cfg`` and the name of the speaker model that made the embeddings, which picks the
+    similarity floor)."""
+    cfg = calibrated(cfg, similarity_floor(cfg, speaker_model))
     fps = float(cfg_diarise.frame_rate_hz)
     thresholds = fuse.conf_thresholds(cfg_diarise, metric) if thresholds is None else tuple(thresholds)
     present = [(i, t) for i, t in enumerate(tracks) if len(t.frames)]

@@ -202,15 +202,18 @@ def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping
 
 
 def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, embeddings: np.ndarray,
-           hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping) -> list[Turn]:
+           hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping,
+           speaker_model: str | None = None) -> list[Turn]:
     """The turns by the configured fusion rule (``diarise.mode``) from stage 3's evidence; also what
-    ``pipeline.simulate`` runs on simulated evidence."""
+    ``pipeline.simulate`` runs on simulated evidence. ``speaker_model`` (embeddings.pckl's ``model``) picks
+    the improved rule's similarity floor."""
     mode = fusion_mode(cfg)
     if mode == "improved":
         from pipeline.fuse_improved import diarise_improved
 
         return diarise_improved(evidence, audio_vad_s, embeddings, cfg.diarise, cfg.improved, str(sync["metric"]),
-                                hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync))
+                                hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync),
+                                speaker_model=speaker_model)
     if mode == "argmax":
         from pipeline.fuse_argmax import diarise_argmax
 
@@ -229,7 +232,8 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
 
     def produce() -> list[tuple]:
         turns = decide(cfg, evidence, vad["audio"], embeddings["embeddings"], float(embeddings["hop_s"]),
-                       int(media_info["num_frames"]), media_info.get("duration_s"), sync)
+                       int(media_info["num_frames"]), media_info.get("duration_s"), sync,
+                       speaker_model=str(embeddings.get("model", "")))
         return [tuple(turn) for turn in turns]
 
     rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
