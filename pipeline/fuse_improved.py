@@ -13,13 +13,13 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
    dropped. With no speaking face at all this is the audio-only path: the speaker count comes from mean
    voices of many windows, so it does not grow with the number of VAD runs.
 3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
-   speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the similarity of its embedding window to
-   the speaker's mean voice plus ``face_bonus`` where that speaker's face is active; changing speaker costs
+   speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the
+   similarity of its embedding window to the speaker's mean voice plus ``face_bonus`` where that speaker's face is active; changing speaker costs
    ``switch_penalty``. Mean voices are re-estimated from the decoding ``refine_iterations`` times. A turn as
    short as a few tenths of a second survives when its evidence outweighs two switches.
 4. Overlap: a second speaker in a frame where another speaker's face syncs above the top vote threshold
    (``overlap_face``), or, with ``overlap_voice``, where the voice is about as close to a second mean voice.
-5. Rejection (``reject_unexplained``): voice-only speech whose 1 s mean similarity to its speaker is below
+5. Rejection (``reject_unexplained``): voice-only speech whose 1 s mean similarity (within its speech run) to its speaker is below
    ``reject_similarity`` is taken for a VAD false alarm and dropped.
 
 Speaker models differ in how similar unrelated voices are (Resemblyzer's GE2E windows of two speakers sit
@@ -36,13 +36,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
 from pipeline import fuse
 from pipeline.formats import Turn
 from pipeline.fuse_voice import (
     cluster_voice_chunks,
     merge_close_means,
+    run_local_mean,
     unit_rows,
     viterbi_potts,
     window_means,
@@ -221,7 +221,7 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     chosen_sim = frame_sim[np.arange(labels.size), labels]
     keep = np.ones(labels.size, dtype=bool)
     if bool(cfg.reject_unexplained):
-        smoothed = uniform_filter1d(chosen_sim.astype(np.float64), size=max(1, int(round(fps))), mode="nearest")
+        smoothed = run_local_mean(chosen_sim, run_starts, int(round(fps)) // 2)
         keep = any_face[speech_idx] | (smoothed >= float(cfg.reject_similarity))
 
     speaking = np.zeros((length, len(means)), dtype=bool)

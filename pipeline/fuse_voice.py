@@ -88,6 +88,19 @@ def window_means(unit_emb: np.ndarray, frame_windows: np.ndarray, labels: np.nda
     return unit_rows(means)
 
 
+def run_local_mean(values: np.ndarray, run_starts: np.ndarray, half_width: int) -> np.ndarray:
+    """Mean of ``values`` over +- ``half_width`` steps, never crossing into another run (``run_starts``)."""
+    num = values.size
+    steps = np.arange(num)
+    starts = np.asarray(run_starts, dtype=np.int64)
+    bounds = np.append(starts, num)
+    run_id = np.searchsorted(starts, steps, side="right") - 1
+    low = np.maximum(steps - half_width, starts[run_id])
+    high = np.minimum(steps + half_width + 1, bounds[run_id + 1])
+    sums = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    return (sums[high] - sums[low]) / (high - low)
+
+
 def viterbi_potts(scores: np.ndarray, switch_penalty: float, run_starts: np.ndarray) -> np.ndarray:
     """Best state per step for per-step ``scores`` [T, S] (log domain) where changing state costs
     ``switch_penalty``; each index in ``run_starts`` begins an independent sequence. int64 [T]."""
@@ -114,5 +127,6 @@ def viterbi_potts(scores: np.ndarray, switch_penalty: float, run_starts: np.ndar
     return labels
 
 
-__all__ = ["average_linkage_labels", "cluster_voice_chunks", "merge_close_means", "unit_rows", "viterbi_potts",
+__all__ = ["average_linkage_labels", "cluster_voice_chunks", "merge_close_means", "run_local_mean", "unit_rows",
+           "viterbi_potts",
            "window_means"]

@@ -1,0 +1,204 @@
+"""The improved fusion rule (diarise.mode: improved) on hand-built evidence, its voice steps on exact cases,
+and the back-end simulator's determinism.
+
+Conventions as in test_fuse: 25 fps, SyncNet distances with 21 shifts that dip to 0 at shift 10 where the
+face speaks (confidence 1.0 there, above both vote thresholds 0.5 and 0.9 and so "strong"), embeddings every
+0.2 s (the window representing time t is int(5 t - 5)), voices the unit vectors A, B, C, D.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import fuse
+from pipeline.config import load_config
+from pipeline.fuse_improved import calibrated, diarise_improved, kept_runs
+from pipeline.fuse_voice import run_local_mean, viterbi_potts
+from pipeline.score import load_rttms, score
+from pipeline.simulate import PROFILES, run_mode, run_modes, simulate_file
+
+CFG = load_config()
+IMPROVED = load_config(overrides=["diarise.mode=improved"])
+HOP_S = 0.2
+A, B, C, D = np.eye(8, dtype=np.float32)[:4]
+
+
+def voices(num: int, spans: list[tuple[float, float, np.ndarray]]) -> np.ndarray:
+    """[num, 8] embeddings: windows representing times [start_s, end_s) get the voice (a faint E elsewhere)."""
+    emb = np.tile(np.eye(8, dtype=np.float32)[7] * 0.1, (num, 1))
+    for start_s, end_s, voice in spans:
+        emb[int(5 * start_s - 5):int(5 * end_s - 5)] = voice
+    return emb
+
+
+def track(first_frame: int, num_frames: int, speaking: list[tuple[int, int]], identity: int,
+          vad_s=()) -> fuse.TrackEvidence:
+    dists = np.full((num_frames - 5, 21), 1.0, dtype=np.float32)
+    for start, end in speaking:
+        dists[start - 3:end - 3, 10] = 0.0
+    return fuse.TrackEvidence(np.arange(first_frame, first_frame + num_frames), dists, list(vad_s), identity)
+
+
+def improved(tracks, vad, emb, num_frames, cfg=IMPROVED, speaker_model=None):
+    return diarise_improved(tracks, vad, emb, cfg.diarise, cfg.improved, "cosine", HOP_S, num_frames,
+                            num_frames / 25, speaker_model=speaker_model)
+
+
+def speakers_over(turns, start_s: float, end_s: float) -> set[str]:
+    return {t.speaker for t in turns if t.start_s <= start_s and t.end_s >= end_s}
+
+
+def test_two_offscreen_voices_get_two_labels():
+    """Face 0 speaks 1-10 s with voice A; voice B speaks 12-20 s and voice C 22-30 s with no face on screen.
+    The reference labels both off-screen stretches 'unknown' (one speaker); the improved rule gives each
+    voice its own label, different from the face's."""
+    emb = voices(160, [(0, 10.5, A), (10.5, 20.5, B), (20.5, 32, C)])
+    tracks = [track(0, 300, [(25, 250)], 0, [(1, 10)])]
+    vad = [(1.0, 10.0), (12.0, 20.0), (22.0, 30.0)]
+    faithful = fuse.diarise(tracks, vad, emb, CFG.diarise, "cosine", HOP_S, 800, 32.0)
+    assert [t.speaker for t in faithful if t.source == "audio"] == ["unknown", "unknown"]
+    turns = improved(tracks, vad, emb, 800)
+    face, first, second = speakers_over(turns, 1.1, 9.9), speakers_over(turns, 12.1, 19.9), \
+        speakers_over(turns, 22.1, 29.9)
+    assert len(face) == len(first) == len(second) == 1
+    assert len(face | first | second) == 3 and "unknown" not in face | first | second
+    assert {t.speaker for t in turns} == face | first | second
+
+
+def test_offscreen_voice_matching_a_face_takes_its_label():
+    """Voice A speaks again off screen at 12-20 s: it is the face's speaker, not a new one."""
+    emb = voices(160, [(0, 20.5, A)])
+    tracks = [track(0, 300, [(25, 250)], 0, [(1, 10)])]
+    turns = improved(tracks, [(1.0, 10.0), (12.0, 20.0)], emb, 600)
+    assert {t.speaker for t in turns} == {"spk00"}
+    assert speakers_over(turns, 12.1, 19.9) == {"spk00"}
+
+
+def test_two_faces_talking_at_once_give_an_overlap():
+    """Faces 0 and 1 are on screen together and both sync strongly in 2-8 s (frames 50..200); face 1 alone
+    speaks 10-14 s with voice B. Both speakers must be labelled over 2-8 s."""
+    emb = voices(100, [(0, 9, A), (9, 15, B)])
+    tracks = [track(0, 400, [(50, 200)], 0, [(2, 8)]), track(0, 400, [(50, 200), (250, 350)], 1, [(2, 8), (10, 14)])]
+    turns = improved(tracks, [(2.0, 8.0), (10.0, 14.0)], emb, 400)
+    both = speakers_over(turns, 2.2, 7.8)
+    assert len(both) == 2
+    assert speakers_over(turns, 10.2, 13.8) <= both
+
+
+def test_short_interjection_survives():
+    """Face 0 (voice A) speaks 1-10 s except 4.0-4.6 s, where face 1 interjects for 0.6 s (15 frames,
+    frames 100..114) and syncs strongly; face 1 also speaks 11-15 s (voice B). The embedding windows around
+    the interjection are A's (2 s windows barely hear a 0.6 s turn). The reference drops sync runs of <= 15
+    frames and labels the gap by voice (face 0's speaker); the improved rule keeps face 1's 0.6 s."""
+    emb = voices(100, [(0, 10.5, A), (10.5, 16, B)])
+    tracks = [track(0, 400, [(25, 100), (115, 250)], 0, [(1, 10)]),
+              track(0, 400, [(100, 115), (275, 375)], 1, [(1, 10), (11, 15)])]
+    vad = [(1.0, 10.0), (11.0, 15.0)]
+    faithful = fuse.diarise(tracks, vad, emb, CFG.diarise, "cosine", HOP_S, 400, 16.0)
+    face1_faithful = speakers_over(faithful, 11.2, 14.8)
+    assert not speakers_over(faithful, 4.05, 4.55) & face1_faithful
+    turns = improved(tracks, vad, emb, 400)
+    face1 = speakers_over(turns, 11.2, 14.8)
+    assert len(face1) == 1 and face1 <= speakers_over(turns, 4.05, 4.55)
+    assert not any(t.speaker in face1 and t.start_s < 3.9 for t in turns)
+
+
+def test_sync_run_shorter_than_a_reference_utterance_is_written():
+    """A face syncs for 15 frames (0.6 s, frames 100..114; the median filter keeps exactly those) where the
+    VAD has speech and nobody else speaks: the reference removes those frames from the VAD, drops the run
+    (utterances need > 15 frames) and writes nothing; the improved rule writes it as that face's speech."""
+    emb = voices(60, [(0, 12, A)])
+    tracks = [track(0, 300, [(100, 115), (200, 260)], 0, [(4.0, 4.6), (8.0, 10.4)])]
+    vad = [(4.0, 4.6), (8.0, 10.4)]
+    assert not [t for t in fuse.diarise(tracks, vad, emb, CFG.diarise, "cosine", HOP_S, 300, 12.0)
+                if t.start_s < 5]
+    turns = improved(tracks, vad, emb, 300)
+    assert [t for t in turns if t.start_s < 4.1 and t.end_s > 4.5 and t.source == "av"]
+
+
+def test_audio_only_speaker_count_does_not_explode():
+    """One voice (A plus strong per-window noise, seeded) in 40 VAD runs of 1 s: the reference's one label
+    per run clustered at 0.3 finds many speakers; the improved rule one."""
+    rng = np.random.default_rng(0)
+    emb = A[None, :] * 1.0 + 2.0 * rng.normal(size=(400, 8)).astype(np.float32) / np.sqrt(8)
+    emb[:, 7] = 0.0
+    vad = [(1.0 + 1.5 * k, 2.0 + 1.5 * k) for k in range(40)]
+    faithful = fuse.diarise([], vad, emb, CFG.diarise, "cosine", HOP_S, 1600, 64.0)
+    assert len({t.speaker for t in faithful}) > 5
+    assert len({t.speaker for t in improved([], vad, emb, 1600)}) == 1
+
+
+def test_speech_no_voice_explains_is_rejected():
+    """Voice A speaks 1-10 s; the VAD also fires at 13-14 s where the windows hold background noise (D):
+    the improved rule drops it, the reference writes it."""
+    emb = voices(100, [(0, 11, A), (12.2, 14.8, D)])
+    vad = [(1.0, 10.0), (13.0, 14.0)]
+    assert [t for t in fuse.diarise([], vad, emb, CFG.diarise, "cosine", HOP_S, 450, 18.0) if t.start_s >= 12]
+    turns = improved([], vad, emb, 450)
+    assert turns and not [t for t in turns if t.start_s >= 12]
+    keep = load_config(overrides=["diarise.mode=improved", "improved.reject_unexplained=false"])
+    assert [t for t in improved([], vad, emb, 450, keep) if t.start_s >= 12]
+
+
+def test_viterbi_by_hand():
+    """Scores of two states over 5 steps, switch penalty 1.5:
+    state 0: 1 1 0 1 1; state 1: 0 0 2 0 0. Staying in 0 scores 4; 0,0,1,0,0 scores 2 + 2 + 2 - 3 = 3;
+    with penalty 0.5 the detour scores 5. States swapped, with a new sequence from step 3: steps 0-2 end
+    in the other state (1 + 1 + 2 - 1.5 = 2.5 beats 2), steps 3-4 start afresh."""
+    scores = np.array([[1, 0], [1, 0], [0, 2], [1, 0], [1, 0]], dtype=np.float64)
+    assert viterbi_potts(scores, 1.5, np.array([0])).tolist() == [0, 0, 0, 0, 0]
+    assert viterbi_potts(scores, 0.5, np.array([0])).tolist() == [0, 0, 1, 0, 0]
+    flipped = scores[:, ::-1].copy()
+    assert viterbi_potts(flipped, 1.5, np.array([0, 3])).tolist() == [1, 1, 0, 1, 1]
+    assert viterbi_potts(np.zeros((3, 1)), 1.0, np.array([0])).tolist() == [0, 0, 0]
+
+
+def test_kept_runs_local_mean_and_calibration():
+    assert run_local_mean(np.array([1.0, 1.0, 0.0, 0.0, 3.0]), np.array([0, 2]), 1).tolist() == [1, 1, 0, 1, 1.5]
+    assert kept_runs(np.array([1, 1, 0, 1, 1, 1, 1, 0, 1]), 3).tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0]
+    cal = calibrated(IMPROVED.improved, 0.6)
+    assert cal.match_similarity == pytest.approx(0.6 + 0.4 * IMPROVED.improved.match_similarity)
+    assert cal.chunk_merge_distance == pytest.approx(0.4 * IMPROVED.improved.chunk_merge_distance)
+    assert cal.voice_weight == pytest.approx(IMPROVED.improved.voice_weight / 0.4)
+    assert calibrated(IMPROVED.improved, 0.0).reject_similarity == IMPROVED.improved.reject_similarity
+
+
+# ---- the simulator ------------------------------------------------------------------------------------
+DEV = "../shared/data/voxconverse/dev"
+
+
+def _two_short_files() -> dict:
+    reference = load_rttms(DEV)
+    shortest = sorted(reference, key=lambda k: max(e for _, e, _ in reference[k]))[:2]
+    return {k: reference[k] for k in shortest}
+
+
+def test_simulator_is_deterministic():
+    """Same seed: the same evidence and the same scores; another seed: other evidence."""
+    reference = _two_short_files()
+    file_id = sorted(reference)[0]
+    one = simulate_file(file_id, reference[file_id], PROFILES["default"], 3)
+    two = simulate_file(file_id, reference[file_id], PROFILES["default"], 3)
+    other = simulate_file(file_id, reference[file_id], PROFILES["default"], 4)
+    assert np.array_equal(one.embeddings["embeddings"], two.embeddings["embeddings"])
+    assert one.vad == two.vad and one.face_ids == two.face_ids
+    assert all(np.array_equal(a, b) for a, b in zip(one.distances, two.distances))
+    assert not np.array_equal(one.embeddings["embeddings"], other.embeddings["embeddings"])
+    cfgs = {"voxconverse": CFG, "improved": IMPROVED}
+    runs = [run_modes(reference, PROFILES["hard"], 7, cfgs) for _ in range(2)]
+    assert runs[0] == runs[1] and not runs[0][2]
+    ders = [[score(reference, run[0][mode]).overall.der for mode in cfgs] for run in runs]
+    assert ders[0] == ders[1]
+
+
+def test_voxconverse_mode_on_simulated_evidence_is_fuse_diarise():
+    """stage3.decide in voxconverse mode is exactly pipeline.fuse.diarise on the same evidence."""
+    from pipeline.stage3 import track_evidence
+
+    reference = _two_short_files()
+    file_id = sorted(reference)[0]
+    sim = simulate_file(file_id, reference[file_id], PROFILES["default"], 1)
+    evidence = track_evidence(sim.tracks, sim.distances, sim.vad, sim.face_ids)
+    direct = fuse.diarise(evidence, sim.vad["audio"], sim.embeddings["embeddings"], CFG.diarise, "cosine", HOP_S,
+                          sim.media["num_frames"], sim.media["duration_s"])
+    assert run_mode(sim, CFG) == [(t.start_s, t.end_s, t.speaker) for t in direct]
