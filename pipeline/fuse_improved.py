@@ -14,9 +14,10 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
    voices of many windows, so it does not grow with the number of VAD runs.
 3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
    speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the
-   similarity of its embedding window to the speaker's mean voice plus ``face_bonus`` where that speaker's face is active; changing speaker costs
-   ``switch_penalty``. Mean voices are re-estimated from the decoding ``refine_iterations`` times. A turn as
-   short as a few tenths of a second survives when its evidence outweighs two switches.
+   similarity of its embedding window to the speaker's mean voice plus ``face_bonus`` where that speaker's
+   face is active; changing speaker costs ``switch_penalty``. Mean voices are re-estimated from the decoding
+   ``refine_iterations`` times. A turn as short as a few tenths of a second survives when its evidence
+   outweighs two switches.
 4. Overlap: a second speaker in a frame where another speaker's face syncs above the top vote threshold
    (``overlap_face``), or, with ``overlap_voice``, where the voice is about as close to a second mean voice.
 5. Rejection (``reject_unexplained``): voice-only speech whose 1 s mean similarity (within its speech run) to its speaker is below
