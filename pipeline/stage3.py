@@ -48,6 +48,9 @@ from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"
+# speaker models with their own voice thresholds (a config section of the same name) instead of diarise's
+VOICE_THRESHOLD_SECTIONS = ("resemblyzer",)
+VOICE_THRESHOLD_KEYS = ("merge_distance", "offscreen_min_similarity")
 
 ProgressHook = Callable[..., None]
 
@@ -108,6 +111,13 @@ def checkpoint_identity(network: str, file: str, weights_dir: str | Path | None)
 def _speaker_checkpoint(cfg_embed: Any, weights_dir: str | Path | None, name: str) -> dict[str, str] | None:
     if name == "ecapa":
         return checkpoint_identity("ecapa", str(cfg_embed.ecapa_dir), weights_dir)
+    if name == "resemblyzer":
+        from models.ge2e import find_weights
+
+        try:
+            return _weights_identity(find_weights(weights_dir))
+        except CheckpointError:
+            return None
     return checkpoint_identity("resnetse34", str(cfg_embed.resnetse34_checkpoint), weights_dir)
 
 
@@ -200,21 +210,31 @@ def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping
     ]
 
 
+def diarise_settings(cfg: Section, speaker_model: str) -> Section:
+    """``cfg.diarise`` with the voice thresholds of ``speaker_model`` where it has its own config section
+    (``resemblyzer:``); the ResNetSE34V2-tuned values otherwise."""
+    own = cfg.get(speaker_model) if speaker_model in VOICE_THRESHOLD_SECTIONS else None
+    if own is None:
+        return cfg.diarise
+    return Section({**cfg.diarise.to_dict(), **{k: own[k] for k in VOICE_THRESHOLD_KEYS}}, "diarise")
+
+
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
                         sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
-    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
+    cfg_diarise = diarise_settings(cfg, str(embeddings.get("model", "")))
+    key = {"stage": STAGE, "diarise": cfg_diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
 
     def produce() -> list[tuple]:
         if fusion_mode(cfg) == "argmax":
             from pipeline.fuse_argmax import diarise_argmax
 
-            turns = diarise_argmax(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise,
+            turns = diarise_argmax(evidence, vad["audio"], embeddings["embeddings"], cfg_diarise,
                                    float(embeddings["hop_s"]), int(media_info["num_frames"]),
                                    media_info.get("duration_s"))
         else:
-            turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg.diarise, str(sync["metric"]),
+            turns = fuse.diarise(evidence, vad["audio"], embeddings["embeddings"], cfg_diarise, str(sync["metric"]),
                                  float(embeddings["hop_s"]), int(media_info["num_frames"]),
                                  media_info.get("duration_s"), thresholds=vote_thresholds(cfg, sync))
         return [tuple(turn) for turn in turns]
