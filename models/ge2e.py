@@ -93,7 +93,7 @@ def find_weights(weights_dir: str | Path | None) -> Path:
     if packaged is not None:
         return packaged
     entry = registry_entry(WEIGHTS_FILE)
-    version = entry.url.rsplit("/", 1)[-1].split("-")[1] if entry else "0.1.4"
+    version = entry.url.split("#")[0].rsplit("/", 1)[-1].split("-")[1] if entry else "0.1.4"  # the wheel's
     raise CheckpointError(
         f"the resemblyzer speaker model's weights {WEIGHTS_FILE} are not in {folder} (set --weights_dir or "
         f"${WEIGHTS_ENV}) and the Resemblyzer package is not installed: `bash download_models.sh {folder} "

@@ -2,8 +2,8 @@
 
 ``models/checkpoints.tsv`` is the one registry of checkpoint files (network, file name, sha256, URL); this
 module and ``download_models.sh`` both read it. A URL ``ARCHIVE#MEMBER`` names a file inside a zip or wheel
-(Resemblyzer's ``pretrained.pt`` inside its PyPI wheel); its sha256 is the extracted member's. The weights folder is ``--weights_dir``, else
-``$AVDIARISE_WEIGHTS_DIR``, else ``~/.cache/av-diarise/weights`` (``$XDG_CACHE_HOME`` respected).
+(Resemblyzer's ``pretrained.pt`` inside its PyPI wheel); its sha256 is the extracted member's. The weights
+folder is ``--weights_dir``, else ``$AVDIARISE_WEIGHTS_DIR``, else ``~/.cache/av-diarise/weights`` (``$XDG_CACHE_HOME`` respected).
 
 A file that ``download_models.sh`` fetched was hash-checked when it arrived. Here, a file whose registry
 hash is known is checked again, and a mismatch only warns (once per file): users may bring their own or
