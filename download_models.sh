@@ -2,11 +2,13 @@
 # Download the published checkpoints listed in models/checkpoints.tsv (the registry the Python loader reads).
 #   bash download_models.sh [WEIGHTS_DIR] [NETWORK ... | all]
 # WEIGHTS_DIR defaults to $AVDIARISE_WEIGHTS_DIR, else ~/.cache/av-diarise/weights. NETWORK is one of
-# s3fd syncnet resnetse34 vggface2 ecapa wav2lip gestsync: every published file of those networks; `all`: every file;
+# s3fd syncnet resnetse34 vggface2 ecapa resemblyzer wav2lip gestsync: every published file of those networks; `all`: every file;
 # nothing: the files the default config uses (registry column `default`). Files with a published sha256
 # are checked; a file is written under a temporary name and moved into place only when complete and verified.
 # A file without a stable direct URL (column `default` is `manual`, e.g. Wav2Lip's lipsync_expert.pth) is not
 # downloaded: the script says where to get it and where to put it, and exits non-zero while it is missing.
+# A url of the form ARCHIVE#MEMBER (not manual; resemblyzer: Resemblyzer's pretrained.pt inside its PyPI wheel) downloads the
+# zip/wheel, extracts MEMBER and checks the member's sha256; the archive itself is not kept.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,10 +62,25 @@ while IFS=$'\t' read -r network file sha256 default url; do
     fi
     echo "fetching $file"
     tmp="$out.part"
+    member=""
+    if [[ "$url" == *"#"* ]]; then member="${url#*#}"; url="${url%%#*}"; fi
     if ! reason="$(fetch "$url" "$tmp")"; then
         echo "error: could not download $file from $url (${reason}); check the network and re-run" >&2
         rm -f "$tmp"; status=1; continue
     fi
+    if [[ -n "$member" ]] && ! reason="$(python3 - "$tmp" "$member" "$tmp.member" 2>&1 <<'PY'
+import shutil, sys, zipfile
+try:
+    with zipfile.ZipFile(sys.argv[1]) as archive, archive.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+except (OSError, KeyError, zipfile.BadZipFile) as err:
+    sys.exit(f"{type(err).__name__}: {err}")
+PY
+)"; then
+        echo "error: could not extract $member from $url (${reason##*$'\n'}); not kept" >&2
+        rm -f "$tmp" "$tmp.member"; status=1; continue
+    fi
+    [[ -z "$member" ]] || mv -f "$tmp.member" "$tmp"
     if [[ "$sha256" != "-" ]] && ! echo "$sha256  $tmp" | sha256sum -c --status; then
         echo "error: $file does not match its published sha256 (truncated or changed download); not kept" >&2
         rm -f "$tmp"; status=1; continue

@@ -1,8 +1,9 @@
 """Find, verify and load published checkpoints.
 
 ``models/checkpoints.tsv`` is the one registry of checkpoint files (network, file name, sha256, URL); this
-module and ``download_models.sh`` both read it. The weights folder is ``--weights_dir``, else
-``$AVDIARISE_WEIGHTS_DIR``, else ``~/.cache/av-diarise/weights`` (``$XDG_CACHE_HOME`` respected).
+module and ``download_models.sh`` both read it. A URL ``ARCHIVE#MEMBER`` names a file inside a zip or wheel
+(Resemblyzer's ``pretrained.pt`` inside its PyPI wheel); its sha256 is the extracted member's. The weights
+folder is ``--weights_dir``, else ``$AVDIARISE_WEIGHTS_DIR``, else ``~/.cache/av-diarise/weights`` (``$XDG_CACHE_HOME`` respected).
 
 A file that ``download_models.sh`` fetched was hash-checked when it arrived. Here, a file whose registry
 hash is known is checked again, and a mismatch only warns (once per file): users may bring their own or
@@ -41,6 +42,11 @@ class CheckpointEntry:
     default: bool  # fetched by a plain `bash download_models.sh` (the default config's files)
     url: str  # the file itself, or for a manual entry the page that links it
     manual: bool = False  # no stable direct URL (registry column `default` is `manual`): the user fetches it
+
+    @property
+    def archive_member(self) -> str | None:
+        """For a url ``ARCHIVE#MEMBER``: the file's path inside the zip/wheel at ARCHIVE (sha256 is the member's)."""
+        return self.url.split("#", 1)[1] if "#" in self.url and not self.manual else None  # manual: a page anchor
 
 
 def read_registry(path: Path = REGISTRY_PATH) -> list[CheckpointEntry]:

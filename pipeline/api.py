@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.cache import Cache
 from pipeline.config import Section, load_config, with_overrides
+from pipeline.errors import InputError
 from pipeline.formats import Turn
 
 StageHook = Callable[[str], None]
@@ -65,6 +66,11 @@ def diarize(videofile: str | Path, data_dir: str | Path, *, reference: str | Non
     cfg = _config(config, overrides)
     if out_dir is not None:
         writable_dir(str(out_dir), "out_dir")  # fail before hours of work, not after
+    if video:
+        from pipeline.media import probe
+
+        if not probe(videofile).has_video:  # an audio-only input (a wav) diarises, but has no picture to annotate
+            raise InputError(f"{videofile} has no video stream: the annotated video (--video) needs one")
     cache = Cache(data_dir, reference or default_reference(str(videofile)))
     with cache.locked(extra_dirs=[Path(out_dir)] if out_dir else []):
         return _run_stages(videofile, cache, cfg, out_dir=out_dir, weights_dir=weights_dir,

@@ -1,4 +1,5 @@
-"""Speaker embeddings: ResNetSE34V2 (av-diarization's default) or speechbrain's ECAPA-TDNN, over sliding windows.
+"""Speaker embeddings: ResNetSE34V2 (av-diarization's default), speechbrain's ECAPA-TDNN or Resemblyzer's GE2E
+encoder (no download needed), over sliding windows.
 
 av-diarization's ``SpeakerNet`` reads the whole 16 kHz audio with ``torchaudio.load`` (floats in [-1, 1]) and
 embeds windows of 200 * 160 samples starting every 3200 samples, ``range(0, num_samples - window, hop)``: the
@@ -86,6 +87,26 @@ class EcapaModel(SpeakerModel):
         return out.reshape(out.shape[0], -1).float().cpu().numpy()
 
 
+class ResemblyzerModel(SpeakerModel):
+    """Resemblyzer's GE2E encoder (models/ge2e.py) on the pipeline's own windows: one embedding of each whole
+    window's mel frames (Resemblyzer's ``VoiceEncoder.forward``), no volume normalisation or partial averaging."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.name = "resemblyzer"
+        self.dim = int(module.linear.out_features)
+        self.min_samples = 400  # one 25 ms mel window
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+
+    def embed(self, waveforms: torch.Tensor) -> np.ndarray:
+        from models.ge2e import mel_frames
+
+        mels = torch.from_numpy(mel_frames(waveforms.float().cpu().numpy())).to(self.device)  # [B, T, 40]
+        with torch.inference_mode():
+            out = self.module(mels)  # [B, 256]
+        return out.float().cpu().numpy()
+
+
 def _cpu_has_bfloat16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -96,7 +117,7 @@ def _cpu_has_bfloat16() -> bool:
 # ---- loading -------------------------------------------------------------------------------------
 def load_speaker_model(cfg_embed: Any, weights_dir: str | Path | None, device: str | torch.device,
                        name: str | None = None) -> SpeakerModel:
-    """The speaker network ``name`` ('resnetse34' or 'ecapa'; None takes ``cfg_embed.speaker_model``)."""
+    """The speaker network ``name`` (one of SPEAKER_MODELS; None takes ``cfg_embed.speaker_model``)."""
     name = cfg_embed.speaker_model if name is None else name
     device = torch.device(device)
     if name == "resnetse34":
@@ -106,6 +127,10 @@ def load_speaker_model(cfg_embed: Any, weights_dir: str | Path | None, device: s
         return ResNetSE34Model(module, device, str(cfg_embed.cpu_precision))
     if name == "ecapa":
         return EcapaModel(load_ecapa(resolve_weights_dir(weights_dir) / cfg_embed.ecapa_dir, device), device)
+    if name == "resemblyzer":
+        from models.ge2e import load_ge2e
+
+        return ResemblyzerModel(load_ge2e(weights_dir), device)
     raise InputError(f"unknown speaker model {name!r}: choose one of {', '.join(SPEAKER_MODELS)}")
 
 

@@ -83,7 +83,7 @@ FUSION_MODES = ("voxconverse", "argmax", "improved")
 # Stage 3's voice activity detectors (``vad.method``; ``--vad``): webrtc is av-diarization's.
 VAD_METHODS = ("webrtc", "silero")
 # Stage 3's speaker embedding networks (``embed.speaker_model``; ``--speaker_model``): resnetse34 is av-diarization's.
-SPEAKER_MODELS = ("resnetse34", "ecapa")
+SPEAKER_MODELS = ("resnetse34", "ecapa", "resemblyzer")
 
 # The script that writes each stage's intermediates, named in errors about a missing or stale cache.
 RUN_PIPELINE = "scripts/run_pipeline.py"

@@ -71,9 +71,14 @@ def probe(path: str | Path) -> MediaInfo:
         )
 
 
-def check_video_input(path: str | Path, need_audio: bool = True) -> MediaInfo:
-    """A readable file with a video stream (and an audio stream when ``need_audio``), or a one-line InputError."""
+def check_video_input(path: str | Path, need_audio: bool = True, allow_audio_only: bool = False) -> MediaInfo:
+    """A readable file with a video stream (and an audio stream when ``need_audio``), or a one-line InputError.
+
+    With ``allow_audio_only``, a file with an audio stream and no video stream (a wav) is accepted too
+    (``has_video`` False): stage 1 then diarises it as a video without faces."""
     info = probe(path)
+    if allow_audio_only and not info.has_video and info.has_audio:
+        return info
     if not info.has_video:
         raise InputError(f"{path} has no video stream (an audio-only file?): stage 1 needs faces to track")
     if need_audio and not info.has_audio:

@@ -38,6 +38,7 @@ class Stage1Result:
     num_tracks: int
     reused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    audio_only: bool = False  # the input had no video stream (a wav): no faces, stage 2 has nothing to do
 
 
 def _noop(*_args, **_kwargs) -> None:
@@ -243,7 +244,7 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     """Stage 1 on one video: audio.wav, media/faces/scene/tracks pickles and crops in ``cache``."""
     progress = progress or _noop
     videofile = Path(videofile)
-    media.check_video_input(videofile, need_audio=True)
+    probed = media.check_video_input(videofile, need_audio=True, allow_audio_only=True)
     identity = content_identity(videofile)  # by content: a moved or touched video keeps its cache
     cache.record_source(videofile, identity)
     result = Stage1Result(num_frames=0, num_shots=0, num_tracks=0)
@@ -251,6 +252,8 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     audio, reused = normalise_audio(videofile, cache, cfg, identity, force)
     if reused:
         result.reused.append("audio")
+    if not probed.has_video:
+        return audio_only_outputs(videofile, cache, cfg, identity, audio, force, result)
     info, faces, shots = faces_and_shots(videofile, cache, cfg, identity, weights_dir, device, force, progress, result)
     info = dict(info, num_samples=int(audio.size), sample_rate_hz=int(cfg.media.sample_rate_hz), has_audio=True)
     media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
@@ -271,4 +274,34 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     return result
 
 
-__all__ = ["Stage1Result", "run_pipeline", "write_wav"]
+def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Section, identity: dict, audio: np.ndarray, force: bool,
+                       result: Stage1Result) -> Stage1Result:
+    """Stage 1 of an input without a video stream (a wav): a video without faces as long as the audio.
+
+    media.pckl (``has_video`` False, no picture size), one shot, no detections, no tracks and no crops, written
+    under the same keys as for a video, so stage 3 runs its audio-only fallback on the whole audio.
+    """
+    fps = float(cfg.media.frame_rate_hz)
+    num_frames = max(1, int(round(audio.size * fps / cfg.media.sample_rate_hz)))
+    info = {"source": identity, "num_frames": num_frames, "frame_rate_hz": cfg.media.frame_rate_hz, "width": 0,
+            "height": 0, "duration_s": num_frames / fps, "num_samples": int(audio.size),
+            "sample_rate_hz": int(cfg.media.sample_rate_hz), "has_audio": True, "has_video": False}
+    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
+    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict()}
+    shots = [(0, num_frames)]
+    faces: list[list[dict]] = [[] for _ in range(num_frames)]
+    if cache.load_valid("media.pckl", media_key) != info:
+        cache.save_pickle("media.pckl", info, STAGE, media_key)
+    if force or cache.load_valid("scene.pckl", media_key) != shots:
+        cache.save_pickle("scene.pckl", shots, STAGE, media_key)
+    if force or cache.load_valid("faces.pckl", detect_key) != faces:
+        cache.save_pickle("faces.pckl", faces, STAGE, detect_key)
+    tracks, _ = build_tracks(cache, cfg, faces, shots, force)
+    write_crops(audio_file, cache, cfg, tracks, audio, identity, force, _noop)
+    result.audio_only = True
+    result.notes.append("audio-only input (no video stream): no faces; stage 3 diarises the voices alone")
+    result.num_frames, result.num_shots, result.num_tracks = num_frames, len(shots), len(tracks)
+    return result
+
+
+__all__ = ["Stage1Result", "audio_only_outputs", "run_pipeline", "write_wav"]

@@ -57,7 +57,8 @@ def require_stage1(cache: Cache) -> list[dict]:
     return require_tracks_and_crops(cache)
 
 
-def stage2_key(cache: Cache, cfg: Section, checkpoint_file: str, checkpoint_sha256: str) -> dict[str, Any]:
+def stage2_key(cache: Cache, cfg: Section, checkpoint_file: str | None,
+               checkpoint_sha256: str | None) -> dict[str, Any]:
     """What stage 2's outputs depend on."""
     return {
         "stage": STAGE,
@@ -141,8 +142,12 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_stage1(cache)
     settings = SyncSettings.from_config(cfg)
-    ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
-    key = stage2_key(cache, cfg, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)))
+    if tracks:
+        ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
+        ckpt_sha256 = sha256_file(checkpoint_path(ckpt_file, weights_dir))
+    else:  # no face track (no faces, or an audio-only input): nothing to sync, so no checkpoint is needed
+        ckpt_file, ckpt_sha256 = None, None
+    key = stage2_key(cache, cfg, ckpt_file, ckpt_sha256)
     if not force:
         reused = _load_valid(cache, key)
         if reused is not None:

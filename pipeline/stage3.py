@@ -49,6 +49,9 @@ from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"
+# speaker models with their own voice thresholds (a config section of the same name) instead of diarise's
+VOICE_THRESHOLD_SECTIONS = ("resemblyzer",)
+VOICE_THRESHOLD_KEYS = ("merge_distance", "offscreen_min_similarity")
 
 ProgressHook = Callable[..., None]
 
@@ -109,6 +112,13 @@ def checkpoint_identity(network: str, file: str, weights_dir: str | Path | None)
 def _speaker_checkpoint(cfg_embed: Any, weights_dir: str | Path | None, name: str) -> dict[str, str] | None:
     if name == "ecapa":
         return checkpoint_identity("ecapa", str(cfg_embed.ecapa_dir), weights_dir)
+    if name == "resemblyzer":
+        from models.ge2e import find_weights
+
+        try:
+            return _weights_identity(find_weights(weights_dir))
+        except CheckpointError:
+            return None
     return checkpoint_identity("resnetse34", str(cfg_embed.resnetse34_checkpoint), weights_dir)
 
 
@@ -201,12 +211,21 @@ def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping
     ]
 
 
+def diarise_settings(cfg: Section, speaker_model: str) -> Section:
+    """``cfg.diarise`` with the voice thresholds of ``speaker_model`` where it has its own config section
+    (``resemblyzer:``); the ResNetSE34V2-tuned values otherwise."""
+    own = cfg.get(speaker_model) if speaker_model in VOICE_THRESHOLD_SECTIONS else None
+    if own is None:
+        return cfg.diarise
+    return Section({**cfg.diarise.to_dict(), **{k: own[k] for k in VOICE_THRESHOLD_KEYS}}, "diarise")
+
+
 def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, embeddings: np.ndarray,
            hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping,
            speaker_model: str | None = None) -> list[Turn]:
     """The turns by the configured fusion rule (``diarise.mode``) from stage 3's evidence; also what
     ``pipeline.simulate`` runs on simulated evidence. ``speaker_model`` (embeddings.pckl's ``model``) picks
-    the improved rule's similarity floor."""
+    the voice thresholds of the reference rules (``diarise_settings``) and the improved rule's similarity floor."""
     mode = fusion_mode(cfg)
     if mode == "improved":
         from pipeline.fuse_improved import diarise_improved
@@ -214,18 +233,20 @@ def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, 
         return diarise_improved(evidence, audio_vad_s, embeddings, cfg.diarise, cfg.improved, str(sync["metric"]),
                                 hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync),
                                 speaker_model=speaker_model)
+    cfg_diarise = diarise_settings(cfg, str(speaker_model or ""))
     if mode == "argmax":
         from pipeline.fuse_argmax import diarise_argmax
 
-        return diarise_argmax(evidence, audio_vad_s, embeddings, cfg.diarise, hop_s, num_frames, duration_s)
-    return fuse.diarise(evidence, audio_vad_s, embeddings, cfg.diarise, str(sync["metric"]), hop_s, num_frames,
+        return diarise_argmax(evidence, audio_vad_s, embeddings, cfg_diarise, hop_s, num_frames, duration_s)
+    return fuse.diarise(evidence, audio_vad_s, embeddings, cfg_diarise, str(sync["metric"]), hop_s, num_frames,
                         duration_s, thresholds=vote_thresholds(cfg, sync))
 
 
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
                         sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
-    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
+    cfg_diarise = diarise_settings(cfg, str(embeddings.get("model", "")))
+    key = {"stage": STAGE, "diarise": cfg_diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
     if fusion_mode(cfg) == "improved":  # the improved rule's own settings (absent from the other modes' keys)
         key["improved"] = cfg.improved.to_dict()

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Stage 3: voice activity, speaker embeddings, face identities and the audio-visual diarisation.
 
-    python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero] [--speaker_model resnetse34|ecapa]
-                              [--fusion voxconverse|argmax|improved]
+    python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero]
+                              [--speaker_model resnetse34|ecapa|resemblyzer] [--fusion voxconverse|argmax|improved]
+
+--speaker_model resemblyzer: Resemblyzer's GE2E encoder, no published checkpoint needed (README "Resemblyzer's
+GE2E speaker model"); with a wav as stage 1's input (no faces) stage 3 diarises the voices alone.
 
 Runs after scripts/run_pipeline.py and scripts/run_syncnet.py; writes D/pywork/REF/diarization.pckl.
 """
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vad", choices=VAD_METHODS, default=None,
                         help="voice activity detector (default: vad.method in the config, webrtc)")
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
-                        help="speaker embedding network (default: embed.speaker_model in the config, resnetse34)")
+                        help="speaker embedding network (default: embed.speaker_model in the config, resnetse34); "
+                             "resemblyzer needs no checkpoint download (Resemblyzer's GE2E weights)")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
                         help="fusion rule (default: diarise.mode in the config, voxconverse); shorthand for "
                              "--set diarise.mode=...")

@@ -31,13 +31,16 @@ from pipeline.formats import FUSION_MODES, SPEAKER_MODELS, SYNC_MODELS, VAD_METH
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diarize.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--videofile", required=True, help="input video (any container, codec and frame rate)")
+    parser.add_argument("--videofile", required=True,
+                        help="input video (any container, codec and frame rate), or an audio-only file "
+                             "(a wav: no faces, the voices alone; no --video)")
     parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages")
     parser.add_argument("--reference", default=None, help="name of this video in the cache (default: file name)")
     parser.add_argument("--out_dir", default=None, help="also copy the RTTM, VIA JSON, plots (and video) here")
     parser.add_argument("--video", action="store_true", help="also write the annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
-    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None, help="speaker embeddings")
+    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
+                        help="speaker embeddings (resemblyzer: Resemblyzer's GE2E, no checkpoint download)")
     parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None,
                         help="stage 2's sync network (default: sync.model, syncnet); --set sync.model=...")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,

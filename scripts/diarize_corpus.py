@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "'dets/{stem}_faces.pckl' (syncnet_python's faces.pckl layout)")
     parser.add_argument("--video", action="store_true", help="also write each annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
-    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None, help="speaker embeddings")
+    parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
+                        help="speaker embeddings (resemblyzer: Resemblyzer's GE2E, no checkpoint download)")
     parser.add_argument("--sync_model", choices=SYNC_MODELS, default=None, help="stage 2's sync network")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None, help="stage 3's rule")
     add_config_args(parser)

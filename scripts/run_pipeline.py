@@ -28,7 +28,9 @@ from pipeline.cli import (  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--videofile", required=True, help="input video (any container, codec and frame rate)")
+    parser.add_argument("--videofile", required=True,
+                        help="input video (any container, codec and frame rate); an audio-only file (a wav) is a "
+                             "video without faces: stage 3 then diarises the voices alone")
     add_cache_args(parser, reference_required=False)
     add_config_args(parser)
     add_runtime_args(parser)

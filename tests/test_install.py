@@ -101,3 +101,31 @@ def test_models_do_not_import_pipeline():
             "models.wav2lip; print(sorted(m for m in sys.modules if m == 'pipeline' or m.startswith('pipeline.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _readme_test_command() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if "python -m pytest -q" in line and "pip install -e" in line)
+
+
+def test_ci_runs_the_readme_test_command_with_resemblyzer_without_its_dependencies():
+    """CI installs what the README says, and Resemblyzer only with --no-deps (its `webrtcvad` source package
+    would need a compiler and overwrite webrtcvad-wheels' module)."""
+    command = _readme_test_command()
+    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip install --no-deps 'Resemblyzer==0.1.4'" in command
+
+
+def test_resemblyzer_weights_are_installed_without_its_declared_dependencies():
+    """After the README's test command: the GE2E weights are found (the real-speech tests do not skip), and
+    neither the `webrtcvad` source package nor the `typing` backport came with them."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from models.ge2e import find_weights, packaged_weights
+
+    assert packaged_weights() is not None, "pip install --no-deps 'Resemblyzer==0.1.4' (README's test command)"
+    assert find_weights(None).is_file()
+    for name in ("webrtcvad", "typing"):
+        with pytest.raises(PackageNotFoundError):
+            distribution(name)
+    assert distribution("webrtcvad-wheels") is not None

@@ -17,6 +17,7 @@ import pytest
 from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.stage1 import run_pipeline
+from pipeline.stage1_outputs import require_tracks_and_crops
 from tests.conftest import DETECTIONS, REPO, clip
 from tests.synth import make_video, make_wav
 
@@ -175,8 +176,15 @@ def test_not_a_video(tmp_path):
 
 
 def test_audio_only_file(tmp_path):
-    proc = run_script("--videofile", str(make_wav(tmp_path / "a.wav")), "--data_dir", str(tmp_path), "--reference", "x")
-    assert_one_line_error(proc, "no video stream")
+    """A wav (no video stream) is a video without faces: its frames cover the audio, no tracks, no crops."""
+    proc = run_script("--videofile", str(make_wav(tmp_path / "a.wav", seconds=1.3)), "--data_dir", str(tmp_path),
+                      "--reference", "x")
+    assert proc.returncode == 0, proc.stderr
+    cache = Cache(tmp_path, "x")
+    info = cache.load_pickle("media.pckl")
+    assert info["has_video"] is False and info["num_frames"] == 32 and info["num_samples"] == 20800
+    assert cache.load_pickle("tracks.pckl") == [] and cache.load_pickle("scene.pckl") == [(0, 32)]
+    assert require_tracks_and_crops(cache) == []  # what stages 2 and 3 read: valid, and empty
 
 
 def test_video_without_audio(tmp_path):
