@@ -10,7 +10,7 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
    averaged in chunks of ``chunk_s``, are clustered by average linkage; a cluster whose mean voice is close
    to an on-screen speaker's is that speaker, the others become speakers of their own (``spkNN``, never one
    ``unknown``), near-duplicates merged on their means and clusters with under ``min_speaker_s`` of speech
-   dropped. With no speaking face at all this is the audio-only path: the speaker count comes from mean
+   dropped (with no face at all: merged into the closest cluster instead). With no speaking face at all this is the audio-only path: the speaker count comes from mean
    voices of many windows, so it does not grow with the number of VAD runs.
 3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
    speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the
@@ -41,6 +41,7 @@ import numpy as np
 from pipeline import fuse
 from pipeline.formats import Turn
 from pipeline.fuse_voice import (
+    absorb_small,
     cluster_voice_chunks,
     merge_close_means,
     run_local_mean,
@@ -124,6 +125,8 @@ def speakers_from_voice(unit_emb: np.ndarray, window_weight: np.ndarray, onscree
     if extra:
         extra_means, extra_sizes = merge_close_means(np.stack(extra), np.asarray(extra_sizes, dtype=np.float64),
                                                      float(cfg.centroid_merge_distance))
+        if not len(onscreen_means):  # audio only: small clusters join the closest rather than vanish
+            extra_means, extra_sizes = absorb_small(extra_means, extra_sizes, float(cfg.min_speaker_s) / hop_s)
         keep = extra_sizes * hop_s >= float(cfg.min_speaker_s)
         if not keep.any() and not len(onscreen_means):
             keep[int(np.argmax(extra_sizes))] = True

@@ -72,6 +72,22 @@ def merge_close_means(means: np.ndarray, sizes: np.ndarray, max_distance: float)
     return _group_means(unit_rows(means), sizes, labels)
 
 
+def absorb_small(means: np.ndarray, sizes: np.ndarray, min_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters smaller than ``min_size`` merged, smallest first, into the one with the closest mean
+    (weighted by ``sizes``) until every cluster reaches ``min_size`` or one is left."""
+    means, sizes = unit_rows(np.asarray(means, dtype=np.float64)), np.asarray(sizes, dtype=np.float64).copy()
+    while len(sizes) > 1 and sizes.min() < min_size:
+        small = int(np.argmin(sizes))
+        sims = means @ means[small]
+        sims[small] = -np.inf
+        into = int(np.argmax(sims))
+        means[into] = unit_rows(means[into] * sizes[into] + means[small] * sizes[small])
+        sizes[into] += sizes[small]
+        means, sizes = np.delete(means, small, axis=0), np.delete(sizes, small)
+    order = np.argsort(-sizes, kind="stable")
+    return means[order], sizes[order]
+
+
 def window_means(unit_emb: np.ndarray, frame_windows: np.ndarray, labels: np.ndarray,
                  previous: np.ndarray) -> np.ndarray:
     """Mean voice of each speaker over the windows whose frames were mostly decoded as that speaker;
@@ -127,6 +143,6 @@ def viterbi_potts(scores: np.ndarray, switch_penalty: float, run_starts: np.ndar
     return labels
 
 
-__all__ = ["average_linkage_labels", "cluster_voice_chunks", "merge_close_means", "run_local_mean", "unit_rows",
+__all__ = ["absorb_small", "average_linkage_labels", "cluster_voice_chunks", "merge_close_means", "run_local_mean", "unit_rows",
            "viterbi_potts",
            "window_means"]
