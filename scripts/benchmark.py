@@ -2,10 +2,13 @@
 """Wall time, throughput and real-time factor of every step, and peak memory.
 
     python scripts/benchmark.py --videofile V [--faces faces.pckl] [--device auto] [--weights_dir W]
+    python scripts/benchmark.py --fusion_hours 1 [--rttm_dir ../shared/data/voxconverse/dev]
 
 Without the published checkpoints in --weights_dir, seeded random ones are written to a temporary folder
 (speed does not depend on the weights). --faces injects precomputed detections so that stage 1 is timed
-without the network as well. Prints one line per step; --json FILE also saves them.
+without the network as well. --fusion_hours H times stage 3's decision alone in each fusion mode on H hours of
+evidence simulated (pipeline/simulate.py, default profile, seed 0) from the --rttm_dir references laid end to
+end; with it --videofile may be left out. Prints one line per step; --json FILE also saves them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli import add_config_args, add_runtime_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
+from pipeline.errors import InputError  # noqa: E402
 
 
 class Timer:
@@ -47,7 +51,12 @@ def peak_rss_mb() -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--videofile", required=True)
+    parser.add_argument("--videofile", default=None)
+    parser.add_argument("--fusion_hours", type=float, default=None,
+                        help="time the fusion modes on this many hours of simulated evidence")
+    parser.add_argument("--rttm_dir", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+                                                  / "voxconverse" / "dev"),
+                        help="references the --fusion_hours evidence is simulated from")
     parser.add_argument("--faces", default=None, help="precomputed faces.pckl to time stage 1 without the network")
     parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
     parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,wav2lip,stage3")
@@ -158,13 +167,47 @@ def bench_stage3(cache, cfg, weights_dir, device, timer: Timer) -> None:
     timer.add(f"ResNetSE34 embeddings ({device.type})", time.perf_counter() - start, len(embeddings), "windows")
 
 
+def bench_fusion(rttm_dir: str, hours: float, cfg, modes: tuple[str, ...] = ("voxconverse", "improved")) -> None:
+    """Stage 3's decision (``stage3.decide``) in each mode on ``hours`` of simulated evidence: the reference
+    files of ``rttm_dir`` (sorted) laid end to end until the length is reached, simulated as one video."""
+    from pipeline.config import with_overrides
+    from pipeline.score import load_rttms
+    from pipeline.simulate import PROFILES, run_mode, simulate_file
+
+    reference = load_rttms(rttm_dir, "reference")
+    segments, offset_s = [], 0.0
+    while offset_s < hours * 3600:
+        for file_id in sorted(reference):
+            segments += [(s + offset_s, e + offset_s, f"{file_id}_{spk}") for s, e, spk in reference[file_id]]
+            offset_s += max(e for _, e, _ in reference[file_id]) + 1.0
+            if offset_s >= hours * 3600:
+                break
+    segments = [(s, e, spk) for s, e, spk in segments if s < hours * 3600]
+    start = time.perf_counter()
+    sim = simulate_file("benchmark", segments, PROFILES["default"], 0, int(cfg.syncnet.vshift_frames))
+    duration_s = float(sim.media["duration_s"])
+    timer = Timer(duration_s)
+    timer.add(f"simulate {duration_s / 3600:.2f} h of evidence", time.perf_counter() - start)
+    print(f"benchmark: {len(sim.tracks)} face tracks, {len({spk for _, _, spk in segments})} speakers")
+    for mode in modes:
+        start = time.perf_counter()
+        turns = run_mode(sim, with_overrides(cfg, [f"diarise.mode={mode}"]))
+        timer.add(f"fusion {mode} ({len(turns)} turns)", time.perf_counter() - start)
+
+
 def main(args: argparse.Namespace) -> int:
     from models.loader import resolve_weights_dir
     from models.random_weights import write_random_checkpoints
     from pipeline.media import probe
 
-    videofile = input_file(args.videofile, "video file")
     cfg = config_from_args(args)
+    if args.fusion_hours is not None:
+        bench_fusion(args.rttm_dir, args.fusion_hours, cfg)
+        if args.videofile is None:
+            return 0
+    if args.videofile is None:
+        raise InputError("give --videofile (or --fusion_hours alone)")
+    videofile = input_file(args.videofile, "video file")
     device = resolve_device(args.device)
     skip = set(filter(None, args.skip.split(",")))
     info = probe(videofile)
