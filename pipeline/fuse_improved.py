@@ -7,11 +7,12 @@ same evidence as the VoxConverse rule, decided differently where that rule is kn
    co-occurrence penalty); each merged group is an on-screen speaker whose mean voice comes from every
    5 Hz embedding window under its active frames.
 2. Voice-only speech (VAD frames no active face covers, ``pipeline.fuse_voice``): its embedding windows,
-   averaged in chunks of ``chunk_s``, are clustered by average linkage; a cluster whose mean voice is close
-   to an on-screen speaker's is that speaker, the others become speakers of their own (``spkNN``, never one
+   averaged in chunks of ``chunk_s``, are clustered by average linkage; a cluster whose mean voice is close to
+   an on-screen speaker's is that speaker, the others become speakers of their own (``spkNN``, never one
    ``unknown``), near-duplicates merged on their means and clusters with under ``min_speaker_s`` of speech
-   dropped (with no face at all: merged into the closest cluster instead). With no speaking face at all this is the audio-only path: the speaker count comes from mean
-   voices of many windows, so it does not grow with the number of VAD runs.
+   dropped (with no face at all: merged into the closest cluster instead). With no speaking face at all this
+   is the audio-only path: the speaker count comes from mean voices of many windows, so it does not grow with
+   the number of VAD runs.
 3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
    speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the
    similarity of its embedding window to the speaker's mean voice plus ``face_bonus`` where that speaker's
