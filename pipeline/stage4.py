@@ -11,7 +11,8 @@ and each of stage 3's outputs must have been made from the current upstream outp
 - ``REF_sync.png``: every face track's sync confidence over time, speaking spans shaded (Wav2Lip evidence or
   ``diarise.mode: argmax``: the smoothed curves with, per frame, the face with the highest shaded);
 - ``REF_timeline.png``: the speakers' turns;
-- ``REF_annotated.mp4`` (only when asked): the annotated 25 fps video with the audio.
+- ``REF_annotated.mp4`` (only when asked): the annotated 25 fps video with the audio (GestSync evidence: each
+  track's person region is drawn too).
 
 With ``out_dir`` the same files are also copied there.
 """
@@ -139,14 +140,14 @@ def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, st
     duration_s = float(inputs.media.get("duration_s") or max((t.end_s for t in inputs.turns), default=0.0))
     track_frames = [np.asarray(track["track"]["frame"]) for track in inputs.tracks]
     thresholds = inputs.thresholds
-    if inputs.model == "wav2lip" or inputs.mode == "argmax":  # the seed project's picture
-        expert = inputs.model == "wav2lip"
+    if inputs.model in ("wav2lip", "gestsync") or inputs.mode == "argmax":  # the seed project's picture
+        what, ylabel = {"wav2lip": ("Wav2Lip expert smoothed score", "lip-sync score (smoothed)"),
+                        "gestsync": ("GestSync smoothed gesture score", "gesture-sync score (smoothed)")}.get(
+            inputs.model, ("SyncNet confidence", "sync confidence"))
         sync_png = plot_sync_argmax(
             cache.work(names["sync_plot"]), track_frames, confidences, labels, frame_rate_hz, duration_s,
             thresholds if inputs.mode == "voxconverse" else (),
-            title=f"{cache.reference}: {'Wav2Lip expert smoothed score' if expert else 'SyncNet confidence'} per "
-                  "face track (shaded: the face with the highest)",
-            ylabel="lip-sync score (smoothed)" if expert else "sync confidence")
+            title=f"{cache.reference}: {what} per face track (shaded: the face with the highest)", ylabel=ylabel)
     else:
         sync_png = plot_sync(cache.work(names["sync_plot"]), track_frames, confidences, labels, inputs.turns,
                              frame_rate_hz, duration_s, thresholds,
@@ -173,6 +174,10 @@ def _annotated_video(cache: Cache, inputs: Stage4Inputs, cfg: Section, out_path:
     frame_rate_hz = float(inputs.media.get("frame_rate_hz", cfg.media.frame_rate_hz))
     colours = {label: rgb_to_bgr255(rgb) for label, rgb in label_colours(labels).items()}
     overlays = build_overlays(inputs.tracks, confidences, labels, colours, inputs.turns, frame_rate_hz)
+    if inputs.model == "gestsync":  # GestSync scored a person region per face track: draw it too
+        from pipeline.sync_gestsync import add_region_overlays
+
+        add_region_overlays(overlays, inputs.tracks, inputs.sync, labels, colours)
     return write_annotated_video(iter_frames(source, frame_rate_hz=frame_rate_hz), overlays, out_path, audio_path,
                                  int(inputs.media["num_frames"]), frame_rate_hz, cfg.visualise, progress)
 
