@@ -71,6 +71,16 @@ def model_curves(sync: Mapping[str, Any], num_tracks: int) -> list[np.ndarray] |
     return [np.asarray(c, dtype=np.float64) for c in curves]
 
 
+def extra_tracks(sync: Mapping[str, Any]) -> list[dict]:
+    """Tracks the evidence scores beyond tracks.pckl's face tracks, after them (GestSync's person tracks that
+    hold no face, in tracks.pckl's layout); none for the other models."""
+    if evidence_model(sync) != "gestsync":
+        return []
+    from pipeline.sync_gestsync import person_only_tracks
+
+    return person_only_tracks(sync)
+
+
 def diarisation_key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
     """What stage 3's decisions read beyond ``diarise``: the expert's thresholds when it made the evidence."""
     model = evidence_model(sync)
@@ -79,5 +89,6 @@ def diarisation_key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "fusion_mode",
+__all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "extra_tracks",
+           "fusion_mode",
            "model_curves", "vote_thresholds"]

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
+from pipeline.evidence import extra_tracks
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import (
     CLUSTER,
@@ -55,6 +56,7 @@ class Stage4Inputs:
     thresholds: tuple[float, ...]  # the voting thresholds stage 3 used
     model: str = "syncnet"  # the sync model whose evidence stage 3 fused
     mode: str = "voxconverse"  # the fusion rule stage 3 used
+    num_face_tracks: int | None = None  # tracks.pckl's; the rest are GestSync's person tracks without a face
 
 
 def load_inputs(cache: Cache) -> Stage4Inputs:
@@ -75,9 +77,15 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
         model, mode = str(curves.get("model", "syncnet")), str(curves.get("mode", "voxconverse"))
     except (TypeError, ValueError, KeyError):
         raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
-    inputs = Stage4Inputs(media=media, tracks=list(tracks), dists=list(dists), sync=sync,
-                          face_ids=[int(i) for i in face_ids], turns=turns, confidences=confidences,
-                          thresholds=thresholds, model=model, mode=mode)
+    face_ids = [int(i) for i in face_ids]
+    extra = extra_tracks(sync) if isinstance(sync, dict) else []  # GestSync's person tracks without a face
+    if extra:
+        from pipeline.sync_gestsync import person_identities
+
+        face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
+    inputs = Stage4Inputs(media=media, tracks=[*tracks, *extra], dists=list(dists), sync=sync,
+                          face_ids=face_ids, turns=turns, confidences=confidences,
+                          thresholds=thresholds, model=model, mode=mode, num_face_tracks=len(tracks))
     _check_consistent(inputs)
     return inputs
 
@@ -173,11 +181,13 @@ def _annotated_video(cache: Cache, inputs: Stage4Inputs, cfg: Section, out_path:
             raise CacheError(f"{audio_path} is missing: run {RUN_PIPELINE} again")
     frame_rate_hz = float(inputs.media.get("frame_rate_hz", cfg.media.frame_rate_hz))
     colours = {label: rgb_to_bgr255(rgb) for label, rgb in label_colours(labels).items()}
-    overlays = build_overlays(inputs.tracks, confidences, labels, colours, inputs.turns, frame_rate_hz)
+    faces = len(inputs.tracks) if inputs.num_face_tracks is None else inputs.num_face_tracks
+    overlays = build_overlays(inputs.tracks[:faces], confidences[:faces], labels[:faces], colours, inputs.turns,
+                              frame_rate_hz)
     if inputs.model == "gestsync":  # GestSync scored a person region per face track: draw it too
         from pipeline.sync_gestsync import add_region_overlays
 
-        add_region_overlays(overlays, inputs.tracks, inputs.sync, labels, colours)
+        add_region_overlays(overlays, inputs.tracks, inputs.sync, labels, colours, inputs.turns, frame_rate_hz)
     return write_annotated_video(iter_frames(source, frame_rate_hz=frame_rate_hz), overlays, out_path, audio_path,
                                  int(inputs.media["num_frames"]), frame_rate_hz, cfg.visualise, progress)
 

@@ -406,27 +406,32 @@ def stage2_key(cache: Cache, cfg: Section, settings: GestSyncSettings, ckpt_file
     }
 
 
-def score_tracks(model: GestSyncRGB, frames: Iterable[np.ndarray], tracks: Sequence[Mapping],
-                 regions: Sequence[np.ndarray], audios: Sequence[np.ndarray], settings: GestSyncSettings,
-                 device: torch.device | str, progress: ProgressHook) -> list[GestSyncResult]:
-    """Every track's result from one pass over the normalised frames."""
+def score_tracks(model: GestSyncRGB, frames: Iterable[np.ndarray], tracks: Sequence[Mapping[str, np.ndarray]],
+                 regions: Sequence[np.ndarray], face_bottoms: Sequence[np.ndarray | None],
+                 audios: Sequence[np.ndarray], settings: GestSyncSettings, device: torch.device | str,
+                 progress: ProgressHook) -> list[GestSyncResult]:
+    """Every track's result from one pass over the normalised frames.
+
+    ``tracks``: ``{'frame': int[n], ...}`` (consecutive frames); ``regions``: int ``[n, 4]`` per track;
+    ``face_bottoms``: the face's bottom row per frame (frame pixels), or None for a track with no face.
+    """
     scorers = [GestSyncScorer(model, audio, settings, device) for audio in audios]
-    firsts = [int(t["track"]["frame"][0]) for t in tracks]
-    boxes = [np.asarray(t["track"]["bbox"], dtype=np.float64) for t in tracks]
-    last_frame = max(f + len(b) - 1 for f, b in zip(firsts, boxes))
+    firsts = [int(t["frame"][0]) for t in tracks]
+    lengths = [len(t["frame"]) for t in tracks]
+    last_frame = max(f + n - 1 for f, n in zip(firsts, lengths))
     results: list[GestSyncResult | None] = [None] * len(tracks)
     done = 0
     progress(MODEL, 0, len(tracks))
     for frame_idx, frame in enumerate(frames):
-        for idx, (first, track_boxes) in enumerate(zip(firsts, boxes)):
+        for idx, (first, length) in enumerate(zip(firsts, lengths)):
             offset = frame_idx - first
-            if 0 <= offset < len(track_boxes):
+            if 0 <= offset < length:
                 if offset < scorers[idx].max_frames:
-                    scorers[idx].push(region_input(frame, regions[idx][offset], track_boxes[offset][3],
-                                                   settings.front))
+                    bottom = None if face_bottoms[idx] is None else float(face_bottoms[idx][offset])
+                    scorers[idx].push(region_input(frame, regions[idx][offset], bottom, settings.front))
                 else:
                     scorers[idx].num_frames += 1  # no audio for a window with this frame: only counted
-                if offset == len(track_boxes) - 1:
+                if offset == length - 1:
                     results[idx], done = scorers[idx].finish(), done + 1
                     progress(MODEL, done, len(tracks))
         if frame_idx >= last_frame:
@@ -469,25 +474,41 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     if persons is not None:
         shots = cache.require("scene.pckl", STAGE1_SCRIPT)
         person_tracks = track_persons(persons, shots, cfg, width, height)
-    regions, from_person = [], []
+    regions, from_person, matched = [], [], set()
     for track in tracks:
         match = match_person(track["track"], person_tracks, settings.person_min_face_overlap)
         region, flags = track_regions(track["track"], None if match is None else person_tracks[match], settings,
                                       width, height)
         regions.append(region)
         from_person.append(flags)
+        matched.add(match)
+    # person tracks that hold no face track: scored too, with no face known (GestSync's top-rows mask)
+    person_only = [p for idx, p in enumerate(person_tracks) if idx not in matched]
+    scored = [t["track"] for t in tracks] + person_only
+    faces = [np.asarray(t["track"]["bbox"], dtype=np.float64)[:, 3] for t in tracks] + [None] * len(person_only)
+    for person in person_only:
+        regions.append(np.asarray([clip_box(b, width, height) for b in person["bbox"]], dtype=np.int64))
+        from_person.append(np.ones(len(person["frame"]), dtype=bool))
     results: list[GestSyncResult] = []
-    if tracks:
+    if scored:
         source = _source_video(cache, media_info)
         device = torch.device(device)
         model = load_gestsync(weights_dir, ckpt_file, device)
         if device.type == "cuda":
             model = model.half()
-        audios = [read_wav(cache.crop_wav(i), settings.front.sample_rate_hz) for i in range(len(tracks))]
+        rate = settings.front.sample_rate_hz
+        audios = [read_wav(cache.crop_wav(i), rate) for i in range(len(tracks))]
+        if person_only:
+            whole = read_wav(cache.audio_wav, rate)
+            per_frame = int(round(rate / settings.frame_rate_hz))
+            audios += [whole[int(p["frame"][0]) * per_frame:(int(p["frame"][-1]) + 1) * per_frame] for p in person_only]
         with contextlib.closing(media.iter_frames(source, settings.frame_rate_hz)) as frames:
-            results = score_tracks(model, frames, tracks, regions, audios, settings, device, progress)
-    described = f"{PERSONS_FILE} ({len(person_tracks)} person tracks)" if persons is not None else "face-derived"
+            results = score_tracks(model, frames, scored, regions, faces, audios, settings, device, progress)
+    described = (f"{PERSONS_FILE} ({len(person_tracks)} person tracks, {len(person_only)} without a face track)"
+                 if persons is not None else "face-derived")
     sync = summarise(results, regions, from_person, settings, ckpt_file, described)
+    sync["person_tracks"] = [{"frame": np.asarray(p["frame"], dtype=np.int64),
+                              "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in person_only]
     scores = [r.scores for r in results]
     cache.save_pickle("activesd.pckl", scores, STAGE, key)
     cache.save_pickle("sync.pckl", sync, STAGE, key)
@@ -503,11 +524,15 @@ __all__ = ["GestSyncResult", "GestSyncScorer", "GestSyncSettings", "face_region"
 
 # ---- stage 4 -------------------------------------------------------------------------------------
 def add_region_overlays(overlays: dict[int, list], tracks: Sequence[Mapping], sync: Mapping[str, Any],
-                        labels: Sequence[str], colours_bgr: Mapping[str, tuple[int, int, int]]) -> None:
+                        labels: Sequence[str], colours_bgr: Mapping[str, tuple[int, int, int]],
+                        turns: Sequence[Any] = (), frame_rate_hz: float = 25.0) -> None:
     """Add each track's person region (``sync.pckl`` ``region_bbox``) to stage 4's per-frame overlays, in
     the track's colour, captioned ``T<idx> person`` (a box from persons.pckl) or ``T<idx> region``
-    (derived from the face)."""
-    from pipeline.annotate import Overlay
+    (derived from the face); thick while a turn names the track. ``tracks``: face tracks, then the person
+    tracks without a face (``person_only_tracks``)."""
+    from pipeline.annotate import Overlay, _speaking_frames
+
+    speaking = _speaking_frames(turns, len(tracks), frame_rate_hz)
 
     regions, flags = sync.get("region_bbox"), sync.get("region_from_person")
     if not isinstance(regions, Sequence) or len(regions) != len(tracks):
@@ -519,7 +544,7 @@ def add_region_overlays(overlays: dict[int, list], tracks: Sequence[Mapping], sy
             kind = "person" if j < person.size and person[j] else "region"
             overlays.setdefault(frame_idx, []).append(Overlay(
                 box_px=tuple(int(v) for v in box), colour_bgr=colours_bgr[labels[idx]],
-                text=f"T{idx} {kind}", speaking=False))
+                text=f"{labels[idx]}  T{idx} {kind}", speaking=any(a <= frame_idx < b for a, b in speaking[idx])))
 
 
 # ---- single clip (GestSync's inference_syncoffset.py) ---------------------------------------------
@@ -555,3 +580,36 @@ def demo_report(result: GestSyncResult) -> str:
     return (f"AV offset: \t{offset}\n"
             f"Best score: \t{_fmt(result.best_score, '.3f')}\n"
             f"Confidence: \t{_fmt(result.confidence, '.3f')}")
+
+
+# ---- person tracks without a face, for stages 3 and 4 --------------------------------------------
+def person_only_tracks(sync: Mapping[str, Any]) -> list[dict]:
+    """GestSync's person tracks that hold no face track (scored after the face tracks), as ``tracks.pckl``
+    entries: ``track`` (frames and person boxes) and ``proc_track`` (box centre and half its larger side)."""
+    out = []
+    for person in sync.get("person_tracks") or []:
+        frames = np.asarray(person["frame"], dtype=np.int64)
+        boxes = np.asarray(person["bbox"], dtype=np.float64).reshape(-1, 4)
+        if frames.size == 0 or frames.size != len(boxes):
+            raise CacheError(f"sync.pckl holds a malformed GestSync person track: run {RUN_SYNCNET} again")
+        proc = {"x": (boxes[:, 0] + boxes[:, 2]) / 2, "y": (boxes[:, 1] + boxes[:, 3]) / 2,
+                "s": np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2}
+        out.append({"track": {"frame": frames, "bbox": boxes}, "proc_track": proc})
+    return out
+
+
+def person_identities(face_ids: Sequence[int], count: int) -> list[int]:
+    """Identities of ``count`` person-only tracks: new ones after the face identities, one each (no face to
+    compare; stage 3 may still merge them with faces by voice)."""
+    first = max((int(i) for i in face_ids), default=-1) + 1
+    return list(range(first, first + count))
+
+
+def person_vad(audio_vad_s: Sequence[tuple[float, float]], track: Mapping[str, Any],
+               frame_rate_hz: float) -> list[tuple[float, float]]:
+    """The whole audio's speech segments within a person-only track's span, in seconds from its first frame
+    (what a face track's own VAD gives, since its audio is the same span of the same audio)."""
+    frames = np.asarray(track["track"]["frame"])
+    start_s, end_s = int(frames[0]) / frame_rate_hz, (int(frames[-1]) + 1) / frame_rate_hz
+    return [(max(s, start_s) - start_s, min(e, end_s) - start_s) for s, e in audio_vad_s
+            if min(e, end_s) > max(s, start_s)]
