@@ -15,7 +15,7 @@ Each face track of ``tracks.pckl`` is scored on its person's upper body rather t
 - **Scores.** Window ``i`` (frames ``i .. i + 24``) against audio windows ``i + s`` for
   ``s = -vshift .. +vshift``: the cosine similarity of the L2-normalised embeddings (the video embedding
   averaged over its time steps, as both GestSync demos do); 0 where the shifted audio window does not
-  exist. The column with the highest mean is the offset, reported in SyncNet's sign (``vshift - column``;
+  exist. The column with the highest mean (over the windows whose shifted audio exists) is the offset, reported in SyncNet's sign (``vshift - column``;
   GestSync's demo prints the opposite sign), its mean the best score, ``confidence = best - median``.
 - **Curves.** The zero-shift score of each window on its centre frame ``i + 12`` (GestSync's active-speaker
   demo centres windows on frames and scores them unshifted) is the raw curve; a centred ``num_avg_frames``
@@ -56,7 +56,7 @@ from pipeline.gestsync_frontend import (
     filterbanks,
     masked_frame,
 )
-from pipeline.sync_wav2lip import moving_average, offset_search
+from pipeline.sync_wav2lip import moving_average
 
 MODEL = "gestsync"
 METRIC = "cosine_similarity"
@@ -215,6 +215,27 @@ def region_input(frame_bgr: np.ndarray, region: Sequence[int], face_bottom_px: f
     return masked_frame(crop, bottom, settings)
 
 
+# ---- offset search --------------------------------------------------------------------------------
+def offset_search(scores: np.ndarray, valid: np.ndarray, vshift_frames: int) -> tuple[float, float, float]:
+    """(offset_frames, best_score, confidence) from a ``[W, 2 * vshift + 1]`` score matrix.
+
+    The mean score of each shift over the windows whose shifted audio window exists (``valid``; a shift
+    with none scores NaN and is never chosen), ``offset = vshift - argmax`` (SyncNet's sign, first maximum
+    on ties), ``confidence = best - median`` of the means. No windows: ``(nan, nan, 0.0)``.
+    """
+    values, mask = np.asarray(scores, dtype=np.float64), np.asarray(valid, dtype=bool)
+    if values.ndim != 2 or values.shape[1] != 2 * vshift_frames + 1 or mask.shape != values.shape:
+        raise InputError(f"score matrix must be [W, {2 * vshift_frames + 1}], got {values.shape}")
+    counts = mask.sum(axis=0)
+    if not counts.any():
+        return math.nan, math.nan, 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_per_shift = np.where(counts > 0, (values * mask).sum(axis=0) / counts, np.nan)
+    best = int(np.nanargmax(mean_per_shift))
+    confidence = float(mean_per_shift[best] - np.nanmedian(mean_per_shift))
+    return float(vshift_frames - best), float(mean_per_shift[best]), confidence
+
+
 # ---- the network, with shared per-frame features -------------------------------------------------
 @dataclass
 class GestSyncResult:
@@ -297,6 +318,7 @@ class GestSyncScorer:
         num_windows = 0 if used < front.window_frames or self.audio_windows == 0 else \
             (used - front.window_frames) + 1
         scores = np.zeros((num_windows, shifts), dtype=np.float32)
+        valid = np.zeros((num_windows, shifts), dtype=bool)
         if num_windows:
             features = torch.cat(self.features)
             with torch.inference_mode():
@@ -307,8 +329,9 @@ class GestSyncScorer:
                     lo, hi = max(0, -shift), min(num_windows, self.audio_windows - shift)
                     if hi > lo:
                         scores[lo:hi, k] = (video[lo:hi] * audio[lo + shift:hi + shift]).sum(1).cpu().numpy()
+                        valid[lo:hi, k] = True
         self.features = []
-        offset, best, confidence = offset_search(scores, vshift)
+        offset, best, confidence = offset_search(scores, valid, vshift)
         raw = np.full(self.num_frames, np.nan, dtype=np.float32)
         centre = self.settings.centre_frame
         count = max(0, min(num_windows, self.num_frames - centre))
