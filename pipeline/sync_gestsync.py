@@ -15,8 +15,9 @@ Each face track of ``tracks.pckl`` is scored on its person's upper body rather t
 - **Scores.** Window ``i`` (frames ``i .. i + 24``) against audio windows ``i + s`` for
   ``s = -vshift .. +vshift``: the cosine similarity of the L2-normalised embeddings (the video embedding
   averaged over its time steps, as both GestSync demos do); 0 where the shifted audio window does not
-  exist. The column with the highest mean (over the windows whose shifted audio exists) is the offset, reported in SyncNet's sign (``vshift - column``;
-  GestSync's demo prints the opposite sign), its mean the best score, ``confidence = best - median``.
+  exist. The column with the highest mean (over the windows whose shifted audio exists) is the offset,
+  reported in SyncNet's sign (``vshift - column``; GestSync's demo prints the opposite sign), its mean the
+  best score, ``confidence = best - median``.
 - **Curves.** The zero-shift score of each window on its centre frame ``i + 12`` (GestSync's active-speaker
   demo centres windows on frames and scores them unshifted) is the raw curve; a centred ``num_avg_frames``
   (25) moving average over the frames that have a score is the smoothed curve stage 3 fuses. With
