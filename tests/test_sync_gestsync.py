@@ -225,3 +225,24 @@ def test_real_clip_with_person_boxes_through_all_four_stages(tmp_path, capsys, w
     person = sync["person_tracks"][0]["bbox"][10].astype(int)
     edge = frame[person[1] + 10:person[3] - 10, max(person[0] - 1, 0):person[0] + 2]  # the box's left side
     assert edge.std(axis=(0, 1)).max() < 40  # one solid colour: the person box is drawn
+
+
+def test_shared_trunk_features_equal_the_network_on_each_window():
+    """The CNN runs once per frame (batches overlapping by 4 frames) and the transformer once per window:
+    the embeddings equal ``forward_vid`` on each whole 25-frame window, time-averaged, as the demos do."""
+    from models.gestsync import GestSyncRGB
+    from pipeline.gestsync_frontend import video_windows
+
+    torch.manual_seed(0)
+    model = GestSyncRGB().eval()
+    frames = np.random.default_rng(0).integers(0, 256, (26, 270, 480, 3), dtype=np.uint8)
+    audio = (np.random.default_rng(1).standard_normal(26 * SAMPLES_PER_FRAME) * 3000).astype(np.int16)
+    scorer = gs.GestSyncScorer(model, audio, _settings(batch_size=7))
+    for frame in frames:
+        scorer.push(frame)
+    scorer._trunk()  # the last partial batch, as finish() does
+    with torch.inference_mode():
+        shared = gs.window_embeddings(model, torch.cat(scorer.features), 2, 25, 7)
+        whole = model.forward_vid(video_windows(frames, [0, 1])).mean(-1)
+    torch.testing.assert_close(shared, whole, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(shared[0], shared[1], atol=1e-3)  # two different windows, in order
