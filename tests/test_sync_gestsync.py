@@ -233,16 +233,23 @@ def test_shared_trunk_features_equal_the_network_on_each_window():
     from models.gestsync import GestSyncRGB
     from pipeline.gestsync_frontend import video_windows
 
-    torch.manual_seed(0)
+    from tests import fakeweights
+
     model = GestSyncRGB().eval()
+    model.load_state_dict(fakeweights.random_state_dict("gestsync_rgb.json", seed=5))  # activations that vary
     frames = np.random.default_rng(0).integers(0, 256, (26, 270, 480, 3), dtype=np.uint8)
     audio = (np.random.default_rng(1).standard_normal(26 * SAMPLES_PER_FRAME) * 3000).astype(np.int16)
     scorer = gs.GestSyncScorer(model, audio, _settings(batch_size=7))
     for frame in frames:
         scorer.push(frame)
     scorer._trunk()  # the last partial batch, as finish() does
+    features = torch.cat(scorer.features)  # [22, 512]: positions 0..21
+    windows = video_windows(frames, [0, 1])
     with torch.inference_mode():
-        shared = gs.window_embeddings(model, torch.cat(scorer.features), 2, 25, 7)
-        whole = model.forward_vid(video_windows(frames, [0, 1])).mean(-1)
-    torch.testing.assert_close(shared, whole, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(shared[0], shared[1], atol=1e-3)  # two different windows, in order
+        for i in range(2):  # the trunk on each whole window gives its 21 positions
+            alone = model.net_vid(windows[i:i + 1]).squeeze(-1).squeeze(-1)[0].T
+            torch.testing.assert_close(features[i:i + 21], alone, rtol=1e-5, atol=1e-5)
+        shared = gs.window_embeddings(model, features, 2, 25, 7)
+        whole = model.forward_vid(windows).mean(-1)
+    assert features.std(0).max() > 0.01  # the features do depend on the frames
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
