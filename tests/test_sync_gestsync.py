@@ -232,7 +232,6 @@ def test_shared_trunk_features_equal_the_network_on_each_window():
     the embeddings equal ``forward_vid`` on each whole 25-frame window, time-averaged, as the demos do."""
     from models.gestsync import GestSyncRGB
     from pipeline.gestsync_frontend import video_windows
-
     from tests import fakeweights
 
     model = GestSyncRGB().eval()
