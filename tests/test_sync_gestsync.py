@@ -252,3 +252,20 @@ def test_shared_trunk_features_equal_the_network_on_each_window():
         whole = model.forward_vid(windows).mean(-1)
     assert features.std(0).max() > 0.01  # the features do depend on the frames
     torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_single_clip_mode_prints_offset_score_and_confidence(tmp_path, capsys):
+    """``run_syncnet.py --videofile CLIP --sync_model gestsync``: the whole frame is the person, no face known."""
+    from tests.test_gestsync import published_checkpoint
+
+    published_checkpoint(tmp_path / "model_rgb.pth")
+    script = _script("run_syncnet")
+    argv = ["--videofile", str(clip("gestsync_sync_offset-15")), "--sync_model", "gestsync",
+            "--weights_dir", str(tmp_path)]
+    assert run_main(script.main, script.build_parser(), argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["AV offset", "Best score", "Confidence"]
+    assert -15 <= int(lines[0].split()[-1]) <= 15
+    code = run_main(script.main, script.build_parser(), [*argv, "--features", str(tmp_path / "f.npz")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "--sync_model gestsync" in err
