@@ -43,7 +43,8 @@ def _speaking_frames(turns: Sequence[Turn], num_tracks: int, frame_rate_hz: floa
             continue
         span = (int(round(turn.start_s * frame_rate_hz)), int(round(turn.end_s * frame_rate_hz)))
         for track_idx in turn.track_ids:
-            spans[track_idx].append(span)
+            if track_idx < num_tracks:  # GestSync's person tracks without a face come after the faces
+                spans[track_idx].append(span)
     return spans
 
 

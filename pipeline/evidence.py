@@ -2,7 +2,8 @@
 
 SyncNet's ``sync.pckl`` (VoxConverse) gives distances that stage 3 turns into a confidence with its
 thresholds in ``diarise``; Wav2Lip's expert gives per-frame scores in [0, 1], already smoothed by stage 2,
-with thresholds of their own in ``wav2lip``. Mixing the two would compare numbers on different scales, so
+with thresholds of their own in ``wav2lip``; GestSync's gesture sync (``gestsync``) gives smoothed
+cosine similarities with thresholds in ``gestsync``. Mixing the two would compare numbers on different scales, so
 stage 3 refuses evidence from a model other than the configured ``sync.model``.
 """
 from __future__ import annotations
@@ -14,6 +15,10 @@ import numpy as np
 
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import FUSION_MODES, RUN_SYNCNET, SYNC_MODELS
+
+# Models whose sync.pckl carries its own smoothed per-frame curves (``score_smooth``) and whose thresholds
+# live in the config section of the model's name (``wav2lip.conf_thresholds``, ``gestsync.conf_thresholds``).
+OWN_CURVE_MODELS = ("wav2lip", "gestsync")
 
 
 def configured_model(cfg: Any) -> str:
@@ -48,8 +53,8 @@ def check_evidence_model(cfg: Any, sync: Mapping[str, Any]) -> str:
 
 def vote_thresholds(cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
     """The VoxConverse rule's confidence thresholds on the scale of the evidence's model."""
-    if evidence_model(sync) == "wav2lip":
-        return tuple(float(v) for v in cfg.wav2lip.conf_thresholds)
+    if evidence_model(sync) in OWN_CURVE_MODELS:
+        return tuple(float(v) for v in cfg[evidence_model(sync)].conf_thresholds)
     from pipeline.fuse import conf_thresholds
 
     return conf_thresholds(cfg.diarise, str(sync["metric"]))
@@ -57,20 +62,33 @@ def vote_thresholds(cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
 
 def model_curves(sync: Mapping[str, Any], num_tracks: int) -> list[np.ndarray] | None:
     """Per-track per-frame curves the model gives itself (the expert's smoothed scores), else None."""
-    if evidence_model(sync) != "wav2lip":
+    model = evidence_model(sync)
+    if model not in OWN_CURVE_MODELS:
         return None
     curves = sync.get("score_smooth")
     if not isinstance(curves, Sequence) or len(curves) != num_tracks:
-        raise CacheError(f"sync.pckl lacks one smoothed Wav2Lip score curve per track: run {RUN_SYNCNET} again")
+        raise CacheError(f"sync.pckl lacks one smoothed {model} score curve per track: run {RUN_SYNCNET} again")
     return [np.asarray(c, dtype=np.float64) for c in curves]
+
+
+def extra_tracks(sync: Mapping[str, Any]) -> list[dict]:
+    """Tracks the evidence scores beyond tracks.pckl's face tracks, after them (GestSync's person tracks that
+    hold no face, in tracks.pckl's layout); none for the other models."""
+    if evidence_model(sync) != "gestsync":
+        return []
+    from pipeline.sync_gestsync import person_only_tracks
+
+    return person_only_tracks(sync)
 
 
 def diarisation_key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
     """What stage 3's decisions read beyond ``diarise``: the expert's thresholds when it made the evidence."""
-    if evidence_model(sync) == "wav2lip":
-        return {"sync_model": "wav2lip", "wav2lip_conf_thresholds": [float(v) for v in cfg.wav2lip.conf_thresholds]}
+    model = evidence_model(sync)
+    if model in OWN_CURVE_MODELS:
+        return {"sync_model": model, f"{model}_conf_thresholds": [float(v) for v in cfg[model].conf_thresholds]}
     return {}
 
 
-__all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "fusion_mode",
+__all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "extra_tracks",
+           "fusion_mode",
            "model_curves", "vote_thresholds"]

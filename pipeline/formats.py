@@ -55,6 +55,16 @@ every sync model. The audio is the track's ``%05d.wav``, as for SyncNet.
   SyncNet's ``sync.pckl`` records ``model`` 'syncnet' (absent in caches written before it: read as SyncNet).
 - ``offsets.txt``: as above with ``best_score`` in place of ``min_dist``.
 
+Stage 2 with ``sync.model: gestsync`` (GestSync's gesture sync, ``pipeline/sync_gestsync.py``): each face
+track is scored on an upper-body region, a box derived from its face box, or the person box of a
+``persons.pckl`` the user placed in pywork/REF (faces.pckl layout, person boxes instead of faces). Its
+``activesd.pckl`` holds per track float32 ``[num_windows, 2 * vshift + 1]`` cosine similarities (window i =
+frames i .. i + 24 against audio window i + shift; 0 where that audio window does not exist). ``sync.pckl``
+is the expert's layout with ``model`` 'gestsync', ``num_avg_frames`` and ``global_speaker`` in place of
+``smooth_frames``, ``persons`` (what the regions came from), and per track ``region_bbox`` (int64
+``[num_frames, 4]``, the region of each track frame) and ``region_from_person`` (bool ``[num_frames]``);
+``score_raw`` is the zero-shift score of the window centred on each frame (window i on frame i + 12).
+
 Stage 3, ``cluster``:
 
 - ``vad.pckl``: dict ``method``, ``audio``: list of ``(start_s, end_s)``, ``tracks``: one such list per track
@@ -77,7 +87,7 @@ from typing import Any, NamedTuple
 from pipeline.errors import CacheError
 
 # Stage 2's sync models (config ``sync.model``; ``--sync_model``): SyncNet is VoxConverse's.
-SYNC_MODELS = ("syncnet", "wav2lip")
+SYNC_MODELS = ("syncnet", "wav2lip", "gestsync")
 # Stage 3's fusion rules (config ``diarise.mode``; ``--fusion``): voxconverse is av-diarization's, improved ours.
 FUSION_MODES = ("voxconverse", "argmax", "improved")
 # Stage 3's voice activity detectors (``vad.method``; ``--vad``): webrtc is av-diarization's.

@@ -12,7 +12,7 @@ inclusively, so the masks cover rows ``0 .. bottom`` *including* ``bottom``.
 Windows: video window ``i`` is frames ``i .. i + 24`` (stride 1); its audio is filterbank frames
 ``4 i .. 4 i + 99`` (``load_spectrograms(stride=4)``), so both span the same second.
 
-Only the front end lives here; stage 2-4 integration (tracks, offsets, curves, caching) is not done yet.
+Stage 2's use of it (regions, windows, offsets, curves, caching): ``pipeline/sync_gestsync.py``.
 """
 from __future__ import annotations
 

@@ -139,6 +139,10 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
         from pipeline.sync_wav2lip import run_stage2_wav2lip
 
         return run_stage2_wav2lip(cache, cfg, weights_dir, device, force, progress)
+    if configured_model(cfg) == "gestsync":  # GestSync's gesture sync: pipeline/sync_gestsync.py
+        from pipeline.sync_gestsync import run_stage2_gestsync
+
+        return run_stage2_gestsync(cache, cfg, weights_dir, device, force, progress)
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_stage1(cache)
     settings = SyncSettings.from_config(cfg)

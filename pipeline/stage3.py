@@ -32,6 +32,7 @@ from pipeline.evidence import (
     check_evidence_model,
     diarisation_key_extra,
     evidence_model,
+    extra_tracks,
     fusion_mode,
     model_curves,
     vote_thresholds,
@@ -75,7 +76,8 @@ def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], dic
     upstream = {"tracks.pckl": "", "crops": ""}
     distances = cache.require_fresh("activesd.pckl", STAGE2_SCRIPT, upstream)
     sync = cache.require_fresh("sync.pckl", STAGE2_SCRIPT, upstream)
-    if not isinstance(distances, list) or len(distances) != num_tracks:
+    extra = len(extra_tracks(sync)) if isinstance(sync, Mapping) else 0  # GestSync's faceless person tracks
+    if not isinstance(distances, list) or len(distances) != num_tracks + extra:
         raise CacheError(f"{cache.work('activesd.pckl')} does not hold one distance matrix per track: "
                          f"run {STAGE2_SCRIPT} again")
     if not isinstance(sync, Mapping) or "metric" not in sync:
@@ -306,12 +308,20 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     check_evidence_model(cfg, sync)  # evidence of another sync model: its thresholds do not apply
     fusion_mode(cfg)
     vote_thresholds(cfg, sync)  # an unknown metric fails before any work
-    curves = model_curves(sync, len(tracks))
+    curves = model_curves(sync, len(distances))
     audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
 
     vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
     embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
     face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
+    extra = extra_tracks(sync)  # GestSync's person tracks without a face: pipeline/sync_gestsync.py
+    if extra:
+        from pipeline.sync_gestsync import person_identities, person_vad
+
+        rate = float(cfg.diarise.frame_rate_hz)
+        vad = {**vad, "tracks": [*vad["tracks"], *(person_vad(vad["audio"], t, rate) for t in extra)]}
+        face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
+        tracks = [*tracks, *extra]
     evidence = track_evidence(tracks, distances, vad, face_ids, curves)
     turns = compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
     save_sync_curves(cache, cfg, distances, sync, force)

@@ -11,7 +11,8 @@ and each of stage 3's outputs must have been made from the current upstream outp
 - ``REF_sync.png``: every face track's sync confidence over time, speaking spans shaded (Wav2Lip evidence or
   ``diarise.mode: argmax``: the smoothed curves with, per frame, the face with the highest shaded);
 - ``REF_timeline.png``: the speakers' turns;
-- ``REF_annotated.mp4`` (only when asked): the annotated 25 fps video with the audio.
+- ``REF_annotated.mp4`` (only when asked): the annotated 25 fps video with the audio (GestSync evidence: each
+  track's person region is drawn too).
 
 With ``out_dir`` the same files are also copied there.
 """
@@ -27,6 +28,7 @@ import numpy as np
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
+from pipeline.evidence import extra_tracks
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import (
     CLUSTER,
@@ -54,6 +56,7 @@ class Stage4Inputs:
     thresholds: tuple[float, ...]  # the voting thresholds stage 3 used
     model: str = "syncnet"  # the sync model whose evidence stage 3 fused
     mode: str = "voxconverse"  # the fusion rule stage 3 used
+    num_face_tracks: int | None = None  # tracks.pckl's; the rest are GestSync's person tracks without a face
 
 
 def load_inputs(cache: Cache) -> Stage4Inputs:
@@ -74,9 +77,15 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
         model, mode = str(curves.get("model", "syncnet")), str(curves.get("mode", "voxconverse"))
     except (TypeError, ValueError, KeyError):
         raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
-    inputs = Stage4Inputs(media=media, tracks=list(tracks), dists=list(dists), sync=sync,
-                          face_ids=[int(i) for i in face_ids], turns=turns, confidences=confidences,
-                          thresholds=thresholds, model=model, mode=mode)
+    face_ids = [int(i) for i in face_ids]
+    extra = extra_tracks(sync) if isinstance(sync, dict) else []  # GestSync's person tracks without a face
+    if extra:
+        from pipeline.sync_gestsync import person_identities
+
+        face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
+    inputs = Stage4Inputs(media=media, tracks=[*tracks, *extra], dists=list(dists), sync=sync,
+                          face_ids=face_ids, turns=turns, confidences=confidences,
+                          thresholds=thresholds, model=model, mode=mode, num_face_tracks=len(tracks))
     _check_consistent(inputs)
     return inputs
 
@@ -139,14 +148,14 @@ def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, st
     duration_s = float(inputs.media.get("duration_s") or max((t.end_s for t in inputs.turns), default=0.0))
     track_frames = [np.asarray(track["track"]["frame"]) for track in inputs.tracks]
     thresholds = inputs.thresholds
-    if inputs.model == "wav2lip" or inputs.mode == "argmax":  # the seed project's picture
-        expert = inputs.model == "wav2lip"
+    if inputs.model in ("wav2lip", "gestsync") or inputs.mode == "argmax":  # the seed project's picture
+        what, ylabel = {"wav2lip": ("Wav2Lip expert smoothed score", "lip-sync score (smoothed)"),
+                        "gestsync": ("GestSync smoothed gesture score", "gesture-sync score (smoothed)")}.get(
+            inputs.model, ("SyncNet confidence", "sync confidence"))
         sync_png = plot_sync_argmax(
             cache.work(names["sync_plot"]), track_frames, confidences, labels, frame_rate_hz, duration_s,
             thresholds if inputs.mode == "voxconverse" else (),
-            title=f"{cache.reference}: {'Wav2Lip expert smoothed score' if expert else 'SyncNet confidence'} per "
-                  "face track (shaded: the face with the highest)",
-            ylabel="lip-sync score (smoothed)" if expert else "sync confidence")
+            title=f"{cache.reference}: {what} per face track (shaded: the face with the highest)", ylabel=ylabel)
     else:
         sync_png = plot_sync(cache.work(names["sync_plot"]), track_frames, confidences, labels, inputs.turns,
                              frame_rate_hz, duration_s, thresholds,
@@ -172,7 +181,13 @@ def _annotated_video(cache: Cache, inputs: Stage4Inputs, cfg: Section, out_path:
             raise CacheError(f"{audio_path} is missing: run {RUN_PIPELINE} again")
     frame_rate_hz = float(inputs.media.get("frame_rate_hz", cfg.media.frame_rate_hz))
     colours = {label: rgb_to_bgr255(rgb) for label, rgb in label_colours(labels).items()}
-    overlays = build_overlays(inputs.tracks, confidences, labels, colours, inputs.turns, frame_rate_hz)
+    faces = len(inputs.tracks) if inputs.num_face_tracks is None else inputs.num_face_tracks
+    overlays = build_overlays(inputs.tracks[:faces], confidences[:faces], labels[:faces], colours, inputs.turns,
+                              frame_rate_hz)
+    if inputs.model == "gestsync":  # GestSync scored a person region per face track: draw it too
+        from pipeline.sync_gestsync import add_region_overlays
+
+        add_region_overlays(overlays, inputs.tracks, inputs.sync, labels, colours, inputs.turns, frame_rate_hz)
     return write_annotated_video(iter_frames(source, frame_rate_hz=frame_rate_hz), overlays, out_path, audio_path,
                                  int(inputs.media["num_frames"]), frame_rate_hz, cfg.visualise, progress)
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="references the --fusion_hours evidence is simulated from")
     parser.add_argument("--faces", default=None, help="precomputed faces.pckl to time stage 1 without the network")
     parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
-    parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,wav2lip,stage3")
+    parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,wav2lip,gestsync,stage3")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_config_args(parser)
     add_runtime_args(parser, ignored=("--force", "--quiet"),
@@ -149,6 +149,30 @@ def bench_stage2_wav2lip(cache, cfg, weights_dir, device, timer: Timer) -> None:
     timer.add("stage 2 Wav2Lip expert", time.perf_counter() - start, windows, "windows")
 
 
+def bench_stage2_gestsync(cache, cfg, weights_dir, device, timer: Timer) -> None:
+    """Stage 2 with GestSync on the same tracks, face-derived regions (frames decoded, cropped, masked, resized,
+    filterbanks included; fp16 on CUDA); one window per track frame."""
+    from pipeline.config import load_config
+    from pipeline.stage2 import run_stage2
+
+    start = time.perf_counter()
+    out = run_stage2(cache, load_config(overrides=["sync.model=gestsync"]), weights_dir, device, force=True)
+    _sync(device)
+    windows = sum(len(d) for d in out.distances)
+    timer.add("stage 2 GestSync", time.perf_counter() - start, windows, "windows")
+
+
+def random_gestsync_checkpoint(weights_dir: Path, file: str) -> None:
+    """A seeded random ``model_rgb.pth`` in GestSync's published layout (weights under ``state_dict``)."""
+    import torch
+
+    from models.gestsync import GestSyncRGB
+
+    torch.manual_seed(0)
+    torch.save({"state_dict": GestSyncRGB().eval().state_dict(), "optimizer": None, "global_step": 0,
+                "global_epoch": 0}, weights_dir / file)
+
+
 def bench_stage3(cache, cfg, weights_dir, device, timer: Timer) -> None:
     from scipy.io import wavfile
 
@@ -216,10 +240,16 @@ def main(args: argparse.Namespace) -> int:
         weights_dir = resolve_weights_dir(args.weights_dir)
         if not (weights_dir / cfg.detect.checkpoint).is_file():
             weights_dir = write_random_checkpoints(scratch / "weights")
+            if "gestsync" not in skip:
+                random_gestsync_checkpoint(weights_dir, str(cfg.gestsync.checkpoint))
             print(f"benchmark: seeded random checkpoints in {weights_dir} (published ones not found)")
-        elif not (weights_dir / cfg.wav2lip.checkpoint).is_file():
-            skip.add("wav2lip")
-            print(f"benchmark: no {cfg.wav2lip.checkpoint} in {weights_dir}: the Wav2Lip expert is not timed")
+        else:
+            if not (weights_dir / cfg.wav2lip.checkpoint).is_file():
+                skip.add("wav2lip")
+                print(f"benchmark: no {cfg.wav2lip.checkpoint} in {weights_dir}: the Wav2Lip expert is not timed")
+            if not (weights_dir / cfg.gestsync.checkpoint).is_file():
+                skip.add("gestsync")
+                print(f"benchmark: no {cfg.gestsync.checkpoint} in {weights_dir}: GestSync is not timed")
         print(f"benchmark: {videofile.name}: {info.width}x{info.height}, {info.duration_s:.2f} s, device {device}")
         timer = Timer(info.duration_s or 1.0)
         bench_decode(videofile, cfg, timer)
@@ -234,6 +264,8 @@ def main(args: argparse.Namespace) -> int:
             bench_stage2(cache, cfg, weights_dir, device, timer)
         if cache is not None and "wav2lip" not in skip:
             bench_stage2_wav2lip(cache, cfg, weights_dir, device, timer)
+        if cache is not None and "gestsync" not in skip:
+            bench_stage2_gestsync(cache, cfg, weights_dir, device, timer)
         if cache is not None and "stage3" not in skip:
             bench_stage3(cache, cfg, weights_dir, device, timer)
         print(f"{'peak RSS':<34} {peak_rss_mb():9.0f} MB")

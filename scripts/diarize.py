@@ -61,8 +61,10 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.api import diarize  # torch: only after the arguments pass
     from pipeline.stage3 import summary
 
-    sync_name = "Wav2Lip's lip-sync expert" if cfg.sync.model == "wav2lip" else "SyncNet"
-    messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {sync_name} on the face tracks",
+    sync_name = {"wav2lip": "Wav2Lip's lip-sync expert on the face tracks",
+                 "gestsync": "GestSync on the face tracks' (or persons.pckl's) people"}.get(
+        str(cfg.sync.model), "SyncNet on the face tracks")
+    messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {sync_name}",
                 "stage3": "[3/4] voice activity, speaker embeddings and clustering", "stage4": "[4/4] exports and plots"}
     progress = Progress(enabled=not args.quiet)
     try:

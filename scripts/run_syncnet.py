@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Stage 2: SyncNet offset, confidence and distance curves of every face track.
 
-    python scripts/run_syncnet.py --data_dir D --reference REF [--sync_model syncnet|wav2lip]   # after run_pipeline.py
+    python scripts/run_syncnet.py --data_dir D --reference REF [--sync_model syncnet|wav2lip|gestsync]   # after run_pipeline.py
     python scripts/run_syncnet.py --videofile CLIP.avi [--features OUT.npz]   # one face clip, like the demo
     python scripts/run_syncnet.py --videofile FACE.avi --sync_model wav2lip   # Wav2Lip's expert on one face clip
+    python scripts/run_syncnet.py --videofile PERSON.mp4 --sync_model gestsync   # GestSync on one whole-frame clip
 """
 from __future__ import annotations
 
@@ -61,12 +62,28 @@ def run_clip_wav2lip(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def run_clip_gestsync(args: argparse.Namespace, cfg) -> int:
+    if args.features:
+        raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
+                         "it does not apply to --sync_model gestsync")
+    clip = input_file(args.videofile, "video file")
+    from pipeline import sync_gestsync  # torch: only after the arguments pass
+
+    result = sync_gestsync.sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device))
+    if result.silent:
+        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
+    print(sync_gestsync.demo_report(result), flush=True)
+    return 0
+
+
 def run_clip(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from pipeline.evidence import configured_model
 
     if configured_model(cfg) == "wav2lip":
         return run_clip_wav2lip(args, cfg)
+    if configured_model(cfg) == "gestsync":
+        return run_clip_gestsync(args, cfg)
     clip = input_file(args.videofile, "video file")
     from pipeline.stage2 import demo_report, save_features, sync_clip  # torch: only after the arguments pass
     from pipeline.sync import SyncSettings
@@ -105,6 +122,10 @@ def run_cache(args: argparse.Namespace) -> int:
     elif out.sync.get("model") == "wav2lip":
         info(f"Wav2Lip expert on {out.num_tracks} tracks in {progress.seconds.get('wav2lip', 0.0):.1f} s: "
              f"wrote activesd.pckl, sync.pckl, offsets.txt to {where}", args.quiet)
+    elif out.sync.get("model") == "gestsync":
+        info(f"GestSync on {out.num_tracks} tracks ({out.sync['persons']} regions) in "
+             f"{progress.seconds.get('gestsync', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
+             args.quiet)
     else:
         info(f"SyncNet ({out.sync['metric']}) on {out.num_tracks} tracks in "
              f"{progress.seconds.get('syncnet', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
