@@ -112,6 +112,19 @@ def test_cuda_embeddings_equal_cpu():
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
 
 
+def test_resemblyzer_thresholds_replace_diarise_only_for_its_embeddings():
+    from pipeline.stage3 import diarise_settings
+
+    cfg = load_config(None, ["resemblyzer.merge_distance=0.5", "resemblyzer.offscreen_min_similarity=0.9"])
+    own = diarise_settings(cfg, "resemblyzer")
+    assert (own.merge_distance, own.offscreen_min_similarity) == (0.5, 0.9)
+    assert {k: v for k, v in own.items() if k not in ("merge_distance", "offscreen_min_similarity")} == {
+        k: v for k, v in cfg.diarise.items() if k not in ("merge_distance", "offscreen_min_similarity")}
+    for other in ("resnetse34", "ecapa"):
+        assert diarise_settings(cfg, other).to_dict() == cfg.diarise.to_dict()
+    assert (cfg.diarise.merge_distance, cfg.diarise.offscreen_min_similarity) == (0.3, 0.6)
+
+
 # ---- weights: registry, download, load ------------------------------------------------------------
 def test_registry_row_is_the_packaged_file():
     """One registry row: the wheel on PyPI and the sha256 of the pretrained.pt inside it (the installed one)."""
