@@ -112,6 +112,19 @@ def test_cuda_embeddings_equal_cpu():
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
 
 
+def test_resemblyzer_thresholds_replace_diarise_only_for_its_embeddings():
+    from pipeline.stage3 import diarise_settings
+
+    cfg = load_config(None, ["resemblyzer.merge_distance=0.5", "resemblyzer.offscreen_min_similarity=0.9"])
+    own = diarise_settings(cfg, "resemblyzer")
+    assert (own.merge_distance, own.offscreen_min_similarity) == (0.5, 0.9)
+    assert {k: v for k, v in own.items() if k not in ("merge_distance", "offscreen_min_similarity")} == {
+        k: v for k, v in cfg.diarise.items() if k not in ("merge_distance", "offscreen_min_similarity")}
+    for other in ("resnetse34", "ecapa"):
+        assert diarise_settings(cfg, other).to_dict() == cfg.diarise.to_dict()
+    assert (cfg.diarise.merge_distance, cfg.diarise.offscreen_min_similarity) == (0.3, 0.6)
+
+
 # ---- weights: registry, download, load ------------------------------------------------------------
 def test_registry_row_is_the_packaged_file():
     """One registry row: the wheel on PyPI and the sha256 of the pretrained.pt inside it (the installed one)."""
@@ -235,3 +248,22 @@ def test_faithful_mode_on_tst00_with_its_uem(tmp_path, capsys):
                    uem={"tst00": read_uem(folder / "debug.test.uem")["tst00"]})
     assert report.overall.der == pytest.approx(0.712, abs=0.015)
     assert report.overall.missed_s > 0.6 * report.overall.scored_s  # overlap: one speaker per frame
+
+
+def test_cluster_script_without_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    """cluster.py --speaker_model resemblyzer on a wav's cache with neither weights source: one line, exit != 0."""
+    from tests.synth import make_wav
+
+    wav = make_wav(tmp_path / "tone.wav", seconds=3.0)
+    common = ["--data_dir", str(tmp_path / "data"), "--reference", "tone", "--weights_dir", str(tmp_path / "none"),
+              "--device", "cpu", "--quiet"]
+    for name, args in (("run_pipeline", ["--videofile", str(wav)]), ("run_syncnet", [])):
+        module = _script(name)
+        assert run_main(module.main, module.build_parser(), [*args, *common]) == 0
+    monkeypatch.setattr(ge2e, "packaged_weights", lambda: None)
+    module = _script("cluster")
+    capsys.readouterr()
+    code = run_main(module.main, module.build_parser(), ["--speaker_model", "resemblyzer", *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("cluster.py: error:")
+    assert "resemblyzer_ge2e.pt" in err[0] and "download_models.sh" in err[0] and "--no-deps" in err[0]
