@@ -112,5 +112,5 @@ def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
         evidence.configured_model(load_config(overrides=["sync.model=lipnet"]))
     with pytest.raises(InputError, match="unknown fusion mode"):
         evidence.fusion_mode(load_config(overrides=["diarise.mode=vote"]))
-    with pytest.raises(CacheError, match="smoothed Wav2Lip score curve per track"):
+    with pytest.raises(CacheError, match="smoothed wav2lip score curve per track"):
         evidence.model_curves({"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
