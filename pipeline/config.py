@@ -204,6 +204,10 @@ RANGE_RULES: dict[str, Rule] = {
     "diarise.offscreen_min_similarity": _between(-1.0, 1.0),
     "diarise.majority_filter_frames": _odd_positive(),
     "diarise.embedding_offset_s": _NON_NEGATIVE,
+    "wav2lip.conf_thresholds": _increasing(),
+    "gestsync.conf_thresholds": _increasing(),
+    "gestsync.lip_model": _one_of("none", "syncnet", "wav2lip"),
+    "gestsync.prefer": _one_of("lips", "gestures", "stronger"),
     "visualise.video_crf": _between(0, 51),
     "score.collar_s": _NON_NEGATIVE,
 }

@@ -3,7 +3,8 @@
 SyncNet's ``sync.pckl`` (VoxConverse) gives distances that stage 3 turns into a confidence with its
 thresholds in ``diarise``; Wav2Lip's expert gives per-frame scores in [0, 1], already smoothed by stage 2,
 with thresholds of their own in ``wav2lip``; GestSync's gesture sync (``gestsync``) gives smoothed
-cosine similarities with thresholds in ``gestsync``. Mixing the two would compare numbers on different scales, so
+cosine similarities with thresholds in ``gestsync`` (and, with ``gestsync.lip_model``, a lip model's evidence
+beside them, mapped onto that scale: ``pipeline/lip_gesture.py``). Mixing the two would compare numbers on different scales, so
 stage 3 refuses evidence from a model other than the configured ``sync.model``.
 """
 from __future__ import annotations
@@ -71,6 +72,21 @@ def model_curves(sync: Mapping[str, Any], num_tracks: int) -> list[np.ndarray] |
     return [np.asarray(c, dtype=np.float64) for c in curves]
 
 
+def fusion_curves(cfg: Any, sync: Mapping[str, Any], num_tracks: int
+                  ) -> tuple[list[np.ndarray] | None, list[str] | None]:
+    """The per-track curves stage 3 fuses and what each came from: the model's own curves
+    (``model_curves``), with GestSync's lip evidence folded in by ``gestsync.prefer`` when stage 2 kept one
+    (``pipeline/lip_gesture.py``); (None, None) for SyncNet, whose curve stage 3 computes from the distances."""
+    curves = model_curves(sync, num_tracks)
+    if curves is None:
+        return None, None
+    if evidence_model(sync) != "gestsync":
+        return curves, [evidence_model(sync)] * len(curves)
+    from pipeline.lip_gesture import combined_curves
+
+    return combined_curves(cfg, sync, curves)
+
+
 def extra_tracks(sync: Mapping[str, Any]) -> list[dict]:
     """Tracks the evidence scores beyond tracks.pckl's face tracks, after them (GestSync's person tracks that
     hold no face, in tracks.pckl's layout); none for the other models."""
@@ -85,10 +101,13 @@ def diarisation_key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
     """What stage 3's decisions read beyond ``diarise``: the expert's thresholds when it made the evidence."""
     model = evidence_model(sync)
     if model in OWN_CURVE_MODELS:
-        return {"sync_model": model, f"{model}_conf_thresholds": [float(v) for v in cfg[model].conf_thresholds]}
+        from pipeline.lip_gesture import key_extra
+
+        return {"sync_model": model, f"{model}_conf_thresholds": [float(v) for v in cfg[model].conf_thresholds],
+                **key_extra(cfg, sync)}
     return {}
 
 
 __all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "extra_tracks",
-           "fusion_mode",
-           "model_curves", "vote_thresholds"]
+           "fusion_curves",
+           "fusion_mode", "model_curves", "vote_thresholds"]

@@ -64,6 +64,8 @@ is the expert's layout with ``model`` 'gestsync', ``num_avg_frames`` and ``globa
 ``smooth_frames``, ``persons`` (what the regions came from), and per track ``region_bbox`` (int64
 ``[num_frames, 4]``, the region of each track frame) and ``region_from_person`` (bool ``[num_frames]``);
 ``score_raw`` is the zero-shift score of the window centred on each frame (window i on frame i + 12).
+With ``gestsync.lip_model`` set, ``sync.pckl`` also holds ``lips``: ``{'model': 'syncnet' | 'wav2lip',
+'distances': that model's activesd.pckl list for the face tracks, 'sync': its sync.pckl dict}`` (else None).
 
 Stage 3, ``cluster``:
 
@@ -75,7 +77,9 @@ Stage 3, ``cluster``:
 - ``diarization.pckl``: list of turns ``(start_s, end_s, speaker, source, track_ids)``, source 'av' or 'audio'.
 - ``sync_curves.pckl``: what the fusion decided from, for stage 4 to draw: dict ``metric``, ``thresholds``
   (list of float, one vote each), ``frame_rate_hz``, ``confidence`` (list over tracks of float64
-  ``[num_frames]``, the smoothed per-frame sync confidence from the track's first frame) and ``diarise``
+  ``[num_frames]``, the smoothed per-frame sync confidence from the track's first frame), ``model`` (stage 2's),
+  ``sources`` (per track the evidence its curve came from: the model's name, or for GestSync 'gestures',
+  'lips' or 'lips+gestures' on the gesture scale, ``pipeline/lip_gesture.py``), ``mode`` and ``diarise``
   (the config section used). Its manifest records the digests of ``activesd.pckl``, ``sync.pckl`` and
   ``diarization.pckl``; stage 4 refuses it when any of them changed since.
 """

@@ -145,7 +145,7 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
         return run_stage2_gestsync(cache, cfg, weights_dir, device, force, progress)
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_stage1(cache)
-    settings = SyncSettings.from_config(cfg)
+    SyncSettings.from_config(cfg)  # a bad syncnet section fails here, before the checkpoint is looked for
     if tracks:
         ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
         ckpt_sha256 = sha256_file(checkpoint_path(ckpt_file, weights_dir))
@@ -160,21 +160,30 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
         cache.invalidate(name)
     if tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
         raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
+    distances, sync = syncnet_evidence(cache, cfg, len(tracks), ckpt_file, weights_dir, device, progress)
+    _write_outputs(cache, distances, sync, key)
+    return Stage2Output(distances, sync, reused=False)
+
+
+def syncnet_evidence(cache: Cache, cfg: Section, num_tracks: int, ckpt_file: str | None,
+                     weights_dir: str | Path | None, device: torch.device | str,
+                     progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """SyncNet's distance matrices and ``sync.pckl`` dict for the first ``num_tracks`` crops of ``cache``,
+    written nowhere (stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
+    settings = SyncSettings.from_config(cfg)
     device = torch.device(device)
     results: list[SyncResult] = []
-    if tracks:
+    if num_tracks:
         model = load_syncnet(weights_dir, ckpt_file, device)
         workers = int(cfg.syncnet.parallel_tracks) if device.type == "cuda" else 1
-        progress("syncnet", 0, len(tracks))
-        for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device), len(tracks), workers):
+        progress("syncnet", 0, num_tracks)
+        for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device), num_tracks, workers):
             results.append(result)
-            progress("syncnet", len(results), len(tracks))
-    distances = [r.distances for r in results]
+            progress("syncnet", len(results), num_tracks)
     sync = summarise(results, settings)
     sync["checkpoint"] = ckpt_file
     sync["model"] = "syncnet"
-    _write_outputs(cache, distances, sync, key)
-    return Stage2Output(distances, sync, reused=False)
+    return [r.distances for r in results], sync
 
 
 # ---- single clip (syncnet_python's demo_syncnet.py / demo_feature.py) ---------------------------

@@ -33,8 +33,8 @@ from pipeline.evidence import (
     diarisation_key_extra,
     evidence_model,
     extra_tracks,
+    fusion_curves,
     fusion_mode,
-    model_curves,
     vote_thresholds,
 )
 from pipeline.formats import (
@@ -272,11 +272,13 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
 
     def produce() -> dict:
         metric = str(sync.get("metric", "cosine"))
-        curves = model_curves(sync, len(distances))  # the sync model's own curves (Wav2Lip's expert), else None
+        curves, sources = fusion_curves(cfg, sync, len(distances))  # the sync model's own curves, else None
         if curves is None:
             curves = [fuse.track_confidence(np.asarray(d), cfg.diarise) for d in distances]
+            sources = [evidence_model(sync)] * len(curves)
         return {"metric": metric,
                 "model": evidence_model(sync),
+                "sources": sources,
                 "mode": fusion_mode(cfg),
                 "thresholds": [float(t) for t in vote_thresholds(cfg, sync)],
                 "frame_rate_hz": float(cfg.diarise.frame_rate_hz),
@@ -308,7 +310,7 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     check_evidence_model(cfg, sync)  # evidence of another sync model: its thresholds do not apply
     fusion_mode(cfg)
     vote_thresholds(cfg, sync)  # an unknown metric fails before any work
-    curves = model_curves(sync, len(distances))
+    curves, _ = fusion_curves(cfg, sync, len(distances))
     audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
 
     vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)

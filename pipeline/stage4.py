@@ -57,6 +57,7 @@ class Stage4Inputs:
     model: str = "syncnet"  # the sync model whose evidence stage 3 fused
     mode: str = "voxconverse"  # the fusion rule stage 3 used
     num_face_tracks: int | None = None  # tracks.pckl's; the rest are GestSync's person tracks without a face
+    sources: tuple[str, ...] = ()  # per track the evidence its curve came from (GestSync with lip evidence)
 
 
 def load_inputs(cache: Cache) -> Stage4Inputs:
@@ -75,6 +76,7 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
         confidences = [np.asarray(c, dtype=np.float64) for c in curves["confidence"]]
         thresholds = tuple(float(t) for t in curves["thresholds"])
         model, mode = str(curves.get("model", "syncnet")), str(curves.get("mode", "voxconverse"))
+        sources = tuple(str(v) for v in curves.get("sources") or ())
     except (TypeError, ValueError, KeyError):
         raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
     face_ids = [int(i) for i in face_ids]
@@ -85,7 +87,8 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
         face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
     inputs = Stage4Inputs(media=media, tracks=[*tracks, *extra], dists=list(dists), sync=sync,
                           face_ids=face_ids, turns=turns, confidences=confidences,
-                          thresholds=thresholds, model=model, mode=mode, num_face_tracks=len(tracks))
+                          thresholds=thresholds, model=model, mode=mode, num_face_tracks=len(tracks),
+                          sources=sources)
     _check_consistent(inputs)
     return inputs
 
@@ -152,10 +155,14 @@ def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, st
         what, ylabel = {"wav2lip": ("Wav2Lip expert smoothed score", "lip-sync score (smoothed)"),
                         "gestsync": ("GestSync smoothed gesture score", "gesture-sync score (smoothed)")}.get(
             inputs.model, ("SyncNet confidence", "sync confidence"))
+        title = f"{cache.reference}: {what} per face track (shaded: the face with the highest)"
+        if any(source.startswith("lips") for source in inputs.sources):  # GestSync with lip evidence
+            lips = ", ".join(str(i) for i, source in enumerate(inputs.sources) if source.startswith("lips"))
+            title = f"{cache.reference}: gestures, and lips of track(s) {lips} mapped onto their scale"
+            ylabel = "sync score (GestSync's scale)"
         sync_png = plot_sync_argmax(
             cache.work(names["sync_plot"]), track_frames, confidences, labels, frame_rate_hz, duration_s,
-            thresholds if inputs.mode == "voxconverse" else (),
-            title=f"{cache.reference}: {what} per face track (shaded: the face with the highest)", ylabel=ylabel)
+            thresholds if inputs.mode == "voxconverse" else (), title=title, ylabel=ylabel)
     else:
         sync_png = plot_sync(cache.work(names["sync_plot"]), track_frames, confidences, labels, inputs.turns,
                              frame_rate_hz, duration_s, thresholds,

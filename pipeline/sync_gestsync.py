@@ -57,6 +57,7 @@ from pipeline.gestsync_frontend import (
     filterbanks,
     masked_frame,
 )
+from pipeline.lip_gesture import lip_evidence, lip_key
 from pipeline.sync_wav2lip import moving_average
 
 MODEL = "gestsync"
@@ -65,7 +66,7 @@ STAGE = "run_syncnet"
 OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")
 PERSONS_FILE = "persons.pckl"  # the user's person boxes, in the reference's pywork folder
 TEMPORAL_KERNEL_FRAMES = 5  # net_vid.conv1 kernel (5, 7, 7): the only layer that mixes frames
-SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds")  # not in stage 2's key: speed, or read by stage 3
+SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds", "prefer")  # not in stage 2's key: speed, or read by stage 3
 
 ProgressHook = Callable[..., None]
 
@@ -415,9 +416,11 @@ def read_persons(cache: Cache) -> tuple[list[list[dict]] | None, str | None]:
 
 
 def stage2_key(cache: Cache, cfg: Section, settings: GestSyncSettings, ckpt_file: str, ckpt_sha256: str,
-               persons_sha256: str | None) -> dict:
-    """What GestSync's stage-2 outputs depend on."""
+               persons_sha256: str | None, lips: Mapping[str, Any] | None = None) -> dict:
+    """What GestSync's stage-2 outputs depend on (``lips``: the lip model's settings and checkpoint, when
+    ``gestsync.lip_model`` asks for lip evidence too)."""
     return {
+        "lips": lips,
         "stage": STAGE,
         "model": MODEL,
         "gestsync": {k: v for k, v in cfg.gestsync.to_dict().items() if k not in SPEED_ONLY_KEYS},
@@ -484,7 +487,7 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     ckpt_file = str(cfg.gestsync.checkpoint)
     persons, persons_sha = read_persons(cache)
     key = stage2_key(cache, cfg, settings, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)),
-                     persons_sha)
+                     persons_sha, lip_key(cfg, weights_dir) if tracks else None)
     if not force and all(cache.is_valid(name, key) for name in OUTPUTS):
         scores, sync = cache.load_valid("activesd.pckl", key), cache.load_valid("sync.pckl", key)
         if scores is not None and sync is not None:
@@ -533,6 +536,7 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     sync = summarise(results, regions, from_person, settings, ckpt_file, described)
     sync["person_tracks"] = [{"frame": np.asarray(p["frame"], dtype=np.int64),
                               "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in person_only]
+    sync["lips"] = lip_evidence(cache, cfg, tracks, media_info, weights_dir, device, progress) if tracks else None
     scores = [r.scores for r in results]
     cache.save_pickle("activesd.pckl", scores, STAGE, key)
     cache.save_pickle("sync.pckl", sync, STAGE, key)

@@ -434,7 +434,7 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
 
     Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
     """
-    from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
+    from pipeline.stage1_outputs import require_tracks_and_crops
     from pipeline.stage2 import Stage2Output
 
     progress = progress or (lambda *args, **kwargs: None)
@@ -451,6 +451,23 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
         cache.invalidate(name)
     if tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
         raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
+    scores, sync = expert_evidence(cache, cfg, tracks, media_info, ckpt_file, weights_dir, device, progress)
+    cache.save_pickle("activesd.pckl", scores, STAGE, key)
+    cache.save_pickle("sync.pckl", sync, STAGE, key)
+    path = cache.work("offsets.txt")
+    write_bytes_atomic(path, offsets_text(sync).encode())
+    cache.record("offsets.txt", STAGE, key, [path])
+    return Stage2Output(scores, sync, reused=False)
+
+
+def expert_evidence(cache: Cache, cfg: Section, tracks: Sequence[Mapping], media_info: Mapping, ckpt_file: str,
+                    weights_dir: str | Path | None, device: torch.device | str,
+                    progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The expert's score matrices and ``sync.pckl`` dict for ``tracks`` of ``cache``, written nowhere (its
+    stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
+    from pipeline.stage1_outputs import read_wav
+
+    settings = ExpertSettings.from_config(cfg)
     results: list[ExpertResult] = []
     if tracks:
         source = _source_video(cache, media_info)
@@ -458,14 +475,7 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
         audios = [read_wav(cache.crop_wav(i), settings.sample_rate_hz) for i in range(len(tracks))]
         with contextlib.closing(media.iter_frames(source, settings.frame_rate_hz)) as frames:
             results = score_tracks(model, frames, tracks, audios, settings, device, progress)
-    sync = summarise(results, settings, ckpt_file)
-    scores = [r.scores for r in results]
-    cache.save_pickle("activesd.pckl", scores, STAGE, key)
-    cache.save_pickle("sync.pckl", sync, STAGE, key)
-    path = cache.work("offsets.txt")
-    write_bytes_atomic(path, offsets_text(sync).encode())
-    cache.record("offsets.txt", STAGE, key, [path])
-    return Stage2Output(scores, sync, reused=False)
+    return [r.scores for r in results], summarise(results, settings, ckpt_file)
 
 
 # ---- single clip -----------------------------------------------------------------------------------
