@@ -69,3 +69,30 @@ def test_wav2lip_expert_on_cuda_matches_cpu(random_weights):
                           torch.device(device)) for device in ("cpu", "cuda")]
     np.testing.assert_allclose(results[0].scores, results[1].scores, atol=1e-3)
     assert results[0].offset_frames == results[1].offset_frames
+
+
+@pytest.mark.filterwarnings("ignore:.*differs from the published")
+def test_gestsync_on_cuda_in_fp16_matches_cpu(tmp_path, device="cuda"):
+    """GestSync runs in fp16 on CUDA (stage 2 and the single-clip mode): its scores stay within 0.02 of the CPU's
+    float32 ones (default-initialised weights, whose activations stay in fp16's range like trained ones)."""
+    import cv2
+
+    from models.gestsync import GestSyncRGB, load_gestsync
+    from pipeline.gestsync_frontend import masked_frame
+    from pipeline.sync_gestsync import GestSyncSettings, sync_regions
+
+    torch.manual_seed(0)
+    torch.save({"state_dict": GestSyncRGB().eval().state_dict(), "global_step": 0}, tmp_path / "model_rgb.pth")
+    settings = GestSyncSettings.from_config(load_config())
+    name = "gestsync_asd2spk_a"
+    frames = [masked_frame(cv2.cvtColor(f, cv2.COLOR_BGR2RGB), None, settings.front)
+              for f in islice(media.iter_frames(clip(name)), 40)]
+    audio = media.decode_audio(clip(name))[: 40 * 640]
+    results = []
+    for where in ("cpu", device):
+        model = load_gestsync(tmp_path, "model_rgb.pth", torch.device(where))
+        if where == "cuda":
+            model = model.half()
+        results.append(sync_regions(model, iter(frames), audio, settings, torch.device(where)))
+    assert results[0].num_windows == 16 and np.isfinite(results[1].scores).all()
+    np.testing.assert_allclose(results[0].scores, results[1].scores, atol=0.02)
