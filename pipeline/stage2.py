@@ -109,21 +109,31 @@ def offsets_text(sync: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_outputs(cache: Cache, distances: list[np.ndarray], sync: dict, key: Mapping) -> None:
+def write_outputs(cache: Cache, distances: list[np.ndarray], sync: dict, key: Mapping, offsets: str) -> None:
+    """``activesd.pckl``, ``sync.pckl`` and ``offsets.txt`` (text ``offsets``), each atomically with its manifest."""
     cache.save_pickle("activesd.pckl", distances, STAGE, key)
     cache.save_pickle("sync.pckl", sync, STAGE, key)
     path = cache.work("offsets.txt")
-    write_bytes_atomic(path, offsets_text(sync).encode())
+    write_bytes_atomic(path, offsets.encode())
     cache.record("offsets.txt", STAGE, key, [path])
 
 
-def _load_valid(cache: Cache, key: Mapping) -> Stage2Output | None:
+def load_valid(cache: Cache, key: Mapping) -> Stage2Output | None:
+    """Stage 2's outputs when all three were written with ``key``, else None."""
     if not all(cache.is_valid(name, key) for name in OUTPUTS):
         return None
     distances, sync = cache.load_valid("activesd.pckl", key), cache.load_valid("sync.pckl", key)
     if distances is None or sync is None:
         return None
     return Stage2Output(distances, sync, reused=True)
+
+
+def prepare_rerun(cache: Cache, has_tracks: bool) -> None:
+    """Invalidate stage 2's outputs before writing new ones; CacheError when stage 1's crops changed since."""
+    for name in OUTPUTS:
+        cache.invalidate(name)
+    if has_tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
+        raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -152,16 +162,12 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
     else:  # no face track (no faces, or an audio-only input): nothing to sync, so no checkpoint is needed
         ckpt_file, ckpt_sha256 = None, None
     key = stage2_key(cache, cfg, ckpt_file, ckpt_sha256)
-    if not force:
-        reused = _load_valid(cache, key)
-        if reused is not None:
-            return reused
-    for name in OUTPUTS:
-        cache.invalidate(name)
-    if tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
-        raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
+    reused = None if force else load_valid(cache, key)
+    if reused is not None:
+        return reused
+    prepare_rerun(cache, bool(tracks))
     distances, sync = syncnet_evidence(cache, cfg, len(tracks), ckpt_file, weights_dir, device, progress)
-    _write_outputs(cache, distances, sync, key)
+    write_outputs(cache, distances, sync, key, offsets_text(sync))
     return Stage2Output(distances, sync, reused=False)
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from models.gestsync import GestSyncRGB, load_gestsync
 from models.loader import checkpoint_path
 from pipeline import media
-from pipeline.cache import Cache, sha256_file, write_bytes_atomic
+from pipeline.cache import Cache, sha256_file
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
@@ -63,7 +63,6 @@ from pipeline.sync_wav2lip import moving_average
 MODEL = "gestsync"
 METRIC = "cosine_similarity"
 STAGE = "run_syncnet"
-OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")
 PERSONS_FILE = "persons.pckl"  # the user's person boxes, in the reference's pywork folder
 TEMPORAL_KERNEL_FRAMES = 5  # net_vid.conv1 kernel (5, 7, 7): the only layer that mixes frames
 SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds", "prefer")  # not in stage 2's key: speed, or read by stage 3
@@ -477,7 +476,7 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
     """
     from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
-    from pipeline.stage2 import Stage2Output
+    from pipeline.stage2 import Stage2Output, load_valid, prepare_rerun, write_outputs
     from pipeline.sync_wav2lip import _source_video
 
     progress = progress or (lambda *args, **kwargs: None)
@@ -488,14 +487,10 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     persons, persons_sha = read_persons(cache)
     key = stage2_key(cache, cfg, settings, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)),
                      persons_sha, lip_key(cfg, weights_dir) if tracks else None)
-    if not force and all(cache.is_valid(name, key) for name in OUTPUTS):
-        scores, sync = cache.load_valid("activesd.pckl", key), cache.load_valid("sync.pckl", key)
-        if scores is not None and sync is not None:
-            return Stage2Output(scores, sync, reused=True)
-    for name in OUTPUTS:
-        cache.invalidate(name)
-    if tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
-        raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
+    reused = None if force else load_valid(cache, key)
+    if reused is not None:
+        return reused
+    prepare_rerun(cache, bool(tracks))
     width, height = int(media_info["width"]), int(media_info["height"])
     person_tracks: list[dict[str, np.ndarray]] = []
     if persons is not None:
@@ -538,11 +533,7 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
                               "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in person_only]
     sync["lips"] = lip_evidence(cache, cfg, tracks, media_info, weights_dir, device, progress) if tracks else None
     scores = [r.scores for r in results]
-    cache.save_pickle("activesd.pckl", scores, STAGE, key)
-    cache.save_pickle("sync.pckl", sync, STAGE, key)
-    path = cache.work("offsets.txt")
-    write_bytes_atomic(path, offsets_text(sync).encode())
-    cache.record("offsets.txt", STAGE, key, [path])
+    write_outputs(cache, scores, sync, key, offsets_text(sync))
     return Stage2Output(scores, sync, reused=False)
 
 

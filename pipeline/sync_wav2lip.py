@@ -41,7 +41,7 @@ from models.wav2lip import (
     load_lipsync_expert,
 )
 from pipeline import media
-from pipeline.cache import Cache, content_identity, sha256_file, write_bytes_atomic
+from pipeline.cache import Cache, content_identity, sha256_file
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
@@ -49,7 +49,6 @@ from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 MODEL = "wav2lip"
 METRIC = "cosine_similarity"
 STAGE = "run_syncnet"
-OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")
 SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds")  # not in stage 2's key: speed only, or read by stage 3
 CENTRE_FRAME = WINDOW_FRAMES // 2  # window i is centred on frame i + 2
 _U8_TO_UNIT = torch.from_numpy((np.arange(256) / 255.0).astype(np.float32))  # x / 255. in float64, then float32
@@ -435,7 +434,7 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
     Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
     """
     from pipeline.stage1_outputs import require_tracks_and_crops
-    from pipeline.stage2 import Stage2Output
+    from pipeline.stage2 import Stage2Output, load_valid, prepare_rerun, write_outputs
 
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_tracks_and_crops(cache)
@@ -443,20 +442,12 @@ def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | Non
     settings = ExpertSettings.from_config(cfg)
     ckpt_file = str(cfg.wav2lip.checkpoint)
     key = stage2_key(cache, cfg, settings, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)))
-    if not force and all(cache.is_valid(name, key) for name in OUTPUTS):
-        scores, sync = cache.load_valid("activesd.pckl", key), cache.load_valid("sync.pckl", key)
-        if scores is not None and sync is not None:
-            return Stage2Output(scores, sync, reused=True)
-    for name in OUTPUTS:
-        cache.invalidate(name)
-    if tracks and not cache.files_intact(cache.read_manifest("crops") or {}):
-        raise CacheError(f"the crops in {cache.crop_dir} changed since stage 1 wrote them: run {STAGE1_SCRIPT} again")
+    reused = None if force else load_valid(cache, key)
+    if reused is not None:
+        return reused
+    prepare_rerun(cache, bool(tracks))
     scores, sync = expert_evidence(cache, cfg, tracks, media_info, ckpt_file, weights_dir, device, progress)
-    cache.save_pickle("activesd.pckl", scores, STAGE, key)
-    cache.save_pickle("sync.pckl", sync, STAGE, key)
-    path = cache.work("offsets.txt")
-    write_bytes_atomic(path, offsets_text(sync).encode())
-    cache.record("offsets.txt", STAGE, key, [path])
+    write_outputs(cache, scores, sync, key, offsets_text(sync))
     return Stage2Output(scores, sync, reused=False)
 
 
