@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import formats
 from pipeline.errors import InputError, first_line
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -126,6 +127,10 @@ def _between(low: float, high: float) -> Rule:
     return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
 
 
+def _open_between(low: float, high: float) -> Rule:
+    return (lambda v: low < v < high), f"in ({low:g}, {high:g})"
+
+
 def _odd_positive() -> Rule:
     return (lambda v: v >= 1 and v % 2 == 1), "an odd number >= 1 (a median filter's kernel)"
 
@@ -147,10 +152,23 @@ _POSITIVE = _above(0.0)
 _NON_NEGATIVE = _at_least(0)
 _AT_LEAST_ONE = _at_least(1)
 
-# Range rules of known keys ("section.key"); keys not listed are only type-checked. A rule for a key that
-# default.yaml no longer has is ignored. Any key named ``batch_size`` must be at least 1. Named choices (metric,
-# VAD, speaker model, precision) are checked by the module that owns their list, when the config is used.
+# Range rules of known keys ("section.key"), named choices included (their lists live in pipeline/formats.py),
+# so a bad value is refused when the config is read, before any stage runs. Keys not listed (checkpoint file
+# names, codec names, free numbers) are only type-checked. A rule for a key that default.yaml no longer has
+# is ignored. Any key named ``batch_size`` must be at least 1.
 RANGE_RULES: dict[str, Rule] = {
+    "sync.model": _one_of(*formats.SYNC_MODELS),
+    "syncnet.metric": _one_of(*formats.SYNC_METRICS),
+    "syncnet_demo.metric": _one_of(*formats.SYNC_METRICS),
+    "vad.method": _one_of(*formats.VAD_METHODS),
+    "embed.speaker_model": _one_of(*formats.SPEAKER_MODELS),
+    "embed.cpu_precision": _one_of(*formats.EMBED_CPU_PRECISIONS),
+    "diarise.mode": _one_of(*formats.FUSION_MODES),
+    "train.model": _one_of(*formats.TRAIN_MODELS),
+    "train.optimizer": _one_of(*formats.TRAIN_OPTIMIZERS),
+    "train.cuda_precision": _one_of(*formats.TRAIN_CUDA_PRECISIONS),
+    "gestsync.lip_model": _one_of(*formats.GESTSYNC_LIP_MODELS),
+    "gestsync.prefer": _one_of(*formats.GESTSYNC_PREFERENCES),
     "media.frame_rate_hz": _POSITIVE,
     "media.sample_rate_hz": _POSITIVE,
     "media.audio_channels": _AT_LEAST_ONE,
@@ -204,10 +222,69 @@ RANGE_RULES: dict[str, Rule] = {
     "diarise.offscreen_min_similarity": _between(-1.0, 1.0),
     "diarise.majority_filter_frames": _odd_positive(),
     "diarise.embedding_offset_s": _NON_NEGATIVE,
+    "detections.max_per_frame": _AT_LEAST_ONE,
+    "detections.max_box_side_ratio": _POSITIVE,
+    "wav2lip.box_expand": _NON_NEGATIVE,
+    "wav2lip.vshift_frames": _NON_NEGATIVE,
+    "wav2lip.smooth_frames": _AT_LEAST_ONE,
     "wav2lip.conf_thresholds": _increasing(),
+    "train.steps": _AT_LEAST_ONE,
+    "train.lr": _POSITIVE,
+    "train.lr_final": _POSITIVE,
+    "train.momentum": _between(0.0, 1.0),
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.margin": _POSITIVE,
+    "train.min_shift_frames": _AT_LEAST_ONE,
+    "train.max_shift_frames": _AT_LEAST_ONE,
+    "train.negatives_per_window": _NON_NEGATIVE,
+    "train.other_track_negatives": _NON_NEGATIVE,
+    "train.val_fraction": _open_between(0.0, 1.0),
+    "train.val_windows": _AT_LEAST_ONE,
+    "train.val_every_steps": _AT_LEAST_ONE,
+    "train.bn_recalibration_windows": _AT_LEAST_ONE,
+    "train.seed": _NON_NEGATIVE,
+    "gestsync.sample_rate_hz": _POSITIVE,
+    "gestsync.n_fft": _AT_LEAST_ONE,
+    "gestsync.win_samples": _AT_LEAST_ONE,
+    "gestsync.hop_samples": _AT_LEAST_ONE,
+    "gestsync.num_mels": _AT_LEAST_ONE,
+    "gestsync.fmin_hz": _NON_NEGATIVE,
+    "gestsync.fmax_hz": _POSITIVE,
+    "gestsync.log_floor": _POSITIVE,
+    "gestsync.mel_frames_per_video_frame": _AT_LEAST_ONE,
+    "gestsync.window_frames": _AT_LEAST_ONE,
+    "gestsync.window_stride_frames": _AT_LEAST_ONE,
+    "gestsync.frame_width_px": _AT_LEAST_ONE,
+    "gestsync.frame_height_px": _AT_LEAST_ONE,
+    "gestsync.mask_below_face_px": _NON_NEGATIVE,
+    "gestsync.mask_rows_no_face": _NON_NEGATIVE,
+    "gestsync.vshift_frames": _NON_NEGATIVE,
+    "gestsync.num_avg_frames": _AT_LEAST_ONE,
+    "gestsync.region_width_faces": _POSITIVE,
+    "gestsync.region_above_faces": _NON_NEGATIVE,
+    "gestsync.region_below_faces": _POSITIVE,
+    "gestsync.person_min_face_overlap": _PROBABILITY,
     "gestsync.conf_thresholds": _increasing(),
-    "gestsync.lip_model": _one_of("none", "syncnet", "wav2lip"),
-    "gestsync.prefer": _one_of("lips", "gestures", "stronger"),
+    "improved.min_face_run_frames": _NON_NEGATIVE,
+    "improved.identity_merge_distance": _between(0.0, 2.0),
+    "improved.chunk_s": _POSITIVE,
+    "improved.max_chunks": _AT_LEAST_ONE,
+    "improved.chunk_merge_distance": _between(0.0, 2.0),
+    "improved.centroid_merge_distance": _between(0.0, 2.0),
+    "improved.match_similarity": _between(-1.0, 1.0),
+    "improved.min_speaker_s": _NON_NEGATIVE,
+    "improved.voice_weight": _NON_NEGATIVE,
+    "improved.face_bonus": _NON_NEGATIVE,
+    "improved.switch_penalty": _NON_NEGATIVE,
+    "improved.decode_step_frames": _AT_LEAST_ONE,
+    "improved.refine_iterations": _NON_NEGATIVE,
+    "improved.overlap_margin": _NON_NEGATIVE,
+    "improved.overlap_min_similarity": _between(-1.0, 1.0),
+    "improved.similarity_floor": _open_between(-1.0, 1.0),
+    "improved.similarity_floor_resemblyzer": _open_between(-1.0, 1.0),
+    "improved.reject_similarity": _between(-1.0, 1.0),
+    "resemblyzer.merge_distance": _between(0.0, 2.0),
+    "resemblyzer.offscreen_min_similarity": _between(-1.0, 1.0),
     "visualise.video_crf": _between(0, 51),
     "score.collar_s": _NON_NEGATIVE,
 }
@@ -316,9 +393,15 @@ def with_overrides(cfg: Section, overrides: Iterable[str] = ()) -> Section:
 
 
 def _check_together(values: Mapping[str, Any]) -> None:
-    """Values that must agree with each other: stage 3 decides on the 25 fps frames stages 1 and 2 made."""
+    """Values that must agree with each other: stage 3 decides on the 25 fps frames stages 1 and 2 made, and
+    the shifts a training negative may take are a non-empty range."""
     media_rate = values.get("media", {}).get("frame_rate_hz")
     diarise_rate = values.get("diarise", {}).get("frame_rate_hz")
     if media_rate is not None and diarise_rate is not None and float(media_rate) != float(diarise_rate):
         raise InputError(f"diarise.frame_rate_hz ({diarise_rate}) must equal media.frame_rate_hz ({media_rate}): "
                          "the sync curves and face tracks have one value per video frame")
+    train = values.get("train", {})
+    if "min_shift_frames" in train and "max_shift_frames" in train \
+            and int(train["min_shift_frames"]) > int(train["max_shift_frames"]):
+        raise InputError(f"train.min_shift_frames ({train['min_shift_frames']}) must not exceed "
+                         f"train.max_shift_frames ({train['max_shift_frames']})")

@@ -21,13 +21,13 @@ import torch
 
 from models.loader import resolve_weights_dir
 from pipeline.errors import CheckpointError, InputError, first_line
-from pipeline.formats import SPEAKER_MODELS
+from pipeline.formats import EMBED_CPU_PRECISIONS, SPEAKER_MODELS
 
 SAMPLE_RATE_HZ = 16000
 PROGRESS_STEP = "speaker embeddings"
 ECAPA_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
                "label_encoder.txt")
-_PRECISIONS = ("float32", "bfloat16")
+_PRECISIONS = EMBED_CPU_PRECISIONS
 
 ProgressHook = Callable[[str, int, int], None]
 

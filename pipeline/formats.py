@@ -98,6 +98,17 @@ FUSION_MODES = ("voxconverse", "argmax", "improved")
 VAD_METHODS = ("webrtc", "silero")
 # Stage 3's speaker embedding networks (``embed.speaker_model``; ``--speaker_model``): resnetse34 is av-diarization's.
 SPEAKER_MODELS = ("resnetse34", "ecapa", "resemblyzer")
+# SyncNet's distance (``syncnet.metric``): cosine is av-diarization's, euclidean syncnet_python's.
+SYNC_METRICS = ("cosine", "euclidean")
+# Speaker embeddings on the CPU (``embed.cpu_precision``).
+EMBED_CPU_PRECISIONS = ("float32", "bfloat16")
+# GestSync's companion lip model (``gestsync.lip_model``) and which evidence wins (``gestsync.prefer``).
+GESTSYNC_LIP_MODELS = ("none", "syncnet", "wav2lip")
+GESTSYNC_PREFERENCES = ("lips", "gestures", "stronger")
+# scripts/train_sync.py: the trainable sync models (``train.model``), optimisers and CUDA autocast precisions.
+TRAIN_MODELS = ("syncnet", "wav2lip")
+TRAIN_OPTIMIZERS = ("adam", "sgd")
+TRAIN_CUDA_PRECISIONS = ("bfloat16", "float16", "float32")
 
 # The script that writes each stage's intermediates, named in errors about a missing or stale cache.
 RUN_PIPELINE = "scripts/run_pipeline.py"

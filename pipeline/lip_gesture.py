@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import CacheError, InputError
+from pipeline.formats import GESTSYNC_LIP_MODELS as LIP_MODELS
+from pipeline.formats import GESTSYNC_PREFERENCES as PREFERENCES
 from pipeline.formats import RUN_SYNCNET
 
-LIP_MODELS = ("none", "syncnet", "wav2lip")  # gestsync.lip_model
-PREFERENCES = ("lips", "gestures", "stronger")  # gestsync.prefer
 SOURCE_LIPS, SOURCE_GESTURES, SOURCE_BOTH = "lips", "gestures", "lips+gestures"
 
 

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from models.syncnet import CROP_SIZE_PX, MFCC_PER_FRAME, WINDOW_FRAMES, SyncNet
 from pipeline.errors import InputError
+from pipeline.formats import SYNC_METRICS
 
-METRICS = ("cosine", "euclidean")
+METRICS = SYNC_METRICS
 
 
 @dataclass(frozen=True)

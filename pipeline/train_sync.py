@@ -29,6 +29,7 @@ import torch
 
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError
+from pipeline.formats import TRAIN_OPTIMIZERS
 from pipeline.sync_adapters import make_adapter
 from pipeline.train_data import (
     SamplingSettings,
@@ -46,7 +47,7 @@ LAST_FILE = "last.pt"
 CSV_FILE = "losses.csv"
 PNG_FILE = "losses.png"
 INFO_FILE = "train.json"
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = TRAIN_OPTIMIZERS
 PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 # progress(step, total_steps, train_loss, samples_per_s) after each step

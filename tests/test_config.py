@@ -55,6 +55,23 @@ def test_defaults_pass_every_rule():
     ("vad.webrtc_frame_ms=25", ["vad.webrtc_frame_ms", "10, 20, 30"]),
     ("detect.image_scale=.nan", ["detect.image_scale", "finite"]),
     ("detect.image_scale=", ["detect.image_scale", "None"]),
+    # named choices are refused when the config is read, not when a later stage uses them
+    ("vad.method=energy", ["vad.method", "one of webrtc, silero", "'energy'"]),
+    ("embed.cpu_precision=fp8", ["embed.cpu_precision", "one of float32, bfloat16"]),
+    ("embed.speaker_model=xvector", ["embed.speaker_model", "resnetse34, ecapa, resemblyzer"]),
+    ("syncnet.metric=l1", ["syncnet.metric", "cosine, euclidean"]),
+    ("train.optimizer=lion", ["train.optimizer", "adam, sgd"]),
+    ("gestsync.prefer=both", ["gestsync.prefer", "lips, gestures, stronger"]),
+    # ranges of the sections added after the first ones
+    ("detections.max_per_frame=-5", ["detections.max_per_frame", ">= 1"]),
+    ("detections.max_box_side_ratio=-1", ["detections.max_box_side_ratio", "> 0"]),
+    ("improved.decode_step_frames=0", ["improved.decode_step_frames", ">= 1"]),
+    ("improved.similarity_floor=1", ["improved.similarity_floor", "(-1, 1)"]),
+    ("train.val_fraction=1", ["train.val_fraction", "(0, 1)"]),
+    ("train.min_shift_frames=20", ["train.min_shift_frames (20)", "max_shift_frames (15)"]),
+    ("gestsync.num_avg_frames=0", ["gestsync.num_avg_frames", ">= 1"]),
+    ("wav2lip.conf_thresholds=[0.8, 0.5]", ["wav2lip.conf_thresholds", "increasing"]),
+    ("resemblyzer.merge_distance=3", ["resemblyzer.merge_distance", "[0, 2]"]),
 ])
 def test_bad_values_are_refused_naming_the_key(override, needles):
     message = refused(override)
@@ -101,7 +118,8 @@ def test_keys_without_a_rule_are_type_checked_from_their_default(tmp_path, monke
 
 
 @pytest.mark.parametrize("override, needle", [("diarise.merge_distance=abc", "diarise.merge_distance"),
-                                              ("detect.image_scale=-1", "detect.image_scale")])
+                                              ("detect.image_scale=-1", "detect.image_scale"),
+                                              ("embed.cpu_precision=fp8", "embed.cpu_precision")])
 def test_cli_refuses_a_bad_value_before_any_work(tmp_path, override, needle):
     video = REPO.parent / "shared" / "data" / "videos" / "syncnetdiar_3spk_newsmax.mp4"
     data_dir = tmp_path / "data"

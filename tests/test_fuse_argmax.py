@@ -5,6 +5,8 @@ Voices are unit vectors A, B, C; embeddings every 0.2 s (index of time t: int(5 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -108,9 +110,13 @@ def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
     assert "\n" not in str(err.value) and "--sync_model syncnet" in str(err.value)
     with pytest.raises(CacheError, match="holds syncnet evidence but sync.model is wav2lip"):
         evidence.check_evidence_model(expert_cfg, {"model": "syncnet"})
-    with pytest.raises(InputError, match="unknown sync model"):
-        evidence.configured_model(load_config(overrides=["sync.model=lipnet"]))
+    with pytest.raises(InputError, match="sync.model must be one of syncnet, wav2lip, gestsync, got 'lipnet'"):
+        load_config(overrides=["sync.model=lipnet"])  # refused when the config is read, before any stage runs
+    with pytest.raises(InputError, match="diarise.mode must be one of voxconverse, argmax, improved"):
+        load_config(overrides=["diarise.mode=vote"])
+    with pytest.raises(InputError, match="unknown sync model"):  # a config not read by load_config
+        evidence.configured_model(SimpleNamespace(sync=SimpleNamespace(model="lipnet")))
     with pytest.raises(InputError, match="unknown fusion mode"):
-        evidence.fusion_mode(load_config(overrides=["diarise.mode=vote"]))
+        evidence.fusion_mode(SimpleNamespace(diarise=SimpleNamespace(mode="vote")))
     with pytest.raises(CacheError, match="smoothed wav2lip score curve per track"):
         evidence.model_curves({"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
