@@ -95,6 +95,9 @@ def _run_stages(videofile: Path, cache: Cache, cfg: Section, *, out_dir, weights
         seconds[name] = time.perf_counter() - started
         return result
 
+    from pipeline.preflight import check_networks
+
+    check_networks(cache, cfg, weights_dir, speaker_model)  # a bad checkpoint is one line now, not hours from now
     stage1 = timed("stage1", lambda: run_pipeline(videofile, cache, cfg, weights_dir, device, force, progress))
     timed("stage2", lambda: run_stage2(cache, cfg, weights_dir, device, force, progress))
     turns = timed("stage3", lambda: run_cluster(cache, cfg, weights_dir, device, vad, speaker_model, force,

@@ -87,3 +87,22 @@ def test_ecapa_with_non_finite_output_is_refused_at_load(tmp_path):
     with pytest.raises(CheckpointError) as err:
         embed.load_speaker_model(cfg, tmp_path, "cpu", name="ecapa")
     assert "\n" not in str(err.value) and str(folder) in str(err.value) and "non-finite output" in str(err.value)
+
+
+def test_diarize_refuses_a_bad_stage3_network_before_stage_1(good_weights, tmp_path):
+    """A diverged speaker model is found before any stage runs, not after stages 1 and 2 (hours on a long video):
+    one line naming the file, and the cache holds nothing from stage 1 on."""
+    folder = tmp_path / "w"
+    broken_copy(good_weights, folder, "speakernet.model", "nan_output")
+    for path in good_weights.iterdir():
+        if not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path)
+    data_dir = tmp_path / "data"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "diarize.py"), "--videofile",
+                             str(clip("gestsync_asd2spk_b")), "--data_dir", str(data_dir), "--weights_dir",
+                             str(folder), "--quiet"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = [line for line in result.stderr.strip().splitlines() if ": warning: " not in line]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "speakernet.model loads but its ResNetSE34V2 gives non-finite output" in lines[0], lines[0]
+    manifests = data_dir / "pywork" / "gestsync_asd2spk_b" / "manifest"
+    assert not manifests.exists() or not any(manifests.iterdir())  # no stage ran
