@@ -267,6 +267,8 @@ RANGE_RULES: dict[str, Rule] = {
     "gestsync.conf_thresholds": _increasing(),
     "improved.min_face_run_frames": _NON_NEGATIVE,
     "improved.identity_merge_distance": _between(0.0, 2.0),
+    "improved.voice_window_share": _between(0.0, 1.0),
+    "improved.reject_window_s": _POSITIVE,
     "improved.chunk_s": _POSITIVE,
     "improved.max_chunks": _AT_LEAST_ONE,
     "improved.chunk_merge_distance": _between(0.0, 2.0),

@@ -226,7 +226,7 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     chosen_sim = frame_sim[np.arange(labels.size), labels]
     keep = np.ones(labels.size, dtype=bool)
     if bool(cfg.reject_unexplained):
-        smoothed = run_local_mean(chosen_sim, run_starts, int(round(fps)) // 2)
+        smoothed = run_local_mean(chosen_sim, run_starts, int(round(float(cfg.reject_window_s) * fps)) // 2)
         keep = any_face[speech_idx] | (smoothed >= float(cfg.reject_similarity))
 
     speaking = np.zeros((length, len(means)), dtype=bool)

@@ -39,12 +39,12 @@ def _group_means(points: np.ndarray, weights: np.ndarray, labels: np.ndarray) ->
 
 def cluster_voice_chunks(unit_emb: np.ndarray, window_weight: np.ndarray, hop_s: float,
                          cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Voice clusters of the windows that are mostly voice-only speech (``window_weight`` >= 0.5):
+    """Voice clusters of the windows that are mostly voice-only speech (``window_weight`` >= ``cfg.voice_window_share``):
     (mean voices [k, dim], windows per cluster [k]), largest first; none when no window qualifies.
 
     Runs of such windows are cut into chunks of ``cfg.chunk_s`` (larger when there would be more than
     ``cfg.max_chunks``); chunk means are clustered by average linkage below ``cfg.chunk_merge_distance``."""
-    selected = np.flatnonzero(np.asarray(window_weight) >= 0.5)
+    selected = np.flatnonzero(np.asarray(window_weight) >= float(cfg.voice_window_share))
     dim = unit_emb.shape[1]
     if selected.size == 0:
         return np.zeros((0, dim)), np.zeros(0)

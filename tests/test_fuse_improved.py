@@ -24,10 +24,11 @@ A, B, C, D = np.eye(8, dtype=np.float32)[:4]
 
 
 def voices(num: int, spans: list[tuple[float, float, np.ndarray]]) -> np.ndarray:
-    """[num, 8] embeddings: windows representing times [start_s, end_s) get the voice (a faint E elsewhere)."""
+    """[num, 8] embeddings: windows representing times [start_s, end_s) get the voice (a faint E elsewhere);
+    times before 1 s are window 0's."""
     emb = np.tile(np.eye(8, dtype=np.float32)[7] * 0.1, (num, 1))
     for start_s, end_s, voice in spans:
-        emb[int(5 * start_s - 5):int(5 * end_s - 5)] = voice
+        emb[max(int(5 * start_s - 5), 0):max(int(5 * end_s - 5), 0)] = voice
     return emb
 
 
@@ -101,6 +102,20 @@ def test_short_interjection_survives():
     face1 = speakers_over(turns, 11.2, 14.8)
     assert len(face1) == 1 and face1 <= speakers_over(turns, 4.05, 4.55)
     assert not any(t.speaker in face1 and t.start_s < 3.9 for t in turns)
+
+
+def test_short_voice_turn_is_cut_by_the_resegmentation():
+    """No face on screen. Voice A speaks 1-10 s except 4.0-4.6 s, where B (who also speaks 11-17 s) cuts in for
+    0.6 s (three embedding windows). The reference gives each VAD run one label, so 1-10 s is one speaker;
+    the improved rule's Viterbi resegmentation on the 5 Hz timeline cuts B's 0.6 s turn out exactly, with no
+    overlap."""
+    emb = voices(100, [(0, 4.0, A), (4.0, 4.6, B), (4.6, 10.5, A), (10.5, 18, B)])
+    vad = [(1.0, 10.0), (11.0, 17.0)]
+    faithful = fuse.diarise([], vad, emb, CFG.diarise, "cosine", HOP_S, 450, 18.0)
+    assert [(t.start_s, t.end_s) for t in faithful] == [(1.0, 10.0), (11.0, 17.0)]
+    turns = improved([], vad, emb, 450)
+    assert [(t.start_s, t.end_s, t.speaker) for t in turns] == [
+        (1.0, 4.0, "spk00"), (4.0, 4.6, "spk01"), (4.6, 10.0, "spk00"), (11.0, 17.0, "spk01")]
 
 
 def test_sync_run_shorter_than_a_reference_utterance_is_written():
