@@ -109,6 +109,8 @@ GESTSYNC_PREFERENCES = ("lips", "gestures", "stronger")
 TRAIN_MODELS = ("syncnet", "wav2lip")
 TRAIN_OPTIMIZERS = ("adam", "sgd")
 TRAIN_CUDA_PRECISIONS = ("bfloat16", "float16", "float32")
+# scripts/train_sync.py's run folder: the checkpoint --resume continues from.
+TRAIN_LAST_FILE = "last.pt"
 
 # The script that writes each stage's intermediates, named in errors about a missing or stale cache.
 RUN_PIPELINE = "scripts/run_pipeline.py"

@@ -29,7 +29,7 @@ import torch
 
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError
-from pipeline.formats import TRAIN_OPTIMIZERS
+from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
 from pipeline.sync_adapters import make_adapter
 from pipeline.train_data import (
     SamplingSettings,
@@ -43,7 +43,7 @@ from pipeline.train_data import (
     validation_batches,
 )
 
-LAST_FILE = "last.pt"
+LAST_FILE = TRAIN_LAST_FILE
 CSV_FILE = "losses.csv"
 PNG_FILE = "losses.png"
 INFO_FILE = "train.json"

@@ -220,18 +220,19 @@ def bench_fusion(rttm_dir: str, hours: float, cfg, modes: tuple[str, ...] = ("vo
 
 
 def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.videofile is None and args.fusion_hours is None:
+        raise InputError("give --videofile (or --fusion_hours alone)")
+    videofile = input_file(args.videofile, "video file") if args.videofile is not None else None  # before torch
+
     from models.loader import resolve_weights_dir
     from models.random_weights import write_random_checkpoints
     from pipeline.media import probe
 
-    cfg = config_from_args(args)
     if args.fusion_hours is not None:
         bench_fusion(args.rttm_dir, args.fusion_hours, cfg)
-        if args.videofile is None:
+        if videofile is None:
             return 0
-    if args.videofile is None:
-        raise InputError("give --videofile (or --fusion_hours alone)")
-    videofile = input_file(args.videofile, "video file")
     device = resolve_device(args.device)
     skip = set(filter(None, args.skip.split(",")))
     info = probe(videofile)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cli import add_config_args, config_from_args, run_main  # noqa: E402
+from pipeline.cli import add_config_args, add_runtime_args, config_from_args, run_main  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from pipeline.formats import FUSION_MODES  # noqa: E402
 
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="voxconverse,improved", help="comma-separated fusion modes")
     parser.add_argument("--limit", type=int, default=None, help="only the first N files (sorted by id)")
     parser.add_argument("--per_file", action="store_true", help="also print each file's DER per mode")
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+                     why="the simulator runs no network and caches nothing")
     add_config_args(parser)
     return parser
 

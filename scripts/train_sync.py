@@ -13,8 +13,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cli import add_config_args, config_from_args, info, resolve_device, run_main, writable_dir  # noqa: E402
+from pipeline.cli import (  # noqa: E402
+    add_config_args,
+    add_runtime_args,
+    config_from_args,
+    info,
+    resolve_device,
+    run_main,
+    writable_dir,
+)
 from pipeline.errors import InputError  # noqa: E402
+from pipeline.formats import TRAIN_LAST_FILE as LAST_FILE  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,13 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", nargs="+", default=None, metavar="REF",
                         help="cached videos to use, or 'all' (default: all); split by video into training and validation")
     parser.add_argument("--out_dir", required=True, help="run folder: checkpoints, losses.csv, losses.png, train.json")
-    parser.add_argument("--init", default=None, metavar="CKPT", help="fine-tune from this checkpoint (published format)")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="fine-tune from this checkpoint (published format); a bare file name is also looked "
+                             "for in --weights_dir")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: config train.steps)")
     parser.add_argument("--batch_size", type=int, default=None, help="lip windows per step (default: config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its last.pt")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network trains")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    add_runtime_args(parser)  # --weights_dir: where a bare --init name is found; --force: start over in --out_dir
     add_config_args(parser)
     return parser
 
@@ -57,16 +66,37 @@ class Bar:
             self.bar.close()
 
 
+def _init_path(init: str, weights_dir: str | None) -> Path:
+    """``--init`` as given, else (a bare file name) in the weights folder; InputError when neither exists."""
+    from models.loader import resolve_weights_dir
+
+    path = Path(init)
+    if path.is_file():
+        return path
+    if path.name == init:
+        in_weights = resolve_weights_dir(weights_dir) / init
+        if in_weights.is_file():
+            return in_weights
+    raise InputError(f"--init checkpoint not found: {init}")
+
+
 def main(args: argparse.Namespace) -> int:
-    from pipeline.train_sync import train_sync_model
 
     if args.init and args.resume:
         raise InputError("--init starts a new run; --resume continues one: give only one of them")
     cfg = config_from_args(args)
+    if not Path(args.data_dir).is_dir():  # checked before torch is imported: a typo is reported at once
+        raise InputError(f"--data_dir not found: {args.data_dir}")
+    init = _init_path(args.init, args.weights_dir) if args.init else None
     out_dir = writable_dir(args.out_dir, "--out_dir")
+    if (out_dir / LAST_FILE).exists() and not (args.resume or args.force):
+        raise InputError(f"{out_dir} holds a training run already: --resume continues it, --force starts over "
+                         f"(overwriting its checkpoints)")
+    from pipeline.train_sync import train_sync_model
+
     bar = Bar(enabled=not args.quiet)
     try:
-        result = train_sync_model(args.data_dir, out_dir, cfg, references=args.references, init=args.init,
+        result = train_sync_model(args.data_dir, out_dir, cfg, references=args.references, init=init,
                                   resume=args.resume, device=resolve_device(args.device), progress=bar,
                                   model=args.model, steps=args.steps, batch_size=args.batch_size)
     except KeyboardInterrupt:

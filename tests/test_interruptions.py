@@ -224,6 +224,9 @@ def test_debug_shows_a_traceback_for_memory_error(capsys):
     ("diarize.py", ["--videofile", "v.mp4", "--data_dir", "d"]),
     ("score.py", ["--ref", "a.rttm", "--hyp", "b.rttm"]),
     ("benchmark.py", ["--videofile", "v.mp4"]),
+    ("diarize_corpus.py", ["--videos", "v", "--data_dir", "d", "--out_dir", "o"]),
+    ("train_sync.py", ["--data_dir", "d", "--out_dir", "o"]),
+    ("simulate_fusion.py", ["--rttm_dir", "r"]),
 ])
 def test_every_script_accepts_the_common_options(script, args):
     import importlib.util

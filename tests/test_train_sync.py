@@ -153,15 +153,25 @@ def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp
               "--set", "train.val_windows=2", "--set", "train.val_every_steps=1"]
     done = _run("train_sync.py", *common, "--steps", "1")
     assert done.returncode == 0, done.stderr
+    again = _run("train_sync.py", *common, "--steps", "1")  # a finished run is not overwritten by mistake
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume continues it" in again.stderr
     done = _run("train_sync.py", *common, "--steps", "2", "--resume")
     assert done.returncode == 0, done.stderr
     with open(run / "losses.csv", newline="") as handle:
         assert [r["step"] for r in csv.DictReader(handle)] == ["1", "2"]
+    shutil.copy(run / "syncnet.model", tmp_path / "trained.model")
     stage2 = _run("run_syncnet.py", "--data_dir", str(root / "held"), "--reference", "held00", "--weights_dir",
                   str(run), "--force", "--quiet")
     assert stage2.returncode == 0, stage2.stderr
     lines = [x for x in (root / "held" / "pywork" / "held00" / "offsets.txt").read_text().splitlines() if x[0] != "#"]
     assert len(lines) == 1
+    # --force starts over in the same folder; a bare --init name is found in --weights_dir
+    done = _run("train_sync.py", *common, "--steps", "1", "--force", "--init", "trained.model", "--weights_dir",
+                str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    with open(run / "losses.csv", newline="") as handle:
+        assert [r["step"] for r in csv.DictReader(handle)] == ["1"]
+    assert json.loads((run / "train.json").read_text())["init"] == str(tmp_path / "trained.model")
 
 
 def test_interrupt_saves_a_checkpoint_that_resumes_exactly(synthetic, tmp_path):
