@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.errors import CheckpointError
+from models.errors import CheckpointError, first_line
 from models.loader import (
     WEIGHTS_ENV,
     check_finite,
@@ -108,7 +108,7 @@ def load_ge2e(weights_dir: str | Path | None = None, path: str | Path | None = N
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle of arbitrary objects, wrong format...
-        raise CheckpointError(f"GE2E weights {path} cannot be read ({str(err).strip().splitlines()[0][:200]}); "
+        raise CheckpointError(f"GE2E weights {path} cannot be read ({first_line(err, 200)}); "
                               f"download them again") from None
     state = checkpoint.get("model_state") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):

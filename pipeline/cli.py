@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import Section, load_config
-from pipeline.errors import CacheError, InputError, PipelineError
+from pipeline.errors import CacheError, InputError, PipelineError, first_line
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +185,7 @@ def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.
             print(f"{prog}: error: no space left on the device holding {where}: free some space and re-run",
                   file=sys.stderr)
             return 1
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"{prog}: internal error: {type(err).__name__}: {detail[:300]} (re-run with --debug for details)",
+        detail = first_line(err, 300) if str(err).strip() else ""
+        print(f"{prog}: internal error: {type(err).__name__}: {detail} (re-run with --debug for details)",
               file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 
 # Hard compensation threshold of ffmpeg's `-async` (aresample min_hard_comp default, 0.1 s).
 MIN_HARD_COMP_S = 0.1
@@ -51,8 +51,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
 
 
 def _reason(err: Exception) -> str:
-    text = getattr(err, "strerror", None) or str(err)
-    return text.strip().splitlines()[0][:120] if text else type(err).__name__
+    strerror = getattr(err, "strerror", None)
+    return strerror.strip()[:120] if isinstance(strerror, str) and strerror.strip() else first_line(err, 120)
 
 
 def probe(path: str | Path) -> MediaInfo:

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline import media
 from pipeline.cache import Cache
 from pipeline.errors import CacheError, InputError
+from pipeline.formats import RUN_PIPELINE
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 
@@ -94,7 +95,7 @@ def choose_references(data_dir: str | Path, references: Sequence[str] | None) ->
     if not references or list(references) == ["all"]:
         found = cached_references(data_dir)
         if not found:
-            raise InputError(f"no stage-1 crops in {data_dir}: run scripts/run_pipeline.py on your videos first")
+            raise InputError(f"no stage-1 crops in {data_dir}: run {RUN_PIPELINE} on your videos first")
         return found
     return list(dict.fromkeys(references))
 
@@ -104,7 +105,7 @@ def decode_crops(cache: Cache, track_idx: int) -> np.ndarray:
     with contextlib.closing(media.iter_video_frames(cache.crop_frames(track_idx))) as frames:
         decoded = list(frames)
     if not decoded:
-        raise CacheError(f"{cache.crop_frames(track_idx)} has no frames: run scripts/run_pipeline.py again")
+        raise CacheError(f"{cache.crop_frames(track_idx)} has no frames: run {RUN_PIPELINE} again")
     return np.stack(decoded)
 
 
@@ -113,12 +114,12 @@ def load_reference(data_dir: str | Path, reference: str, adapter: Any) -> list[T
     track's audio (stage 1's ``pycrop/REF/%05d.wav``), checked against stage 1's tracks."""
     cache = Cache(data_dir, reference, create=False)
     if not cache.work_dir.is_dir():
-        raise InputError(f"no cached video {reference!r} in {data_dir}: run scripts/run_pipeline.py on it first")
+        raise InputError(f"no cached video {reference!r} in {data_dir}: run {RUN_PIPELINE} on it first")
     tracks = require_tracks_and_crops(cache)
     try:
         frames = adapter.track_frames(cache, tracks)
     except InputError as err:  # an undecodable crop or source: stage 1's output is broken
-        raise CacheError(f"{reference}: {err}; run scripts/run_pipeline.py again") from None
+        raise CacheError(f"{reference}: {err}; run {RUN_PIPELINE} again") from None
     loaded = []
     for idx, track_frames in enumerate(frames):
         audio = read_wav(cache.crop_wav(idx), adapter.sample_rate_hz)
@@ -130,7 +131,7 @@ def split_references(references: Sequence[str], val_fraction: float, seed: int) 
     """(training, validation) references: a seeded shuffle, at least one video on each side."""
     if len(references) < 2:
         raise InputError(f"training needs at least two videos (one for validation), found {len(references)}: "
-                         "run scripts/run_pipeline.py on more videos")
+                         f"run {RUN_PIPELINE} on more videos")
     order = list(references)
     np.random.default_rng(seed).shuffle(order)
     num_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import atomic_path, write_bytes_atomic
-from pipeline.errors import CheckpointError, InputError
+from pipeline.errors import CheckpointError, InputError, first_line
 from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
 from pipeline.sync_adapters import make_adapter
 from pipeline.train_data import (
@@ -288,7 +288,7 @@ def _load_resume(path: Path, model_name: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} cannot be read ({str(err).splitlines()[0][:160]}); start again without --resume") from None
+        raise CheckpointError(f"{path} cannot be read ({first_line(err, 160)}); start again without --resume") from None
     if not isinstance(state, dict) or state.get("model_name") != model_name:
         raise InputError(f"{path} is a run of {state.get('model_name') if isinstance(state, dict) else 'unknown'}, "
                          f"not {model_name}")
