@@ -28,13 +28,10 @@ def box_problem(bbox: Sequence[float], conf: float, width_px: int, height_px: in
     return None
 
 
-def sanitize_faces(faces: Sequence[Sequence[dict]], width_px: int, height_px: int,
-                   cfg_detections: Mapping) -> tuple[list[list[dict]], str | None]:
-    """Faces without unusable boxes and with at most ``max_per_frame`` boxes (highest ``conf``) per frame.
-
-    Returns the kept detections (same layout, same order within a frame) and one note saying how many
-    boxes were dropped and why, or None when nothing was dropped.
-    """
+def drop_unusable(faces: Sequence[Sequence[dict]], width_px: int, height_px: int,
+                  cfg_detections: Mapping) -> tuple[list[list[dict]], Counter]:
+    """Faces without unusable boxes and with at most ``max_per_frame`` boxes (highest ``conf``) per frame, and
+    how many boxes were dropped for each reason."""
     max_per_frame = int(cfg_detections["max_per_frame"])
     max_side_ratio = float(cfg_detections["max_box_side_ratio"])
     dropped: Counter = Counter()
@@ -53,11 +50,27 @@ def sanitize_faces(faces: Sequence[Sequence[dict]], width_px: int, height_px: in
             dropped[f"beyond {max_per_frame} per frame"] += len(kept) - max_per_frame
             kept = [kept[i] for i in sorted(best)]
         kept_faces.append(kept)
+    return kept_faces, dropped
+
+
+def drop_note(dropped: Counter) -> str | None:
+    """One note saying how many boxes were dropped and why; None when none were."""
     if not dropped:
-        return kept_faces, None
+        return None
     total = sum(dropped.values())
     why = ", ".join(f"{count} {reason}" for reason, count in dropped.most_common())
-    return kept_faces, f"dropped {total} face detection{'s' if total != 1 else ''} ({why})"
+    return f"dropped {total} face detection{'s' if total != 1 else ''} ({why})"
 
 
-__all__ = ["box_problem", "sanitize_faces"]
+def sanitize_faces(faces: Sequence[Sequence[dict]], width_px: int, height_px: int,
+                   cfg_detections: Mapping) -> tuple[list[list[dict]], str | None]:
+    """Faces without unusable boxes and with at most ``max_per_frame`` boxes (highest ``conf``) per frame.
+
+    Returns the kept detections (same layout, same order within a frame) and one note saying how many
+    boxes were dropped and why, or None when nothing was dropped.
+    """
+    kept, dropped = drop_unusable(faces, width_px, height_px, cfg_detections)
+    return kept, drop_note(dropped)
+
+
+__all__ = ["box_problem", "drop_note", "drop_unusable", "sanitize_faces"]

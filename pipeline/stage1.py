@@ -6,6 +6,7 @@ upstream results, so a re-run does only what changed. A ``faces.pckl`` placed in
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, content_identity
 from pipeline.config import Section
 from pipeline.crop import smooth_track, write_track_crops
-from pipeline.detections import sanitize_faces
+from pipeline.detections import drop_note, drop_unusable, sanitize_faces
 from pipeline.errors import InputError
 from pipeline.formats import validate_faces
 from pipeline.prefetch import prefetch
@@ -99,21 +100,28 @@ def _fit_faces(faces: list[list[dict]], num_frames: int, notes: list[str]) -> li
     return [[dict(det, frame=idx) for det in dets] for idx, dets in enumerate(faces)]
 
 
-def scan_video(videofile: Path, cfg: Section, detector, progress: Progress) -> tuple[int, int, int, list, list]:
+def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
+               ) -> tuple[int, int, int, list, list, str | None]:
     """One pass over the 25 fps frames: shots, and detections when ``detector`` is given.
 
-    Returns (num_frames, width, height, shots, faces).
+    Unusable boxes (``pipeline.detections``, ``cfg.detections``) are dropped batch by batch, so a checkpoint
+    that fires everywhere costs memory bounded by ``max_per_frame`` per frame, not by its raw output.
+    Returns (num_frames, width, height, shots, faces, note on dropped boxes or None).
     """
     shots = ShotDetector(cfg.media.frame_rate_hz, cfg.scenes.content_threshold, cfg.scenes.min_scene_len_frames)
     faces: list[list[dict]] = []
     batch: list[np.ndarray] = []
     batch_size = max(1, int(cfg.detect.batch_size))
     width = height = 0
+    dropped: Counter = Counter()
 
     def flush() -> None:
-        for boxes in detector.detect_batch(batch):
-            idx = len(faces)
-            faces.append([{"frame": idx, "bbox": [float(v) for v in box[:4]], "conf": float(box[4])} for box in boxes])
+        first = len(faces)
+        detected = [[{"frame": first + k, "bbox": [float(v) for v in box[:4]], "conf": float(box[4])} for box in boxes]
+                    for k, boxes in enumerate(detector.detect_batch(batch))]
+        kept, counts = drop_unusable(detected, width, height, cfg.detections)
+        faces.extend(kept)
+        dropped.update(counts)
         batch.clear()
 
     num_frames = 0
@@ -130,14 +138,15 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress) -> t
         flush()
     if num_frames == 0:
         raise InputError(f"{videofile} has no decodable video frames")
-    return num_frames, width, height, shots.finish(), faces
+    return num_frames, width, height, shots.finish(), faces, drop_note(dropped)
 
 
 def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict, weights_dir, device,
                     force: bool, progress: Progress, result: Stage1Result) -> tuple[dict, list, list]:
     """media.pckl, faces.pckl and scene.pckl, reused where valid; (media_info, faces, shots)."""
     media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
-    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict()}
+    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict(),
+                  "detections": cfg.detections.to_dict()}  # faces.pckl holds what these limits keep
     info = None if force else cache.load_valid("media.pckl", media_key)
     shots = None if force else cache.load_valid("scene.pckl", media_key)
     faces = None if force else cache.load_valid("faces.pckl", detect_key)
@@ -155,7 +164,7 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
             detector = FaceDetector(cfg.detect, weights_dir, device)
         for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
             cache.invalidate(name)
-        num_frames, width, height, shots, detected = scan_video(videofile, cfg, detector, progress)
+        num_frames, width, height, shots, detected, drop_message = scan_video(videofile, cfg, detector, progress)
         info = {
             "source": identity,
             "num_frames": num_frames,
@@ -167,6 +176,8 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
         if need_detection:
             faces = detected
             cache.save_pickle("faces.pckl", faces, STAGE, detect_key)
+            if drop_message is not None:
+                result.notes.append(drop_message)
         cache.save_pickle("scene.pckl", shots, STAGE, media_key)
     else:
         result.reused += ["scenes"]
@@ -287,7 +298,8 @@ def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Section, identity: d
             "height": 0, "duration_s": num_frames / fps, "num_samples": int(audio.size),
             "sample_rate_hz": int(cfg.media.sample_rate_hz), "has_audio": True, "has_video": False}
     media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
-    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict()}
+    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict(),
+                  "detections": cfg.detections.to_dict()}  # faces.pckl holds what these limits keep
     shots = [(0, num_frames)]
     faces: list[list[dict]] = [[] for _ in range(num_frames)]
     if cache.load_valid("media.pckl", media_key) != info:

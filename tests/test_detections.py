@@ -132,10 +132,34 @@ def test_s3fd_firing_everywhere_is_dropped_with_one_note(tmp_path, everywhere_we
     result = run_pipeline(video, cache, load_config(overrides=["detect.image_scale=0.6", "detect.prior_nms_top_k=300"]),
                           weights_dir=everywhere_weights)
     detected = cache.load_pickle("faces.pckl")
-    assert sum(len(dets) for dets in detected) >= 25  # it did fire on every frame
     notes = [n for n in result.notes if n.startswith("dropped")]
     assert len(notes) == 1 and "over 2x the frame" in notes[0], result.notes
+    assert int(notes[0].split()[1]) >= 25  # it did fire on every frame; the boxes went batch by batch
+    assert all(len(dets) <= 100 for dets in detected)  # faces.pckl holds only what the limits keep
     assert result.num_tracks == 0
+
+
+def test_detections_are_capped_while_the_video_is_scanned(tmp_path):
+    """A detector that returns 1,000 plausible boxes on every frame: what stage 1 holds and writes is at most
+    ``detections.max_per_frame`` per frame (the highest-scoring), never the raw output of a whole video."""
+    from pipeline.stage1 import scan_video
+
+    class Everywhere:
+        def detect_batch(self, frames):
+            boxes = []
+            for _ in frames:
+                x = np.arange(1000, dtype=np.float64) % 200
+                boxes.append(np.stack([x, x * 0.5, x + 40, x * 0.5 + 40, np.linspace(0.5, 1.0, 1000)], axis=1))
+            return boxes
+
+    video = make_video(tmp_path / "v.mp4", num_frames=30, size=(320, 240), audio_s=1.2)
+    cfg = load_config(overrides=["detections.max_per_frame=7", "detect.batch_size=4"])
+    num_frames, width, height, _, faces, note = scan_video(video, cfg, Everywhere(), lambda *a, **k: None)
+    assert num_frames == len(faces) == 30 and (width, height) == (320, 240)
+    assert all(len(dets) == 7 for dets in faces)
+    assert [d["conf"] for d in faces[0]] == pytest.approx(np.linspace(0.5, 1.0, 1000)[-7:])
+    assert [d["frame"] for dets in faces for d in dets] == [i for i in range(30) for _ in range(7)]
+    assert note == "dropped 29790 face detections (29790 beyond 7 per frame)"
 
 
 def faststart_cut(src, dst, fraction: float = 0.5):
