@@ -11,7 +11,8 @@ Stage 1, ``run_pipeline`` (pywork/REF/):
 - ``source.json``: where that video was last seen (``path``, with ``size`` and ``sha256``); no manifest, so a
   moved video changes nothing downstream.
 - ``faces.pckl``: syncnet_python's layout, one list per frame of dicts
-  ``{'frame': int, 'bbox': [x1, y1, x2, y2], 'conf': float}``.
+  ``{'frame': int, 'bbox': [x1, y1, x2, y2], 'conf': float}``; S3FD's boxes less those
+  ``pipeline.detections`` drops (non-finite, empty, absurd, beyond ``detections.max_per_frame``).
 - ``scene.pckl``: list of shots ``(start_frame, end_frame)``, end exclusive (syncnet_python stores
   PySceneDetect FrameTimecode pairs; plain ints need no scenedetect to unpickle).
 - ``tracks.pckl``: syncnet_python's flat list over shots of
