@@ -35,6 +35,23 @@ in ``pipeline.simulate.PROFILES``):
   ``emb_noise`` 0.8 correlated over ``emb_noise_smooth_windows`` 5 windows (overlapping windows share audio)
   and a channel drift of relative size ``emb_drift`` 0.3 (random walk, knots every 30 s, interpolated).
 
+Profiles (easy / default / hard; the parameters not listed are the default profile's in all three, and
+``pipeline.simulate.PROFILES`` is the source, checked against this table by tests/test_fuse_improved.py):
+
+    p_offscreen             0.15 / 0.25 / 0.4
+    p_visible_speaking      0.9 / 0.8 / 0.65
+    bystanders_per_shot     0.1 / 0.3 / 0.6
+    p_split                 0.05 / 0.1 / 0.2
+    p_silent_face           0.05 / 0.1 / 0.2
+    dip_range               (0.7, 1.5) / (0.5, 1.3) / (0.35, 1.1)
+    dist_noise              0.2 / 0.3 / 0.4
+    vad_miss_short_p        0.1 / 0.2 / 0.35
+    vad_edge_s              0.1 / 0.1 / 0.15
+    vad_fa_per_min          1.0 / 3.0 / 6.0
+    emb_noise               0.6 / 0.8 / 1.0
+    emb_drift               0.2 / 0.3 / 0.4
+    speaker_similarity      0.25 / 0.3 / 0.35
+
 Nothing in the evidence is made for one mode: both read the same tracks, distances, VADs, identities and
 embeddings, the faithful mode exactly as av-diarization would.
 """

@@ -217,3 +217,23 @@ def test_voxconverse_mode_on_simulated_evidence_is_fuse_diarise():
     direct = fuse.diarise(evidence, sim.vad["audio"], sim.embeddings["embeddings"], CFG.diarise, "cosine", HOP_S,
                           sim.media["num_frames"], sim.media["duration_s"])
     assert run_mode(sim, CFG) == [(t.start_s, t.end_s, t.speaker) for t in direct]
+
+
+def test_the_simulator_docstring_lists_each_profile_as_it_is():
+    """scripts/simulate_fusion.py's profile table equals pipeline.simulate.PROFILES, and every parameter that
+    differs between profiles is in it."""
+    import ast
+    import dataclasses
+    import re
+
+    from tests.conftest import REPO
+
+    text = (REPO / "scripts" / "simulate_fusion.py").read_text()
+    rows = dict(re.findall(r"^    (\w+) {2,}(.+ / .+ / .+)$", text, flags=re.M))
+    assert rows
+    for name, cells in rows.items():
+        values = [ast.literal_eval(cell.strip()) for cell in cells.split(" / ")]
+        assert values == [getattr(PROFILES[p], name) for p in ("easy", "default", "hard")], name
+    differing = {f.name for f in dataclasses.fields(PROFILES["default"])
+                 if len({getattr(PROFILES[p], f.name) for p in PROFILES}) > 1}
+    assert differing <= set(rows)
