@@ -44,7 +44,7 @@ class CorpusVideo:
     reference: str
     videofile: Path
     faces: Path | None = None  # a faces.pckl to inject (user detections), or None
-    name: str = ""  # the video's path as the report shows it: relative to the corpus folder where inside it
+    name: str = ""  # the video's path as the report shows it: relative to the corpus folder (``_shown_names``)
     file_id: str = ""  # the RTTM's file id (default: the reference)
 
 
@@ -142,14 +142,16 @@ def _faces_files(paths: Sequence[Path], pattern: str, base: Path) -> list[Path]:
     return files
 
 
-def _shown_name(path: Path, base: Path | None) -> str:
-    """``path`` relative to the corpus folder where it lies inside it, else as given."""
-    if base is not None:
-        try:
-            return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
-        except ValueError:
-            pass
-    return str(path)
+def _shown_names(paths: Sequence[Path], base: Path | None) -> list[str]:
+    """The videos' paths relative to the corpus folder when all lie inside it, else relative to the deepest
+    folder that holds them all (a list naming absolute paths elsewhere), never absolute unless nothing is shared."""
+    absolute = [os.path.abspath(path) for path in paths]
+    folders = [os.path.abspath(base)] if base is not None else []
+    folders.append(os.path.commonpath([os.path.dirname(path) for path in absolute]))
+    for folder in folders:
+        if folder != os.sep and all(os.path.commonpath([folder, path]) == folder for path in absolute):
+            return [Path(os.path.relpath(path, folder)).as_posix() for path in absolute]
+    return [str(path) for path in paths]
 
 
 def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, base: str | Path | None = None,
@@ -166,7 +168,7 @@ def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, b
         raise InputError(f"--faces {faces_pattern!r} matches no file for any of the {len(paths)} videos (e.g. "
                          f"{faces_files[0]}); relative paths are relative to the corpus folder {base_dir}")
     videos, notes, taken = [], [], set()
-    for path, faces in zip(paths, faces_files):
+    for path, faces, name in zip(paths, faces_files, _shown_names(paths, base)):
         stem = re.sub(r"[^\w.+-]", "_", path.stem) or "video"
         reference, n = stem, 1
         while reference in taken:
@@ -178,7 +180,7 @@ def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, b
         if faces is not None and not faces.is_file():
             notes.append(f"no detections {faces} for {reference}: S3FD detects its faces")
             faces = None
-        videos.append(CorpusVideo(reference, path, faces, name=_shown_name(path, base),
+        videos.append(CorpusVideo(reference, path, faces, name=name,
                                   file_id=_file_id(file_id_pattern, path, reference)))
     clashes = sorted({v.file_id for v in videos if sum(w.file_id == v.file_id for w in videos) > 1})
     if clashes:

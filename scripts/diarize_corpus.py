@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, cfg, items, notes: list[str]) -> int:
     for summary in failed:
         print(f"diarize_corpus: {summary.reference}: failed: {summary.error}", file=sys.stderr)
     print(f"diarize_corpus: {len(summaries) - len(failed)} of {len(summaries)} videos done, {len(failed)} failed; "
-          f"RTTM file ids {args.file_id!r} (summary.csv lists each)")
+          f"RTTM file id of each video: {args.file_id} (summary.csv lists them)")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return min(len(failed), MAX_EXIT_FAILED)

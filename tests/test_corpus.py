@@ -148,6 +148,9 @@ def test_reference_names_from_file_names_with_clashes_reported(tmp_path):
     assert [i.reference for i in items] == ["talk", "talk-2", "my_clip", "talk-3"]  # no two share a cache
     assert len(notes) == 2 and "talk-2" in notes[0] and "talk-3" in notes[1]
     assert [i.name for i in items] == ["a/talk.mp4", "b/talk.mp4", "a/my clip.mp4", "c/talk.mp4"]
+    # a list naming absolute paths elsewhere: relative to the folder that holds them all
+    elsewhere, _ = assign_references(paths[:2], base=tmp_path / "lists")
+    assert [i.name for i in elsewhere] == ["a/talk.mp4", "b/talk.mp4"]
 
 
 def test_default_workers_take_the_smaller_of_cores_and_memory(monkeypatch):
