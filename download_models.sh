@@ -9,6 +9,8 @@
 # downloaded: the script says where to get it and where to put it, and exits non-zero while it is missing.
 # A url of the form ARCHIVE#MEMBER (not manual; resemblyzer: Resemblyzer's pretrained.pt inside its PyPI wheel) downloads the
 # zip/wheel, extracts MEMBER and checks the member's sha256; the archive itself is not kept.
+# When a file could not be put in place (offline, no direct URL, bad download), a final line on stderr says
+# which folder it belongs in and how to point the scripts at a folder that already holds the files.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,6 +42,7 @@ except Exception as err:
 }
 
 status=0
+missing=0
 while IFS=$'\t' read -r network file sha256 default url; do
     [[ -z "$network" || "$network" == \#* ]] && continue
     if [[ "$wanted" == "  " ]]; then
@@ -58,7 +61,7 @@ while IFS=$'\t' read -r network file sha256 default url; do
     fi
     if [[ "$default" == "manual" ]]; then
         echo "error: $file has no direct download: get it from $url and save it as $out" >&2
-        status=1; continue
+        status=1; missing=$((missing + 1)); continue
     fi
     echo "fetching $file"
     tmp="$out.part"
@@ -66,7 +69,7 @@ while IFS=$'\t' read -r network file sha256 default url; do
     if [[ "$url" == *"#"* ]]; then member="${url#*#}"; url="${url%%#*}"; fi
     if ! reason="$(fetch "$url" "$tmp")"; then
         echo "error: could not download $file from $url (${reason}); check the network and re-run" >&2
-        rm -f "$tmp"; status=1; continue
+        rm -f "$tmp"; status=1; missing=$((missing + 1)); continue
     fi
     if [[ -n "$member" ]] && ! reason="$(python3 - "$tmp" "$member" "$tmp.member" 2>&1 <<'PY'
 import shutil, sys, zipfile
@@ -78,14 +81,19 @@ except (OSError, KeyError, zipfile.BadZipFile) as err:
 PY
 )"; then
         echo "error: could not extract $member from $url (${reason##*$'\n'}); not kept" >&2
-        rm -f "$tmp" "$tmp.member"; status=1; continue
+        rm -f "$tmp" "$tmp.member"; status=1; missing=$((missing + 1)); continue
     fi
     [[ -z "$member" ]] || mv -f "$tmp.member" "$tmp"
     if [[ "$sha256" != "-" ]] && ! echo "$sha256  $tmp" | sha256sum -c --status; then
         echo "error: $file does not match its published sha256 (truncated or changed download); not kept" >&2
-        rm -f "$tmp"; status=1; continue
+        rm -f "$tmp"; status=1; missing=$((missing + 1)); continue
     fi
     mv -f "$tmp" "$out"
 done < "$registry"
 echo "weights folder: $dest"
+if [[ $status -ne 0 ]]; then
+    echo "error: $missing file(s) missing from $dest (the folder this script fills); copy them there from a machine" \
+         "with network access, or point the scripts at a folder that holds them: --weights_dir DIR or" \
+         "AVDIARISE_WEIGHTS_DIR=DIR; then re-run this script to check them" >&2
+fi
 exit $status

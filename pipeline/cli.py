@@ -49,7 +49,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, ignored: Sequence[str] = (
                         help=help_for("--device", "where networks run"))
     parser.add_argument("--force", action="store_true",
                         help=help_for("--force", "redo this stage even where the cache is valid"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or notes on stderr (the result still goes to stdout)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
 
 

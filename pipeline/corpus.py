@@ -6,10 +6,15 @@ others: its error becomes one line of the summary.
 
 Outputs under ``out_dir``: ``rttm/REF.rttm`` (VoxConverse's layout, one file per video), ``all.rttm`` (every
 video), ``videos/REF/`` (VIA project, plots, annotated video), ``summary.csv``, ``summary.json`` and
-``report.html`` (self-contained: the plots are embedded).
+``report.html`` (the plots are embedded; its links to the RTTMs, VIA projects and videos are relative). One
+corpus run at a time writes to an ``out_dir`` (``out_dir_locked``): a second gets one line and writes nothing.
+
+Relative paths, in a list of videos and in the ``--faces`` pattern alike, are relative to the corpus folder
+(``corpus_dir``): the list file's folder, or the folder of videos.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -22,12 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BusyError, InputError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 SUMMARY_FIELDS = ("reference", "videofile", "status", "duration_s", "tracks", "speakers", "turns", "speech_s",
                   "stage1_s", "stage2_s", "stage3_s", "stage4_s", "der", "missed_s", "false_alarm_s",
-                  "confusion_s", "jer", "error")
+                  "confusion_s", "jer", "error", "cached_stages", "file_id")
+CORPUS_LOCK = ".corpus.lock"  # in out_dir: held by the one corpus run writing there
+_HELD_OUT_DIRS: set[str] = set()  # the out_dir locks this process holds (out_dir_locked is re-entrant)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class CorpusVideo:
     reference: str
     videofile: Path
     faces: Path | None = None  # a faces.pckl to inject (user detections), or None
+    name: str = ""  # the video's path as the report shows it: relative to the corpus folder (``_shown_names``)
+    file_id: str = ""  # the RTTM's file id (default: the reference)
 
 
 @dataclass
@@ -51,15 +60,20 @@ class VideoSummary:
     speakers: int = 0
     turns: int = 0
     speech_s: float = 0.0
+    # wall time per stage of the run that computed its outputs (a stage reused from the cache: the earlier run's)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
     score: dict[str, float] = field(default_factory=dict)  # with --ref_dir: der, missed_s, ...
+    cached_stages: list[str] = field(default_factory=list)  # stages this run reused from the cache
+    name: str = ""  # the video's path relative to the corpus folder (CorpusVideo.name)
+    file_id: str = ""  # the file id its RTTM was written with (CorpusVideo.file_id)
 
     def row(self) -> dict[str, Any]:
         """One flat row of summary.csv."""
         row = {key: value for key, value in asdict(self).items() if key not in ("stage_seconds", "score")}
-        row.update({f"{stage}_s": round(self.stage_seconds.get(stage, 0.0), 3)
+        row.update({f"{stage}_s": round(self.stage_seconds[stage], 3) if stage in self.stage_seconds else ""
                     for stage in ("stage1", "stage2", "stage3", "stage4")})
+        row["cached_stages"] = " ".join(self.cached_stages)
         row.update(self.score)
         return {key: row.get(key, "") for key in SUMMARY_FIELDS}
 
@@ -80,9 +94,15 @@ class RunSettings:
 
 
 # ---- the list of videos -------------------------------------------------------------------------------
+def corpus_dir(videos: str | Path) -> Path:
+    """The folder relative paths of a corpus are relative to: a folder of videos itself, or a list's folder."""
+    source = Path(videos)
+    return source if source.is_dir() else source.parent
+
+
 def list_videos(videos: str | Path) -> list[Path]:
     """The videos of a folder (by suffix, sorted) or of a text file listing one path per line (``#`` comments;
-    relative paths are relative to the list's folder)."""
+    relative paths are relative to the list's folder, ``corpus_dir``)."""
     source = Path(videos)
     if source.is_dir():
         found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
@@ -101,12 +121,54 @@ def list_videos(videos: str | Path) -> list[Path]:
     return [path if path.is_absolute() else source.parent / path for path in paths]
 
 
-def assign_references(paths: Sequence[Path], faces_pattern: str | None = None) -> tuple[list[CorpusVideo], list[str]]:
+def _faces_files(paths: Sequence[Path], pattern: str, base: Path) -> list[Path]:
+    """The detections file ``pattern`` names for each video (``{stem}``: the video's file stem), relative to
+    ``base``; a pattern that would give several videos one file, or names a field other than ``{stem}``, is an
+    InputError."""
+    try:
+        files = [Path(pattern.format(stem=path.stem)) for path in paths]
+    except (KeyError, IndexError, ValueError) as err:
+        raise InputError(f"--faces {pattern!r}: only '{{stem}}' can be replaced ({type(err).__name__}: "
+                         f"{first_line(err)}); write a literal brace as '{{{{' or '}}}}'") from None
+    if len(paths) > 1 and "{stem}" not in pattern:
+        raise InputError(f"--faces {pattern!r} names one file for all {len(paths)} videos, which would give every "
+                         f"video the same detections: put '{{stem}}' in it (the video's file stem), e.g. "
+                         f"'dets/{{stem}}_faces.pckl'")
+    files = [file if file.is_absolute() else base / file for file in files]
+    for i, file in enumerate(files):
+        if file in files[:i] and paths[i] != paths[files.index(file)]:
+            raise InputError(f"--faces {pattern!r} gives {paths[files.index(file)]} and {paths[i]} the same "
+                             f"detections {file} (their file stems are equal): rename one, or list them separately")
+    return files
+
+
+def _shown_names(paths: Sequence[Path], base: Path | None) -> list[str]:
+    """The videos' paths relative to the corpus folder when all lie inside it, else relative to the deepest
+    folder that holds them all (a list naming absolute paths elsewhere), never absolute unless nothing is shared."""
+    absolute = [os.path.abspath(path) for path in paths]
+    folders = [os.path.abspath(base)] if base is not None else []
+    folders.append(os.path.commonpath([os.path.dirname(path) for path in absolute]))
+    for folder in folders:
+        if folder != os.sep and all(os.path.commonpath([folder, path]) == folder for path in absolute):
+            return [Path(os.path.relpath(path, folder)).as_posix() for path in absolute]
+    return [str(path) for path in paths]
+
+
+def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, base: str | Path | None = None,
+                      file_id_pattern: str = "{reference}") -> tuple[list[CorpusVideo], list[str]]:
     """A cache name per video from its file name (``stem``; clashes get ``stem-2``, ``stem-3``... in list
     order) and the notes saying which were renamed. ``faces_pattern`` (``{stem}`` is replaced by the file's
-    stem) names detections to inject where that file exists."""
+    stem; relative to ``base``, the corpus folder, default the working directory) names detections to inject
+    where that file exists; a note names each video without one, and a pattern that matches no file at all is
+    an InputError. ``file_id_pattern`` gives each RTTM's file id (``{reference}``: the cache name, ``{stem}``:
+    the file's stem); two videos with one file id are an InputError."""
+    base_dir = Path(base) if base is not None else Path(".")
+    faces_files = _faces_files(paths, faces_pattern, base_dir) if faces_pattern else [None] * len(paths)
+    if faces_pattern and not any(file.is_file() for file in faces_files):
+        raise InputError(f"--faces {faces_pattern!r} matches no file for any of the {len(paths)} videos (e.g. "
+                         f"{faces_files[0]}); relative paths are relative to the corpus folder {base_dir}")
     videos, notes, taken = [], [], set()
-    for path in paths:
+    for path, faces, name in zip(paths, faces_files, _shown_names(paths, base)):
         stem = re.sub(r"[^\w.+-]", "_", path.stem) or "video"
         reference, n = stem, 1
         while reference in taken:
@@ -115,9 +177,63 @@ def assign_references(paths: Sequence[Path], faces_pattern: str | None = None) -
         if reference != stem:
             notes.append(f"{path} is named {reference!r} in the cache ({stem!r} was taken)")
         taken.add(reference)
-        faces = Path(faces_pattern.format(stem=path.stem)) if faces_pattern else None
-        videos.append(CorpusVideo(reference, path, faces if faces is not None and faces.is_file() else None))
+        if faces is not None and not faces.is_file():
+            notes.append(f"no detections {faces} for {reference}: S3FD detects its faces")
+            faces = None
+        videos.append(CorpusVideo(reference, path, faces, name=name,
+                                  file_id=_file_id(file_id_pattern, path, reference)))
+    clashes = sorted({v.file_id for v in videos if sum(w.file_id == v.file_id for w in videos) > 1})
+    if clashes:
+        raise InputError(f"--file_id {file_id_pattern!r} gives several videos the file id {clashes[0]!r}: use "
+                         f"'{{reference}}' (unique per video) in it")
     return videos, notes
+
+
+def _file_id(pattern: str, path: Path, reference: str) -> str:
+    """The RTTM file id ``pattern`` gives one video; a bad pattern is a one-line InputError."""
+    from pipeline.export import check_file_id
+
+    try:
+        file_id = pattern.format(stem=path.stem, reference=reference)
+    except (KeyError, IndexError, ValueError) as err:
+        raise InputError(f"--file_id {pattern!r}: only '{{stem}}' and '{{reference}}' can be replaced "
+                         f"({type(err).__name__}: {first_line(err)})") from None
+    return check_file_id(file_id)
+
+
+@contextlib.contextmanager
+def out_dir_locked(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``out_dir``'s corpus lock (``fcntl.flock`` on ``out_dir/.corpus.lock``, released by the kernel
+    however the run ends) for the block; a second corpus run on the same folder gets a one-line BusyError
+    before it writes anything, so two runs never overwrite each other's summary and report. Re-entrant within
+    one process."""
+    import fcntl
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str((folder / CORPUS_LOCK).resolve())
+    if key in _HELD_OUT_DIRS:
+        yield
+        return
+    with open(folder / CORPUS_LOCK, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise BusyError(f"another corpus run is writing to --out_dir {folder}{f' ({holder})' if holder else ''}: "
+                            f"wait for it to finish, or use another --out_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        _HELD_OUT_DIRS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_OUT_DIRS.discard(key)
+            with contextlib.suppress(OSError):
+                handle.truncate(0)
 
 
 # ---- one video ------------------------------------------------------------------------------------------
@@ -133,7 +249,8 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     from pipeline.api import diarize
     from pipeline.cache import Cache
 
-    summary = VideoSummary(reference=item.reference, videofile=str(item.videofile), status="failed")
+    summary = VideoSummary(reference=item.reference, videofile=str(item.videofile), status="failed",
+                           name=item.name or str(item.videofile), file_id=item.file_id or item.reference)
     try:
         if item.faces is not None:
             cache = Cache(settings.data_dir, item.reference)
@@ -143,7 +260,8 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
         out_dir = Path(settings.out_dir) / "videos" / item.reference
         result = diarize(item.videofile, settings.data_dir, reference=item.reference, out_dir=out_dir,
                          config=settings.config, overrides=list(settings.overrides), weights_dir=settings.weights_dir,
-                         device=settings.device, force=settings.force, video=settings.video)
+                         device=settings.device, force=settings.force, video=settings.video,
+                         file_id=item.file_id or None)
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - one bad video must not stop the corpus
@@ -160,7 +278,8 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     summary.speakers = len([s for s in result.speakers if s != "unknown"])
     summary.turns = len(result.turns)
     summary.speech_s = round(sum(t.end_s - t.start_s for t in result.turns), 3)
-    summary.stage_seconds = {k: round(v, 3) for k, v in result.stage_seconds.items()}
+    summary.stage_seconds = {k: round(v, 3) for k, v in result.computed_seconds.items()}
+    summary.cached_stages = list(result.cached_stages)
     return summary
 
 
@@ -209,7 +328,7 @@ def run_local(items: Sequence[CorpusVideo], settings: RunSettings, workers: int)
                 yield future.result()
             except Exception as err:  # a worker that died (killed, out of memory)
                 yield VideoSummary(reference=item.reference, videofile=str(item.videofile), status="failed",
-                                   error=f"worker died: {first_line(err, 300)}")
+                                   error=f"worker died: {first_line(err, 300)}", name=item.name)
 
 
 def run_ray(items: Sequence[CorpusVideo], settings: RunSettings, address: str | None,
@@ -242,7 +361,7 @@ def run_ray(items: Sequence[CorpusVideo], settings: RunSettings, address: str | 
                 yield ray.get(done[0])
             except Exception as err:  # the task's worker died
                 yield VideoSummary(reference=item.reference, videofile=str(item.videofile), status="failed",
-                                   error=f"Ray task failed: {first_line(err, 300)}")
+                                   error=f"Ray task failed: {first_line(err, 300)}", name=item.name)
     finally:
         if started_here:
             ray.shutdown()
@@ -251,26 +370,28 @@ def run_ray(items: Sequence[CorpusVideo], settings: RunSettings, address: str | 
 # ---- outputs --------------------------------------------------------------------------------------------
 def score_summaries(summaries: list[VideoSummary], out_dir: Path, ref_dir: Path, collar_s: float,
                     skip_overlap: bool) -> dict[str, float] | None:
-    """DER parts and JER per video (into each summary) and overall, against ``ref_dir/REF.rttm``."""
+    """DER parts and JER per video (into each summary) and overall, against ``ref_dir/FILE_ID.rttm`` (the file
+    id is the reference unless ``--file_id`` says otherwise)."""
     from pipeline.export import read_rttm
     from pipeline.score import score
 
-    reference, hypothesis = {}, {}
+    reference, hypothesis, by_id = {}, {}, {}
     for summary in summaries:
-        ref_file = ref_dir / f"{summary.reference}.rttm"
+        file_id = summary.file_id or summary.reference
+        ref_file = ref_dir / f"{file_id}.rttm"
         if summary.status != "done" or not ref_file.is_file():
             continue
         reference.update(read_rttm(ref_file))
         hypothesis.update(read_rttm(out_dir / "rttm" / f"{summary.reference}.rttm"))
-        hypothesis.setdefault(summary.reference, [])
+        hypothesis.setdefault(file_id, [])
+        by_id[file_id] = summary
     reference = {k: v for k, v in reference.items() if v}
     if not reference:
         return None
     report = score(reference, hypothesis, collar_s=collar_s, skip_overlap=skip_overlap)
-    by_file = {f.file_id: f for f in report.files}
-    for summary in summaries:
-        if summary.reference in by_file:
-            summary.score = _score_fields(by_file[summary.reference])
+    for file_score in report.files:
+        if file_score.file_id in by_id:
+            by_id[file_score.file_id].score = _score_fields(file_score)
     return _score_fields(report.overall)
 
 
@@ -317,7 +438,17 @@ def run_corpus(items: Sequence[CorpusVideo], settings: RunSettings, *, workers: 
                skip_overlap: bool = False, notes: Sequence[str] = (),
                on_done: Callable[[VideoSummary, int, int], None] | None = None) -> tuple[list[VideoSummary],
                                                                                          dict[str, Path]]:
-    """Every video of ``items`` through the four stages; writes the corpus outputs and returns the summaries."""
+    """Every video of ``items`` through the four stages; writes the corpus outputs and returns the summaries.
+    Holds ``out_dir_locked`` throughout: a second run on the same ``out_dir`` is a BusyError, nothing written."""
+    with out_dir_locked(settings.out_dir):
+        return _run_corpus(items, settings, workers=workers, ray_address=ray_address, use_ray=use_ray,
+                           ref_dir=ref_dir, collar_s=collar_s, skip_overlap=skip_overlap, notes=notes, on_done=on_done)
+
+
+def _run_corpus(items: Sequence[CorpusVideo], settings: RunSettings, *, workers: int, ray_address: str | None,
+                use_ray: bool, ref_dir: str | Path | None, collar_s: float, skip_overlap: bool, notes: Sequence[str],
+                on_done: Callable[[VideoSummary, int, int], None] | None) -> tuple[list[VideoSummary],
+                                                                                   dict[str, Path]]:
     started = time.perf_counter()
     runner: Iterable[VideoSummary] = (run_ray(items, settings, ray_address, num_cpus=workers) if use_ray
                                       else run_local(items, settings, workers))

@@ -53,6 +53,15 @@ def rttm_token(text: str, what: str = "speaker label") -> str:
     return token
 
 
+def check_file_id(file_id: str, option: str = "--file_id") -> str:
+    """``file_id`` when it can be an RTTM file id as given (one word: RTTM's fields are split on whitespace),
+    else a one-line InputError; never changed silently, since scoring matches it against a reference's."""
+    text = str(file_id)
+    if not text or _WHITESPACE_RE.search(text):
+        raise InputError(f"{option} must be one word without spaces (RTTM's file id field), got {text!r}")
+    return text
+
+
 def _clean_turns(turns: Iterable[TurnLike]) -> list[tuple[float, float, str]]:
     """(start_s, end_s, speaker) sorted by start, zero-length turns dropped; bad times are an InputError."""
     rows = []

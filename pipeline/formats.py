@@ -83,6 +83,12 @@ Stage 3, ``cluster``:
   'lips' or 'lips+gestures' on the gesture scale, ``pipeline/lip_gesture.py``), ``mode`` and ``diarise``
   (the config section used). Its manifest records the digests of ``activesd.pckl``, ``sync.pckl`` and
   ``diarization.pckl``; stage 4 refuses it when any of them changed since.
+
+Written by ``pipeline.diarize`` (``scripts/diarize.py``, the corpus runner), not an intermediate (no manifest):
+
+- ``stage_seconds.json``: per stage (``stage1`` .. ``stage4``) ``{'seconds': float, 'mtime_ns': int}``, the wall
+  time of the run that wrote that stage's output (``tracks.pckl``, ``sync.pckl``, ``diarization.pckl``) and
+  the output's modification time then; a later run that reuses the output reports those seconds.
 """
 from __future__ import annotations
 

@@ -3,13 +3,16 @@
 matplotlib draws on its Agg canvas directly (``Figure`` + ``FigureCanvasAgg``): no display, no pyplot
 state, nothing changed for other code in the process. The colour of a speaker is the same here and in the
 annotated video (``speaker_colours``); tracks that share a colour (faces that never speak, or two tracks of
-one speaker) differ in line style and shade, and the legend sits beside the axes so it hides no curve or
-threshold. Titles (which carry the file name) use the first installed font of ``TEXT_FONT_FAMILIES`` that has
-each character; a character none of them has is shown as ``?`` rather than as a missing-glyph box and warning.
+one speaker) differ in line style and shade, and in every sync plot the legend sits beside the axes so it
+hides no curve or threshold, with an entry for the thresholds. Titles (which carry the file name) use the first
+installed font of ``TEXT_FONT_FAMILIES`` that has each character (a character none of them has is shown as
+``?`` rather than as a missing-glyph box and warning) and wrap onto more lines rather than run past the figure's
+edge. A plot without face tracks (audio only) says so in the middle, with no threshold lines to cross it.
 """
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ PALETTE_RGB: tuple[tuple[float, float, float], ...] = (
 )
 NEUTRAL_RGB = (0.5, 0.5, 0.5)
 _DPI = 100
+LEGEND_WIDTH_IN = 2.5  # room beside the axes for a sync plot's legend
 # Line styles that tell apart tracks drawn in one colour (solid first); grey shades for faces that never speak.
 LINE_STYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
 _SILENT_GREYS: tuple[float, ...] = (0.45, 0.62, 0.30)
@@ -114,8 +118,33 @@ def displayable(text: str) -> tuple[str, list[str]]:
 
 
 def _set_title(axes, title: str) -> None:
+    """The title in fonts that have its characters, wrapped so that it fits inside the figure (call it after
+    everything else is on the figure: the layout decides where the axes, and so the title, sit)."""
     shown, families = displayable(title)
-    axes.set_title(shown, fontfamily=families)
+    text = axes.set_title(shown, fontfamily=families)
+    figure = axes.get_figure()
+    for _ in range(4):
+        figure.draw_without_rendering()  # runs the constrained layout
+        box = text.get_window_extent(figure.canvas.get_renderer())
+        centre = (box.x0 + box.x1) / 2
+        room = 2 * min(centre, figure.bbox.width - centre) - 8  # centred on the axes: the nearer edge limits
+        if box.width <= room:
+            return
+        longest = max(len(line) for line in text.get_text().split("\n"))
+        text.set_text(textwrap.fill(shown, width=max(8, int(longest * room / box.width))))
+
+
+def _no_tracks(axes) -> None:
+    """Say, in the middle of an empty sync plot, that there was nothing to draw."""
+    axes.set_ylim(0.0, 1.0)
+    axes.text(0.5, 0.5, "no face tracks (audio only): no sync curve", transform=axes.transAxes, ha="center",
+              va="center", bbox={"facecolor": "white", "edgecolor": "none", "pad": 4})
+
+
+def _legend_beside(axes, num_curves: int) -> None:
+    """The legend right of the axes (``LEGEND_WIDTH_IN`` is kept for it), never over a curve or threshold."""
+    if 0 < num_curves <= 12:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
 
 
 def _figure(width_in: float, height_in: float):
@@ -157,7 +186,7 @@ def sync_figure(track_frames: Sequence[np.ndarray], confidences: Sequence[np.nda
     """The figure ``plot_sync`` saves."""
     colours = label_colours(labels)
     styles = track_styles(labels)
-    figure = _figure(_width_in(duration_s) + 2.5, 4.0)  # + room for the legend beside the axes
+    figure = _figure(_width_in(duration_s) + LEGEND_WIDTH_IN, 4.0)  # + room for the legend beside the axes
     axes = figure.add_subplot()
     for turn in turns:
         if turn.source == "av":
@@ -170,19 +199,23 @@ def sync_figure(track_frames: Sequence[np.ndarray], confidences: Sequence[np.nda
         times_s = (int(frames[0]) + np.arange(count)) / frame_rate_hz
         axes.plot(times_s, np.asarray(confidence[:count], dtype=float), lw=1.2, **styles[track_idx],
                   label=f"track {track_idx} ({labels[track_idx]})")
-    for k, threshold in enumerate(thresholds):
-        axes.axhline(threshold, color="black", lw=0.8, ls=(0, (6, 3)), alpha=0.6,
-                     label="vote thresholds" if k == 0 else None)
+    _thresholds(axes, thresholds if len(confidences) else ())
     axes.set_xlim(0.0, max(duration_s, 1e-3))
     axes.set_xlabel("time (s)")
     axes.set_ylabel("sync confidence")
-    _set_title(axes, title or "SyncNet confidence per face track (shaded: speaking)")
     axes.grid(alpha=0.3)
-    if 0 < len(confidences) <= 12:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+    _legend_beside(axes, len(confidences))
     if not len(confidences):
-        axes.text(0.5, 0.5, "no face tracks", transform=axes.transAxes, ha="center", va="center")
+        _no_tracks(axes)
+    _set_title(axes, title or "SyncNet confidence per face track (shaded: speaking)")
     return figure
+
+
+def _thresholds(axes, thresholds: Sequence[float]) -> None:
+    """The voting thresholds as dashed lines, one legend entry for them all."""
+    for k, threshold in enumerate(thresholds):
+        axes.axhline(threshold, color="black", lw=0.8, ls=(0, (6, 3)), alpha=0.6,
+                     label="vote thresholds" if k == 0 else None)
 
 
 def distinct_track_colours(labels: Sequence[str]) -> list[tuple[float, float, float]]:
@@ -222,8 +255,16 @@ def plot_sync_argmax(path: Path, track_frames: Sequence[np.ndarray], curves: Seq
     ``curves[i][j]`` belongs to frame ``track_frames[i][0] + j``; NaN values are not drawn. Dashed lines mark
     the thresholds of the VoxConverse voting rule when given.
     """
+    figure = sync_argmax_figure(track_frames, curves, labels, frame_rate_hz, duration_s, thresholds, title, ylabel)
+    return _save_png(figure, path)
+
+
+def sync_argmax_figure(track_frames: Sequence[np.ndarray], curves: Sequence[np.ndarray], labels: Sequence[str],
+                       frame_rate_hz: float, duration_s: float, thresholds: Sequence[float] = (), title: str = "",
+                       ylabel: str = "lip-sync score"):
+    """The figure ``plot_sync_argmax`` saves."""
     colours = distinct_track_colours(labels)
-    figure = _figure(_width_in(duration_s), 4.0)
+    figure = _figure(_width_in(duration_s) + LEGEND_WIDTH_IN, 4.0)  # + room for the legend beside the axes
     axes = figure.add_subplot()
     num_frames = max([int(round(duration_s * frame_rate_hz))] +
                      [int(np.asarray(f)[0]) + len(f) for f in track_frames if len(f)])
@@ -236,22 +277,25 @@ def plot_sync_argmax(path: Path, track_frames: Sequence[np.ndarray], curves: Seq
         times_s = (int(np.asarray(frames)[0]) + np.arange(count)) / frame_rate_hz
         axes.plot(times_s, np.asarray(curve[:count], dtype=float), color=colours[track_idx], lw=1.2,
                   label=f"face {track_idx} ({labels[track_idx]})")
-    for threshold in thresholds:
-        axes.axhline(threshold, color="black", lw=0.8, ls="--", alpha=0.6)
+    _thresholds(axes, thresholds if len(curves) else ())
     axes.set_xlim(0.0, max(duration_s, 1e-3))
     axes.set_xlabel("time (s)")
     axes.set_ylabel(ylabel)
-    axes.set_title(title or "lip-sync score per face (shaded: the face with the highest score)")
     axes.grid(alpha=0.3)
-    if 0 < len(curves) <= 12:
-        axes.legend(loc="upper right", fontsize="small", ncols=min(4, len(curves)))
+    _legend_beside(axes, len(curves))
     if not len(curves):
-        axes.text(0.5, 0.5, "no face tracks", transform=axes.transAxes, ha="center", va="center")
-    return _save_png(figure, path)
+        _no_tracks(axes)
+    _set_title(axes, title or "lip-sync score per face (shaded: the face with the highest score)")
+    return figure
 
 
 def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: str = "") -> Path:
     """One row per speaker with its turns as bars: solid when a face was seen speaking, hatched for voice only."""
+    return _save_png(timeline_figure(turns, duration_s, title), path)
+
+
+def timeline_figure(turns: Sequence[Turn], duration_s: float, title: str = ""):
+    """The figure ``plot_timeline`` saves."""
     speakers = sorted({turn.speaker for turn in turns}, key=lambda s: (s == UNKNOWN_SPEAKER, s))
     colours = speaker_colours(speakers)
     figure = _figure(_width_in(duration_s), 1.2 + 0.4 * max(1, len(speakers)))
@@ -267,11 +311,11 @@ def plot_timeline(path: Path, turns: Sequence[Turn], duration_s: float, title: s
     axes.invert_yaxis()
     axes.set_xlim(0.0, max(duration_s, max((t.end_s for t in turns), default=0.0), 1e-3))
     axes.set_xlabel("time (s)")
-    _set_title(axes, title or "speakers (solid: face seen speaking; hatched: voice only)")
     axes.grid(axis="x", alpha=0.3)
     if not speakers:
         axes.text(0.5, 0.5, "no speech found", transform=axes.transAxes, ha="center", va="center")
-    return _save_png(figure, path)
+    _set_title(axes, title or "speakers (solid: face seen speaking; hatched: voice only)")
+    return figure
 
 
 def rgb_to_bgr255(rgb: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -293,7 +337,9 @@ __all__ = [
     "displayable",
     "rgb_to_bgr255",
     "speaker_colours",
+    "sync_argmax_figure",
     "sync_figure",
+    "timeline_figure",
     "track_labels",
     "track_styles",
 ]

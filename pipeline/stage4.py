@@ -6,8 +6,8 @@ and for the video pyavi/REF/audio.wav and the original video. The confidence cur
 are those stage 3 decided with (sync_curves.pckl), never recomputed with stage 4's own ``diarise`` config,
 and each of stage 3's outputs must have been made from the current upstream outputs. Writes, all atomically, into pywork/REF/:
 
-- ``REF.rttm``: the turns (file id REF);
-- ``REF_via.json``: the VIA 3 project on the original video;
+- ``REF.rttm``: the turns (file id REF, or ``file_id``: the name a reference RTTM gives the recording);
+- ``REF_via.json``: the VIA 3 project on the original video (named after the same file id);
 - ``REF_sync.png``: every face track's sync confidence over time, speaking spans shaded (Wav2Lip evidence or
   ``diarise.mode: argmax``: the smoothed curves with, per frame, the face with the highest shaded);
 - ``REF_timeline.png``: the speakers' turns;
@@ -119,8 +119,13 @@ def output_names(reference: str) -> dict[str, str]:
 
 
 def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = False,
-              out_dir: str | Path | None = None, progress: Callable[..., None] | None = None) -> dict[str, Path]:
-    """Write stage 4's outputs for one cached video; returns kind -> path (in ``out_dir`` when given)."""
+              out_dir: str | Path | None = None, progress: Callable[..., None] | None = None,
+              file_id: str | None = None) -> dict[str, Path]:
+    """Write stage 4's outputs for one cached video; returns kind -> path (in ``out_dir`` when given).
+    ``file_id`` is the RTTM's and VIA project's file id (default: ``reference``)."""
+    from pipeline.export import check_file_id
+
+    file_id = reference if file_id is None else check_file_id(file_id)
     cache = Cache(data_dir, reference, create=False)
     inputs = load_inputs(cache)
     source_path = str(cache.source_video(inputs.media))
@@ -130,7 +135,7 @@ def visualise(data_dir: str | Path, reference: str, cfg: Section, video: bool = 
     outputs: dict[str, Path] = {}
     try:
         for name in available_writers():
-            outputs[name] = get_writer(name)[1](inputs.turns, cache.work(names[name]), file_id=reference,
+            outputs[name] = get_writer(name)[1](inputs.turns, cache.work(names[name]), file_id=file_id,
                                                 video_path=source_path)
         outputs.update(_plots(cache, inputs, cfg, names, confidences, labels))
         if video:

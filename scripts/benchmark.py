@@ -243,14 +243,14 @@ def main(args: argparse.Namespace) -> int:
             weights_dir = write_random_checkpoints(scratch / "weights")
             if "gestsync" not in skip:
                 random_gestsync_checkpoint(weights_dir, str(cfg.gestsync.checkpoint))
-            print(f"benchmark: seeded random checkpoints in {weights_dir} (published ones not found)")
+            print(f"benchmark: seeded random checkpoints in {weights_dir} (published ones not found)", file=sys.stderr)
         else:
             if not (weights_dir / cfg.wav2lip.checkpoint).is_file():
                 skip.add("wav2lip")
-                print(f"benchmark: no {cfg.wav2lip.checkpoint} in {weights_dir}: the Wav2Lip expert is not timed")
+                print(f"benchmark: no {cfg.wav2lip.checkpoint} in {weights_dir}: the Wav2Lip expert is not timed", file=sys.stderr)
             if not (weights_dir / cfg.gestsync.checkpoint).is_file():
                 skip.add("gestsync")
-                print(f"benchmark: no {cfg.gestsync.checkpoint} in {weights_dir}: GestSync is not timed")
+                print(f"benchmark: no {cfg.gestsync.checkpoint} in {weights_dir}: GestSync is not timed", file=sys.stderr)
         print(f"benchmark: {videofile.name}: {info.width}x{info.height}, {info.duration_s:.2f} s, device {device}")
         timer = Timer(info.duration_s or 1.0)
         bench_decode(videofile, cfg, timer)

@@ -4,7 +4,8 @@
     python scripts/diarize.py --videofile V --data_dir D [--out_dir O] [--video]
 
 Runs run_pipeline, run_syncnet, cluster and visualise in order; writes REF.rttm, REF_via.json and the
-plots (and with --video the annotated video) to pywork/REF/ and, with --out_dir, copies them there.
+plots (and with --video the annotated video) to pywork/REF/ and, with --out_dir, copies them there. The result
+(counts, the RTTM's file id, the output paths) goes to stdout; progress and notes to stderr.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(a wav: no faces, the voices alone; no --video)")
     parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages")
     parser.add_argument("--reference", default=None, help="name of this video in the cache (default: file name)")
+    parser.add_argument("--file_id", default=None,
+                        help="file id written in the RTTM and VIA project (default: the reference); give the name "
+                             "your reference RTTM uses for this recording, so that scoring matches them")
     parser.add_argument("--out_dir", default=None, help="also copy the RTTM, VIA JSON, plots (and video) here")
     parser.add_argument("--video", action="store_true", help="also write the annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
@@ -58,6 +62,10 @@ def main(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         writable_dir(args.out_dir, "--out_dir")  # fail before hours of work, not after
     check_reference(args.reference or default_reference(args.videofile))
+    if args.file_id is not None:
+        from pipeline.export import check_file_id
+
+        check_file_id(args.file_id)
     from pipeline.api import diarize  # torch: only after the arguments pass
     from pipeline.stage3 import summary
 
@@ -71,14 +79,15 @@ def main(args: argparse.Namespace) -> int:
         result = diarize(args.videofile, args.data_dir, reference=args.reference, out_dir=args.out_dir, config=cfg,
                          weights_dir=args.weights_dir, device=args.device, force=args.force, video=args.video,
                          vad=args.vad, speaker_model=args.speaker_model, progress=progress,
-                         on_stage=lambda stage: info(f"diarize: {messages[stage]}", args.quiet))
+                         on_stage=lambda stage: info(f"diarize: {messages[stage]}", args.quiet),
+                         file_id=args.file_id)
     finally:
         progress.close()
     for note in result.notes:
         info(f"diarize: note: {note}", args.quiet)
     counts = summary(result.turns)
     print(f"diarize: {result.reference}: {counts['turns']} turns, {len(counts['speakers'])} speakers, "
-          f"{result.num_tracks} face tracks")
+          f"{result.num_tracks} face tracks; RTTM file id {result.file_id!r}")
     for kind, path in result.outputs.items():
         print(f"  {kind}: {path}")
     return 0

@@ -26,7 +26,9 @@ MAX_EXIT_FAILED = 100
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diarize_corpus.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", required=True, help="a folder of videos, or a text file with one path per line")
+    parser.add_argument("--videos", required=True,
+                        help="a folder of videos, or a text file with one path per line (relative paths are "
+                             "relative to the list's folder)")
     parser.add_argument("--data_dir", required=True, help="cache folder shared by all stages and videos")
     parser.add_argument("--out_dir", required=True, help="where the RTTMs, summaries and report.html go")
     parser.add_argument("--workers", type=int, default=None,
@@ -34,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run each video as a Ray task: on the cluster at ADDRESS ('auto' after `ray start "
                              "--head`), or on a local Ray instance when no address is given")
-    parser.add_argument("--ref_dir", default=None, help="folder of reference REF.rttm files: DER/JER per video")
+    parser.add_argument("--ref_dir", default=None,
+                        help="folder of reference FILE_ID.rttm files (see --file_id): DER/JER per video")
     parser.add_argument("--faces", default=None, metavar="PATTERN",
                         help="detections to inject per video, '{stem}' replaced by the video's file stem, e.g. "
-                             "'dets/{stem}_faces.pckl' (syncnet_python's faces.pckl layout)")
+                             "'dets/{stem}_faces.pckl' (syncnet_python's faces.pckl layout); a relative pattern is "
+                             "relative to the corpus folder, as the list's paths are (the list's folder, or the "
+                             "folder of videos). Without '{stem}' only for a corpus of one video")
+    parser.add_argument("--file_id", default="{reference}", metavar="PATTERN",
+                        help="file id of each video's RTTM: '{reference}' (default, the cache name) or '{stem}' (the "
+                             "file's stem), within a longer id if you like; it names the reference RTTM --ref_dir "
+                             "holds (FILE_ID.rttm)")
     parser.add_argument("--video", action="store_true", help="also write each annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
@@ -50,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.corpus import RunSettings, assign_references, list_videos
+    from pipeline.corpus import assign_references, corpus_dir, list_videos, out_dir_locked
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
@@ -63,19 +72,25 @@ def main(args: argparse.Namespace) -> int:
     writable_dir(args.data_dir, "--data_dir")
     if args.ref_dir is not None and not Path(args.ref_dir).is_dir():
         raise InputError(f"--ref_dir {args.ref_dir} is not a folder")
-    items, notes = assign_references(list_videos(args.videos), args.faces)
-    for note in notes:
-        info(f"diarize_corpus: note: {note}", args.quiet)
+    items, notes = assign_references(list_videos(args.videos), args.faces, base=corpus_dir(args.videos),
+                                     file_id_pattern=args.file_id)
+    with out_dir_locked(args.out_dir):  # a second run on this --out_dir: one line, before anything is written
+        for note in notes:
+            info(f"diarize_corpus: note: {note}", args.quiet)
+        return _run(args, cfg, items, notes)
+
+
+def _run(args: argparse.Namespace, cfg, items, notes: list[str]) -> int:
+    import os
 
     from pipeline.cli import resolve_device
-    from pipeline.corpus import default_workers, run_corpus
+    from pipeline.corpus import RunSettings, default_workers, run_corpus
 
     device = resolve_device(args.device).type
     workers = args.workers or default_workers(device)
-    import os
 
     settings = RunSettings(data_dir=str(args.data_dir), out_dir=str(args.out_dir), config=args.config,
-                           overrides=tuple(overrides), weights_dir=args.weights_dir, device=device,
+                           overrides=tuple(args.overrides), weights_dir=args.weights_dir, device=device,
                            force=args.force, video=args.video,
                            threads_per_worker=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     where = f"Ray ({args.ray or 'local'})" if args.ray is not None else f"{workers} worker(s)"
@@ -89,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
     failed = [s for s in summaries if s.status != "done"]
     for summary in failed:
         print(f"diarize_corpus: {summary.reference}: failed: {summary.error}", file=sys.stderr)
-    print(f"diarize_corpus: {len(summaries) - len(failed)} of {len(summaries)} videos done, {len(failed)} failed")
+    print(f"diarize_corpus: {len(summaries) - len(failed)} of {len(summaries)} videos done, {len(failed)} failed; "
+          f"RTTM file id of each video: {args.file_id} (summary.csv lists them)")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return min(len(failed), MAX_EXIT_FAILED)

@@ -5,6 +5,9 @@
     python scripts/run_syncnet.py --videofile CLIP.avi [--features OUT.npz]   # one face clip, like the demo
     python scripts/run_syncnet.py --videofile FACE.avi --sync_model wav2lip   # Wav2Lip's expert on one face clip
     python scripts/run_syncnet.py --videofile PERSON.mp4 --sync_model gestsync   # GestSync on one whole-frame clip
+
+Results on stdout (cache mode: one line saying what was written where; one clip: exactly the demo's lines, as
+syncnet_python prints them, for scripts that parse them); progress and notes on stderr.
 """
 from __future__ import annotations
 
@@ -113,24 +116,21 @@ def run_cache(args: argparse.Namespace) -> int:
             out = run_stage2(cache, cfg, args.weights_dir, resolve_device(args.device), args.force, progress)
         finally:
             progress.close()
-    where = cache.work_dir
-    if out.reused:
-        info(f"SyncNet results for {reference!r} are up to date in {where} (use --force to redo)", args.quiet)
-    elif out.num_tracks == 0:
-        info(f"no face tracks in {reference!r}: wrote empty activesd.pckl, sync.pckl and offsets.txt to {where}",
-             args.quiet)
-    elif out.sync.get("model") == "wav2lip":
-        info(f"Wav2Lip expert on {out.num_tracks} tracks in {progress.seconds.get('wav2lip', 0.0):.1f} s: "
-             f"wrote activesd.pckl, sync.pckl, offsets.txt to {where}", args.quiet)
-    elif out.sync.get("model") == "gestsync":
-        info(f"GestSync on {out.num_tracks} tracks ({out.sync['persons']} regions) in "
-             f"{progress.seconds.get('gestsync', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
-             args.quiet)
-    else:
-        info(f"SyncNet ({out.sync['metric']}) on {out.num_tracks} tracks in "
-             f"{progress.seconds.get('syncnet', 0.0):.1f} s: wrote activesd.pckl, sync.pckl, offsets.txt to {where}",
-             args.quiet)
+    print(f"run_syncnet: {reference}: {_cache_summary(out, progress, cache.work_dir)}", flush=True)  # the result
     return 0
+
+
+def _cache_summary(out, progress: Progress, where: Path) -> str:
+    """What stage 2 did for the reference, and where its outputs are."""
+    if out.reused:
+        return f"results up to date in {where} (use --force to redo)"
+    if out.num_tracks == 0:
+        return f"no face tracks: wrote empty activesd.pckl, sync.pckl and offsets.txt to {where}"
+    model = out.sync.get("model", "syncnet")
+    what = {"wav2lip": "Wav2Lip expert", "gestsync": f"GestSync ({out.sync.get('persons')} regions)"}.get(
+        model, f"SyncNet ({out.sync.get('metric')})")
+    return (f"{what} on {out.num_tracks} tracks in {progress.seconds.get(model, 0.0):.1f} s: "
+            f"wrote activesd.pckl, sync.pckl, offsets.txt to {where}")
 
 
 def main(args: argparse.Namespace) -> int:

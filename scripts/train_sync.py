@@ -17,7 +17,6 @@ from pipeline.cli import (  # noqa: E402
     add_config_args,
     add_runtime_args,
     config_from_args,
-    info,
     resolve_device,
     run_main,
     writable_dir,
@@ -105,9 +104,9 @@ def main(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    info(f"trained {result.steps_done} steps at {result.samples_per_s:.1f} lip windows/s; best validation loss "
-         f"{result.best_val_loss:.4g} at step {result.best_step} -> {result.checkpoint} "
-         f"(use --weights_dir {out_dir}); curves in {out_dir / 'losses.png'}", args.quiet)
+    print(f"train_sync: trained {result.steps_done} steps at {result.samples_per_s:.1f} lip windows/s; best "
+          f"validation loss {result.best_val_loss:.4g} at step {result.best_step} -> {result.checkpoint} "
+          f"(use --weights_dir {out_dir}); curves in {out_dir / 'losses.png'}", flush=True)  # the result, even --quiet
     return 0
 
 

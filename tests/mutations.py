@@ -1,10 +1,11 @@
-"""Reintroduce, one at a time, the small bugs issue 13 listed, and check that the fast tests catch each.
+"""Reintroduce, one at a time, the small bugs issues 13 and 22 listed, and check that the fast tests catch each.
 
 Run by hand from the repository root (not collected by pytest: its name does not start with ``test_``):
 
-    python tests/mutations.py
+    python tests/mutations.py [WORD ...]    # WORD: only the mutations of files whose path contains it
 
-Each mutation edits one file, runs the listed tests, and restores the file whatever happens.
+Each mutation edits one file, runs the listed tests (``TESTS``, or its own), and restores the file whatever
+happens.
 """
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_reference_values.py", "tests/test_fuse.py", "tests/test_track_crop.py"]
 
-# (file, text to find, replacement)
+# Issue 22's corpus and report bugs, with the fast tests that catch them (a few seconds, no video decoded).
+CORPUS_TESTS = ["tests/test_corpus.py", "-k", "reference_names or default_workers or faces or second_run or file_id"]
+REPORT_TESTS = ["tests/test_corpus_report_browser.py", "-k", "numbers"]
+PLOT_TESTS = ["tests/test_plots_legible.py"]
+
+# (file, text to find, replacement[, tests to run instead of TESTS])
 MUTATIONS = [
     ("pipeline/fuse.py", "votes[confidence > threshold] += 1", "votes[confidence >= threshold] += 1"),
     ("pipeline/fuse.py", "if v > 0 and n > min_utterance_frames", "if v > 0 and n >= min_utterance_frames"),
@@ -29,10 +35,35 @@ MUTATIONS = [
     ("configs/default.yaml", "conf_medfilt_frames: 25 ", "conf_medfilt_frames: 9 "),
     ("configs/default.yaml", "closing_frames: 12 ", "closing_frames: 10 "),
     ("configs/default.yaml", "majority_filter_frames: 25 ", "majority_filter_frames: 15 "),
+    # a third clashing video name gets the second one's name again: two videos share a cache
+    ("pipeline/corpus.py", "        while reference in taken:", "        if reference in taken:", CORPUS_TESTS),
+    # 32 workers on a 16-core 128 GB machine
+    ("pipeline/corpus.py", "return max(1, min(cores // 2, int(memory_gb // 4)))",
+     "return max(1, max(cores // 2, int(memory_gb // 4)))", CORPUS_TESTS),
+    # --faces without {stem}: every video gets the same detections
+    ("pipeline/corpus.py", """    if len(paths) > 1 and "{stem}" not in pattern:""", "    if False:", CORPUS_TESTS),
+    # two corpus runs on one out_dir
+    ("pipeline/corpus.py", "            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)", "            pass",
+     CORPUS_TESTS),
+    # a rerun that reused the cache reports its own cache hits' times (0.0/0.1/0.2 s)
+    ("pipeline/api.py", 'computed[stage] = float(earlier["seconds"])', "computed[stage] = float(took_s)",
+     CORPUS_TESTS[:2] + [CORPUS_TESTS[2] + " or stage_times"]),
+    # a per-video DER shown as the fraction (0.12 % for 12 %)
+    ("pipeline/report.py", 'return f"{100 * fraction:.2f} %"', 'return f"{fraction:.2f} %"', REPORT_TESTS),
+    # the sync plots: Wav2Lip/GestSync legend inside the axes, thresholds without a legend entry, a title past
+    # the figure's edge, threshold lines across the audio-only text
+    ("pipeline/plots.py", "    _legend_beside(axes, len(curves))", '    axes.legend(loc="upper right", fontsize="small")',
+     PLOT_TESTS),
+    ("pipeline/plots.py", 'label="vote thresholds" if k == 0 else None)', "label=None)", PLOT_TESTS),
+    ("pipeline/plots.py", "        if box.width <= room:", "        if True:", PLOT_TESTS),
+    ("pipeline/plots.py", "_thresholds(axes, thresholds if len(curves) else ())", "_thresholds(axes, thresholds)",
+     PLOT_TESTS),
+    ("pipeline/plots.py", "_thresholds(axes, thresholds if len(confidences) else ())", "_thresholds(axes, thresholds)",
+     PLOT_TESTS),
 ]
 
 
-def run(file: str, old: str, new: str) -> bool:
+def run(file: str, old: str, new: str, tests: list[str] | None = None) -> bool:
     """True when the tests fail with the mutation in place (the bug is caught)."""
     path = ROOT / file
     original = path.read_text(encoding="utf-8")
@@ -40,22 +71,23 @@ def run(file: str, old: str, new: str) -> bool:
         raise SystemExit(f"{file}: expected exactly one {old!r}")
     try:
         path.write_text(original.replace(old, new), encoding="utf-8")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *(tests or TESTS)],
                               cwd=ROOT, capture_output=True, text=True)
         return proc.returncode != 0
     finally:
         path.write_text(original, encoding="utf-8")
 
 
-def main() -> int:
+def main(words: list[str]) -> int:
     missed = 0
-    for file, old, new in MUTATIONS:
-        caught = run(file, old, new)
+    chosen = [m for m in MUTATIONS if not words or any(word in m[0] for word in words)]
+    for file, old, new, *tests in chosen:
+        caught = run(file, old, new, *tests)
         missed += not caught
         print(f"{'caught' if caught else 'MISSED'}  {file}: {old.strip()!r} -> {new.strip()!r}", flush=True)
-    print(f"{len(MUTATIONS) - missed} of {len(MUTATIONS)} caught")
+    print(f"{len(chosen) - missed} of {len(chosen)} caught")
     return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from models.random_weights import write_random_checkpoints
-from pipeline.corpus import CorpusVideo, RunSettings, assign_references, list_videos, run_corpus
+from pipeline.corpus import (
+    CorpusVideo,
+    RunSettings,
+    assign_references,
+    default_workers,
+    list_videos,
+    out_dir_locked,
+    run_corpus,
+)
 from tests.conftest import DETECTIONS, REPO, VIDEOS
 
 SCRIPT = REPO / "scripts" / "diarize_corpus.py"
@@ -85,6 +93,15 @@ def test_rerun_resumes_from_the_cache_and_scores_zero_against_its_own_rttms(loca
     scored = [v for v in summary["videos"] if v["score"]]
     assert scored and all(v["score"]["der"] == 0.0 for v in scored)
     assert "DER 0.00 %" in (root / "out2" / "report.html").read_text()
+    # the stage times shown are those of the first run, which computed stages 1-3, not the cache hits'
+    first = {v["reference"]: v for v in json.loads((root / "out" / "summary.json").read_text())["videos"]}
+    for video in summary["videos"]:
+        if video["status"] == "done":
+            assert video["cached_stages"] == ["stage1", "stage2", "stage3"]
+            assert first[video["reference"]]["cached_stages"] == []
+            for stage in ("stage1", "stage2", "stage3"):
+                assert video["stage_seconds"][stage] == first[video["reference"]]["stage_seconds"][stage]
+            assert video["stage_seconds"]["stage1"] > 0.5  # decoding, tracking and crops, not a cache hit
 
 
 def test_ray_gives_the_same_rttms(local_run, weights, tmp_path):
@@ -125,12 +142,72 @@ def test_killed_run_completes_redoing_only_the_unfinished(tmp_path, weights):
 
 
 def test_reference_names_from_file_names_with_clashes_reported(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    paths = [tmp_path / "a" / "talk.mp4", tmp_path / "b" / "talk.mp4", tmp_path / "a" / "my clip.mp4"]
-    items, notes = assign_references(paths)
-    assert [i.reference for i in items] == ["talk", "talk-2", "my_clip"]
-    assert len(notes) == 1 and "talk-2" in notes[0]
+    paths = [tmp_path / "a" / "talk.mp4", tmp_path / "b" / "talk.mp4", tmp_path / "a" / "my clip.mp4",
+             tmp_path / "c" / "talk.mp4"]
+    items, notes = assign_references(paths, base=tmp_path)
+    assert [i.reference for i in items] == ["talk", "talk-2", "my_clip", "talk-3"]  # no two share a cache
+    assert len(notes) == 2 and "talk-2" in notes[0] and "talk-3" in notes[1]
+    assert [i.name for i in items] == ["a/talk.mp4", "b/talk.mp4", "a/my clip.mp4", "c/talk.mp4"]
+    # a list naming absolute paths elsewhere: relative to the folder that holds them all
+    elsewhere, _ = assign_references(paths[:2], base=tmp_path / "lists")
+    assert [i.name for i in elsewhere] == ["a/talk.mp4", "b/talk.mp4"]
+
+
+def test_default_workers_take_the_smaller_of_cores_and_memory(monkeypatch):
+    gib = 2**30
+    for cores, memory_gib, expected in ((16, 128, 8), (64, 16, 4), (2, 128, 1), (1, 1, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(os, "sysconf", lambda name, m=memory_gib: 4096 if name == "SC_PAGE_SIZE" else m * gib // 4096)
+        assert default_workers("cpu") == expected, (cores, memory_gib)
+
+
+def test_faces_pattern_relative_to_the_corpus_folder_and_one_file_per_video(tmp_path):
+    (tmp_path / "dets").mkdir()
+    (tmp_path / "dets" / "a_faces.pckl").write_bytes(b"x")
+    paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    items, notes = assign_references(paths, "dets/{stem}_faces.pckl", base=tmp_path)
+    assert items[0].faces == tmp_path / "dets" / "a_faces.pckl" and items[1].faces is None
+    assert notes == [f"no detections {tmp_path / 'dets' / 'b_faces.pckl'} for b: S3FD detects its faces"]
+    with pytest.raises(Exception, match="one file for all 2 videos"):
+        assign_references(paths, "dets/a_faces.pckl", base=tmp_path)
+    single, _ = assign_references(paths[:1], "dets/a_faces.pckl", base=tmp_path)  # one video: one file is right
+    assert single[0].faces == tmp_path / "dets" / "a_faces.pckl"
+    with pytest.raises(Exception, match="matches no file"):
+        assign_references(paths, "elsewhere/{stem}.pckl", base=tmp_path)
+    with pytest.raises(Exception, match="only '{stem}'"):
+        assign_references(paths, "dets/{name}.pckl", base=tmp_path)
+    with pytest.raises(Exception, match="the same detections"):  # two talk.mp4 in different folders
+        assign_references([tmp_path / "x" / "a.mp4", tmp_path / "y" / "a.mp4"], "dets/{stem}_faces.pckl", base=tmp_path)
+
+
+def test_faces_without_stem_for_a_list_is_one_line_and_nothing_written(tmp_path):
+    listing = tmp_path / "list" / "videos.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"{VIDEOS / (CLIPS[0] + '.mp4')}\n{VIDEOS / (CLIPS[3] + '.mp4')}\n")
+    faces = str(DETECTIONS / f"{CLIPS[0]}_haar_faces.pckl")  # one clip's detections for both
+    proc = corpus("--videos", str(listing), "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"),
+                  "--faces", faces)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "one file for all 2 videos" in proc.stderr and "{stem}" in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "data" / "pywork").exists() and not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_second_run_on_one_out_dir_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("the first run's\n")
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{VIDEOS / (CLIPS[0] + '.mp4')}\n")
+    with out_dir_locked(out):  # the first run, still working
+        proc = corpus("--videos", str(listing), "--data_dir", str(tmp_path / "data"), "--out_dir", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "another corpus run is writing to --out_dir" in proc.stderr
+    assert f"process {os.getpid()}" in proc.stderr
+    assert (out / "summary.csv").read_text() == "the first run's\n"
+    assert not (out / "report.html").exists() and not (tmp_path / "data" / "pywork").exists()
+    with out_dir_locked(out), out_dir_locked(out):  # free again once the first ends; re-entrant in one process
+        pass
 
 
 def test_bad_video_list_is_one_line(tmp_path):
@@ -142,3 +219,36 @@ def test_bad_video_list_is_one_line(tmp_path):
     with pytest.raises(Exception, match="no videos"):
         list_videos(tmp_path / "empty")
     assert isinstance(CorpusVideo("x", tmp_path), CorpusVideo)
+
+
+def test_file_id_pattern_per_video_and_never_shared(tmp_path):
+    paths = [tmp_path / "a" / "talk.mp4", tmp_path / "b" / "talk.mp4"]
+    items, _ = assign_references(paths, file_id_pattern="show_{reference}")
+    assert [i.file_id for i in items] == ["show_talk", "show_talk-2"]
+    assert [i.file_id for i in assign_references(paths[:1], file_id_pattern="{stem}")[0]] == ["talk"]
+    with pytest.raises(Exception, match="several videos the file id 'talk'"):
+        assign_references(paths, file_id_pattern="{stem}")
+    with pytest.raises(Exception, match="only '{stem}' and '{reference}'"):
+        assign_references(paths, file_id_pattern="{name}")
+    with pytest.raises(Exception, match="one word"):
+        assign_references(paths, file_id_pattern="my {reference}")
+
+
+def test_stage_times_of_the_run_that_computed_them(tmp_path):
+    from pipeline.api import STAGE_TIMES_FILE, record_stage_seconds
+    from pipeline.cache import Cache
+
+    cache = Cache(tmp_path, "v")
+    tracks = cache.work("tracks.pckl")
+    started = time.time_ns()
+    tracks.write_bytes(b"first")
+    assert record_stage_seconds(cache, {"stage1": 12.0, "stage4": 1.0}, started) == ({"stage1": 12.0, "stage4": 1.0}, [])
+    # a rerun that reuses tracks.pckl reports the 12 s of the run that wrote it, not its own cache hit
+    assert record_stage_seconds(cache, {"stage1": 0.01, "stage4": 0.9}, time.time_ns()) == (
+        {"stage1": 12.0, "stage4": 0.9}, ["stage1"])
+    started = time.time_ns()
+    time.sleep(0.01)
+    tracks.write_bytes(b"second")  # redone
+    assert record_stage_seconds(cache, {"stage1": 5.0}, started) == ({"stage1": 5.0}, [])
+    cache.work(STAGE_TIMES_FILE).unlink()  # a cache from before the records: reused, time unknown
+    assert record_stage_seconds(cache, {"stage1": 0.02}, time.time_ns()) == ({}, ["stage1"])

@@ -57,6 +57,15 @@ def test_diarize_writes_every_output(tmp_path, random_weights, name):
     again = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--weights_dir", str(random_weights))
     assert again.returncode == 0, again.stderr  # second run reuses the cache
 
+    if name == "gestsync_sync_offset0":  # the file id a reference RTTM uses, written and said on stdout
+        named = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--weights_dir",
+                        str(random_weights), "--file_id", "offset0_ref", "--out_dir", str(tmp_path / "named"))
+        assert named.returncode == 0, named.stderr
+        assert "RTTM file id 'offset0_ref'" in named.stdout and "RTTM file id" not in named.stderr
+        assert set(read_rttm(tmp_path / "named" / f"{name}.rttm")) == {"offset0_ref"}
+        bad = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--file_id", "two words")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--file_id must be one word" in bad.stderr
+
     if name == "gestsync_asd2spk_b":  # Wav2Lip's expert and the argmax rule on the same cache (stage 1 reused)
         expert = diarize("--videofile", str(clip(name)), "--data_dir", str(data_dir), "--weights_dir",
                          str(random_weights), "--sync_model", "wav2lip", "--fusion", "argmax", "--out_dir",

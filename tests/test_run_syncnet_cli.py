@@ -109,17 +109,18 @@ def test_silent_clip_reports_nan(tmp_path, weights_dir, capsys):
 def test_cache_mode(tmp_path, weights_dir, capsys):
     make_stage1_cache(tmp_path, "vid", [(noise_frames(10), speechlike(10 * SPF))])
     args = ["--data_dir", str(tmp_path), "--reference", "vid", "--weights_dir", str(weights_dir)]
-    code, out, err = run(args, capsys)
-    assert code == 0 and out == "" and "on 1 tracks" in err
+    code, out, err = run(args, capsys)  # the result on stdout, once; stderr for progress and notes only
+    assert code == 0 and err == "" and out.count("\n") == 1 and out.startswith("run_syncnet: vid: SyncNet (cosine) on 1 tracks")
+    assert out.rstrip().endswith(f"offsets.txt to {tmp_path / 'pywork' / 'vid'}")
     assert (tmp_path / "pywork" / "vid" / "offsets.txt").is_file()
-    code, _, err = run(args, capsys)
-    assert code == 0 and "up to date" in err
-    code, _, err = run(args + ["--force", "--quiet"], capsys)
-    assert code == 0 and err == ""
+    code, out, err = run(args, capsys)
+    assert code == 0 and "up to date" in out and err == ""
+    code, out, err = run(args + ["--force", "--quiet"], capsys)  # --quiet: no progress, the result still
+    assert code == 0 and err == "" and "on 1 tracks" in out
     # --videofile names the reference, as in syncnet_python's run_syncnet.py
-    code, _, err = run(["--data_dir", str(tmp_path), "--videofile", "some/where/vid.mp4",
+    code, out, _ = run(["--data_dir", str(tmp_path), "--videofile", "some/where/vid.mp4",
                         "--weights_dir", str(weights_dir)], capsys)
-    assert code == 0 and "up to date" in err
+    assert code == 0 and "up to date" in out
 
 
 def test_cache_mode_errors_and_zero_tracks(tmp_path, weights_dir, capsys):
@@ -133,6 +134,6 @@ def test_cache_mode_errors_and_zero_tracks(tmp_path, weights_dir, capsys):
                                capsys)[::2], "single-clip mode")
     make_stage1_cache(tmp_path, "empty", [])
     code, out, err = run(["--data_dir", str(tmp_path), "--reference", "empty"] + w, capsys)
-    assert code == 0 and "no face tracks" in err
+    assert code == 0 and "no face tracks" in out and err == ""
     text = (tmp_path / "pywork" / "empty" / "offsets.txt").read_text()
     assert text.startswith("# metric cosine") and text.count("\n") == 2

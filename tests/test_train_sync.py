@@ -153,6 +153,9 @@ def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp
               "--set", "train.val_windows=2", "--set", "train.val_every_steps=1"]
     done = _run("train_sync.py", *common, "--steps", "1")
     assert done.returncode == 0, done.stderr
+    # --quiet: no progress, but the result, where the model went, on stdout
+    assert done.stderr == "" and done.stdout.startswith("train_sync: trained 1 steps")
+    assert f"-> {run / 'syncnet.model'} (use --weights_dir {run})" in done.stdout
     again = _run("train_sync.py", *common, "--steps", "1")  # a finished run is not overwritten by mistake
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume continues it" in again.stderr
     done = _run("train_sync.py", *common, "--steps", "2", "--resume")

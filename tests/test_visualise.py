@@ -282,6 +282,18 @@ def test_script_lists_outputs(cache_dir, capsys):
     from pipeline.cli import run_main
 
     script = _script()
-    assert run_main(script.main, script.get_parser(), ["--reference", REF, "--data_dir", str(cache_dir)]) == 0
+    # results on stdout, as diarize.py and every other script; --quiet silences progress, not results
+    assert run_main(script.main, script.get_parser(), ["--reference", REF, "--data_dir", str(cache_dir),
+                                                       "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "rttm: " in out and "timeline_plot: " in out and f"RTTM file id {REF!r}" in out
+    # --file_id: the id a reference RTTM uses for the recording, in the RTTM and said on stdout
+    assert run_main(script.main, script.get_parser(), ["--reference", REF, "--data_dir", str(cache_dir),
+                                                       "--file_id", "the_recording"]) == 0
+    out, err = capsys.readouterr()
+    assert "RTTM file id 'the_recording'" in out
+    assert set(read_rttm(cache_dir / "pywork" / REF / f"{REF}.rttm")) == {"the_recording"}
+    assert run_main(script.main, script.get_parser(), ["--reference", REF, "--data_dir", str(cache_dir),
+                                                       "--file_id", "a b"]) == 2
     err = capsys.readouterr().err
-    assert "rttm: " in err and "timeline_plot: " in err
+    assert err.count("\n") == 1 and "--file_id must be one word" in err
