@@ -1,0 +1,96 @@
+"""Issue 22: inputs that used to give a wrong result with exit 0 now give a correct one, or one line and nothing
+written. Each test is a command, what it must print and what it must leave on disk."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.random_weights import write_random_checkpoints
+from pipeline.errors import CheckpointError
+from tests.conftest import REPO, clip
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published")
+
+
+def script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the "not the published checkpoint" warnings the random weights cause."""
+    return [line for line in stderr.strip().splitlines() if ": warning: " not in line]
+
+
+def nan_checkpoint(path: Path) -> Path:
+    """``path`` (a bare or a training-checkpoint state dict) with every floating-point weight NaN."""
+    state = torch.load(path, weights_only=True)
+    inner = state["state_dict"] if "state_dict" in state else state
+    for key, value in inner.items():
+        if value.is_floating_point():
+            inner[key] = torch.full_like(value, float("nan"))
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    from tests.test_gestsync import published_checkpoint
+
+    folder = write_random_checkpoints(tmp_path_factory.mktemp("weights"))
+    published_checkpoint(folder / "model_rgb.pth")
+    return folder
+
+
+def weights_with_nan(random_weights: Path, folder: Path, file: str) -> Path:
+    """A weights folder like ``random_weights`` in which ``file`` is all NaN."""
+    folder.mkdir(parents=True)
+    for path in random_weights.iterdir():
+        if path.name == file:
+            (folder / file).write_bytes(path.read_bytes())
+            nan_checkpoint(folder / file)
+        else:
+            (folder / path.name).symlink_to(path)
+    return folder
+
+
+# --- 1. every network the run loads is tried -----------------------------------------------------------------
+
+def test_nan_lipsync_expert_is_refused_by_diarize_before_stage_1(random_weights, tmp_path):
+    weights = weights_with_nan(random_weights, tmp_path / "w", "lipsync_expert.pth")
+    data = tmp_path / "data"
+    result = script("diarize", "--videofile", str(clip("retalking_talkinghead_5")), "--data_dir", str(data),
+                    "--weights_dir", str(weights), "--sync_model", "wav2lip", "--out_dir", str(tmp_path / "out"),
+                    "--quiet")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"checkpoint {weights / 'lipsync_expert.pth'} holds non-finite weights" in lines[0], lines[0]
+    assert not (data / "pywork").exists() or not any((data / "pywork").rglob("*.pckl"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_nan_lipsync_expert_is_refused_by_run_syncnet_on_one_clip(random_weights, tmp_path):
+    weights = weights_with_nan(random_weights, tmp_path / "w", "lipsync_expert.pth")
+    result = script("run_syncnet", "--videofile", str(clip("retalking_talkinghead_5")), "--sync_model", "wav2lip",
+                    "--weights_dir", str(weights))
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "lipsync_expert.pth holds non-finite weights" in lines[0] and "nan" not in result.stdout.lower()
+
+
+@pytest.mark.parametrize("lip_model, file", [("wav2lip", "lipsync_expert.pth"), ("syncnet", "syncnet.model")])
+def test_preflight_tries_gestsyncs_lip_model(random_weights, tmp_path, lip_model, file):
+    from pipeline.cache import Cache
+    from pipeline.config import load_config
+    from pipeline.preflight import check_networks
+
+    cfg = load_config(overrides=["sync.model=gestsync", f"gestsync.lip_model={lip_model}"])
+    cache = Cache(tmp_path / "data", "clip")
+    assert file in check_networks(cache, cfg, random_weights)
+    weights = weights_with_nan(random_weights, tmp_path / "w", file)
+    with pytest.raises(CheckpointError, match=f"{file} holds non-finite weights"):
+        check_networks(cache, cfg, weights)
