@@ -13,6 +13,7 @@ key before any work starts:
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -68,10 +69,19 @@ class Section(Mapping[str, Any]):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _unknown_key(base: Mapping, key: str, where: str) -> InputError:
+    """One line naming an unknown key and the closest known key of its section (a misspelt key would otherwise
+    leave its default in force)."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1, cutoff=0.6)
+    hint = f"; did you mean {where}{close[0]}?" if close else f"; {where.rstrip('.') or 'the top level'} has " \
+        f"{', '.join(str(k) for k in base)}"
+    return InputError(f"unknown config key {where}{key} (see configs/default.yaml){hint}")
+
+
 def _merge(base: dict, override: Mapping, where: str) -> dict:
     for key, value in override.items():
         if key not in base:
-            raise InputError(f"unknown config key {where}{key} (see configs/default.yaml)")
+            raise _unknown_key(base, key, where)
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise InputError(f"config key {where}{key} is a section, not a value")

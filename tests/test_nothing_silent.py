@@ -94,3 +94,21 @@ def test_preflight_tries_gestsyncs_lip_model(random_weights, tmp_path, lip_model
     weights = weights_with_nan(random_weights, tmp_path / "w", file)
     with pytest.raises(CheckpointError, match=f"{file} holds non-finite weights"):
         check_networks(cache, cfg, weights)
+
+
+# --- an unknown config key is refused, never ignored ---------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["set", "config"])
+def test_misspelt_config_key_is_one_line_naming_the_closest_key(tmp_path, how):
+    if how == "set":
+        args = ["--set", "diarise.merge_distnce=0.5"]
+    else:
+        (tmp_path / "my.yaml").write_text("diarise:\n  merge_distance: 0.4\n  merge_distnce: 0.5\n")
+        args = ["--config", str(tmp_path / "my.yaml")]
+    data = tmp_path / "data"
+    result = script("diarize", "--videofile", str(clip("retalking_talkinghead_5")), "--data_dir", str(data),
+                    "--out_dir", str(tmp_path / "out"), *args)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr.strip() == ("diarize.py: error: unknown config key diarise.merge_distnce (see "
+                                     "configs/default.yaml); did you mean diarise.merge_distance?"), result.stderr
+    assert not data.exists() and not (tmp_path / "out").exists()
