@@ -112,3 +112,65 @@ def test_misspelt_config_key_is_one_line_naming_the_closest_key(tmp_path, how):
     assert result.stderr.strip() == ("diarize.py: error: unknown config key diarise.merge_distnce (see "
                                      "configs/default.yaml); did you mean diarise.merge_distance?"), result.stderr
     assert not data.exists() and not (tmp_path / "out").exists()
+
+
+# --- cache keys hold everything a stage reads ----------------------------------------------------------------
+
+@pytest.mark.parametrize("step", ["diarisation", "sync_curves"])
+def test_stage3_reruns_when_wav2lips_thresholds_change_under_gestsync_with_wav2lip_lips(tmp_path, monkeypatch, step):
+    """With ``sync.model=gestsync, gestsync.lip_model=wav2lip`` the lip curves are mapped with Wav2Lip's
+    thresholds: changing them must redo stage 3's decision and curves, not reuse the stale ones."""
+    import numpy as np
+
+    from pipeline import stage3
+    from pipeline.cache import Cache
+    from pipeline.config import load_config
+
+    cache = Cache(tmp_path / "data", "clip")
+    seen: list[tuple] = []
+    sync = {"model": "gestsync", "metric": "cosine", "score_smooth": [], "offset_frames": [],
+            "lips": {"model": "wav2lip", "distances": [], "sync": {"offset_frames": [], "score_smooth": []}}}
+
+    def fake_decide(cfg, *args, **kwargs):
+        seen.append(tuple(cfg.wav2lip.conf_thresholds))
+        return []
+
+    def fake_curves(cfg, sync, num_tracks):
+        seen.append(tuple(cfg.wav2lip.conf_thresholds))
+        return [], []
+
+    monkeypatch.setattr(stage3, "decide", fake_decide)
+    monkeypatch.setattr(stage3, "fusion_curves", fake_curves)
+    for thresholds in ("[0.5, 0.75]", "[0.5, 0.75]", "[0.6, 0.8]"):
+        cfg = load_config(overrides=["sync.model=gestsync", "gestsync.lip_model=wav2lip",
+                                     f"wav2lip.conf_thresholds={thresholds}"])
+        if step == "diarisation":
+            stage3.compute_diarisation(cache, cfg, {"num_frames": 25, "duration_s": 1.0}, [], sync, {"audio": []},
+                                       {"embeddings": np.zeros((0, 4)), "hop_s": 0.2, "model": "resnetse34"},
+                                       force=False)
+        else:
+            stage3.save_sync_curves(cache, cfg, [], sync)
+    assert seen == [(0.5, 0.75), (0.6, 0.8)]  # the second run reused the first, the third did not
+
+
+def test_gestsync_stage2_key_changes_when_persons_pckl_is_edited(tmp_path):
+    """Person boxes placed by the user feed GestSync's regions: an edited persons.pckl must not reuse stale
+    stage-2 scores."""
+    import pickle
+
+    from pipeline.cache import Cache
+    from pipeline.config import load_config
+    from pipeline.sync_gestsync import GestSyncSettings, read_persons, stage2_key
+
+    cfg = load_config(overrides=["sync.model=gestsync"])
+    cache = Cache(tmp_path / "data", "clip")
+    settings = GestSyncSettings.from_config(cfg)
+
+    def key_with(boxes: list) -> dict:
+        with open(cache.work("persons.pckl"), "wb") as handle:
+            pickle.dump([[{"frame": 0, "bbox": box, "conf": 1.0} for box in boxes]], handle, protocol=4)
+        return stage2_key(cache, cfg, settings, "model_rgb.pth", "0" * 64, read_persons(cache)[1])
+
+    first = key_with([[10.0, 10.0, 100.0, 200.0]])
+    assert key_with([[10.0, 10.0, 100.0, 200.0]]) == first
+    assert key_with([[20.0, 10.0, 110.0, 200.0]]) != first
