@@ -174,3 +174,74 @@ def test_gestsync_stage2_key_changes_when_persons_pckl_is_edited(tmp_path):
     first = key_with([[10.0, 10.0, 100.0, 200.0]])
     assert key_with([[10.0, 10.0, 100.0, 200.0]]) == first
     assert key_with([[20.0, 10.0, 110.0, 200.0]]) != first
+
+
+# --- the channel order reaching each network is its reference's ---------------------------------------------
+
+BGR_PIXEL = (30, 110, 220)  # distinct blue, green, red levels
+
+
+@pytest.fixture(scope="module")
+def coloured_video(tmp_path_factory) -> Path:
+    """12 frames of one flat colour, blue 30, green 110, red 220 (H.264 keeps each within a few levels)."""
+    import numpy as np
+
+    from tests.synth import make_video
+
+    path = tmp_path_factory.mktemp("colour") / "colour.mp4"
+    return make_video(path, num_frames=12, size=(96, 96), codec="libx264",
+                      frame_fn=lambda k: np.full((96, 96, 3), BGR_PIXEL, np.uint8))
+
+
+def decoded_frames(path: Path) -> list:
+    from pipeline import media
+
+    return list(media.iter_frames(path, 25.0))
+
+
+def assert_channels(levels: list[float], expected: tuple[int, int, int], who: str) -> None:
+    """Channel k's mean level (0..255) equals ``expected[k]`` within H.264's rounding."""
+    assert all(abs(level - want) <= 6 for level, want in zip(levels, expected)), f"{who} got channels {levels}"
+
+
+def test_wav2lip_expert_sees_bgr_as_wav2lip_reads_with_cv2(coloured_video):
+    """Wav2Lip's expert was trained on ``cv2.imread`` crops, so its first channel of each frame is blue."""
+    import numpy as np
+
+    from models.wav2lip import LipSyncExpert
+    from pipeline.config import load_config
+    from pipeline.sync_wav2lip import ExpertSettings, score_tracks
+
+    model, seen = LipSyncExpert().eval(), []
+    model.face_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    frames = decoded_frames(coloured_video)
+    tracks = [{"track": {"frame": np.arange(len(frames)), "bbox": np.tile([20.0, 20.0, 76.0, 76.0], (len(frames), 1))}}]
+    audio = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
+    score_tracks(model, iter(frames), tracks, [audio], ExpertSettings.from_config(load_config()), "cpu",
+                 lambda *args, **kwargs: None)
+    windows = torch.cat(seen)  # [n, 15, 48, 96]: channel 3k + c is frame k's channel c
+    assert windows.shape[1] == 15
+    levels = [float(windows[:, c::3].mean()) * 255 for c in range(3)]
+    assert_channels(levels, BGR_PIXEL, "the Wav2Lip expert")
+
+
+def test_gestsync_sees_rgb_as_gestsync_reads_its_frames(coloured_video):
+    """GestSync's demos convert OpenCV's BGR frames to RGB before the network: its first channel is red."""
+    import numpy as np
+
+    from models.gestsync import GestSyncRGB
+    from pipeline.config import load_config
+    from pipeline.sync_gestsync import GestSyncSettings, score_tracks
+
+    model, seen = GestSyncRGB().eval(), []
+    model.net_vid.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    frames = decoded_frames(coloured_video)
+    tracks = [{"frame": np.arange(len(frames))}]
+    regions = [np.tile([0, 0, 96, 96], (len(frames), 1))]
+    audio = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
+    score_tracks(model, iter(frames), tracks, regions, [None], [audio],
+                 GestSyncSettings.from_config(load_config()), "cpu", lambda *args, **kwargs: None)
+    clip = torch.cat(seen, dim=2)  # [1, 3, T, 270, 480]; the top rows are blacked out (no face known)
+    lit = clip[:, :, :, -100:]
+    levels = [float(lit[:, c].mean()) * 255 for c in range(3)]
+    assert_channels(levels, BGR_PIXEL[::-1], "GestSync")
