@@ -245,3 +245,72 @@ def test_gestsync_sees_rgb_as_gestsync_reads_its_frames(coloured_video):
     lit = clip[:, :, :, -100:]
     levels = [float(lit[:, c].mean()) * 255 for c in range(3)]
     assert_channels(levels, BGR_PIXEL[::-1], "GestSync")
+
+
+# --- 3. settings the networks or the clip cannot take ---------------------------------------------------------
+
+@pytest.mark.parametrize("setting, message", [
+    ("gestsync.num_mels=1", "config value gestsync.num_mels must be 80, the filterbank bands GestSync's audio "
+                            "network was trained on, got 1"),
+    ("gestsync.window_frames=100000", "config value gestsync.window_frames must be in [5, 54], got 100000"),
+    ("gestsync.window_frames=40", "gestsync.window_frames x gestsync.mel_frames_per_video_frame is 160 filterbank "
+                                  "frames; GestSync's audio network makes one embedding of 85 to 116 (trained on "
+                                  "25 x 4 = 100)"),
+])
+def test_gestsync_settings_its_network_cannot_take_are_one_line(tmp_path, setting, message):
+    data = tmp_path / "data"
+    result = script("diarize", "--videofile", str(clip("retalking_talkinghead_5")), "--data_dir", str(data),
+                    "--out_dir", str(tmp_path / "out"), "--sync_model", "gestsync", "--set", setting)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr.strip() == f"diarize.py: error: {message}", result.stderr
+    assert not data.exists() and not (tmp_path / "out").exists()
+
+
+def test_gestsync_ranges_are_what_its_network_takes():
+    """The limits pipeline/config.py states (it cannot import torch) are the network's: at the limits one
+    embedding per window, beyond them none (an error, or more than one)."""
+    from models.gestsync import POS_ENCODING_MAX_LEN, GestSyncRGB
+    from pipeline import config
+    from pipeline.sync_gestsync import TEMPORAL_KERNEL_FRAMES
+
+    assert config.GESTSYNC_MAX_WINDOW_FRAMES == POS_ENCODING_MAX_LEN + TEMPORAL_KERNEL_FRAMES - 1
+    model = GestSyncRGB().eval()
+
+    def one_embedding(bands: int, frames: int) -> bool:
+        try:
+            with torch.no_grad():
+                return tuple(model.forward_aud(torch.zeros(1, 1, bands, frames)).shape) == (1, 1024, 1)
+        except RuntimeError:
+            return False
+
+    low, high = config.GESTSYNC_MEL_WINDOW_FRAMES
+    bands = config.GESTSYNC_MEL_BANDS
+    assert one_embedding(bands, low) and one_embedding(bands, high)
+    assert not one_embedding(bands, low - 1) and not one_embedding(bands, high + 1)
+    assert not one_embedding(1, 100)
+
+
+def test_wav2lip_offset_search_longer_than_every_track_is_one_line(random_weights, tmp_path):
+    """``wav2lip.vshift_frames=100000`` used to allocate 26 GB; now it is one line naming the longest track."""
+    import pickle
+    import shutil
+
+    from tests.conftest import DETECTIONS
+
+    data = tmp_path / "data"
+    work = data / "pywork" / "clip"
+    work.mkdir(parents=True)
+    with open(DETECTIONS / "retalking_talkinghead_5_haar_faces.pckl", "rb") as handle:
+        faces = pickle.load(handle)
+    with open(work / "faces.pckl", "wb") as handle:
+        pickle.dump(faces, handle, protocol=4)
+    video = tmp_path / "clip.mp4"
+    shutil.copy(clip("retalking_talkinghead_5"), video)
+    common = ["--data_dir", str(data), "--weights_dir", str(random_weights), "--reference", "clip", "--quiet"]
+    assert script("run_pipeline", "--videofile", str(video), *common).returncode == 0
+    result = script("run_syncnet", *common, "--sync_model", "wav2lip", "--set", "wav2lip.vshift_frames=100000")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("run_syncnet.py: error: wav2lip.vshift_frames is 100000, but the longest face "
+                               "track has only "), lines[0]
+    assert not (work / "sync.pckl").exists() and not (work / "offsets.txt").exists()
