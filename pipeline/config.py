@@ -192,6 +192,7 @@ RANGE_RULES: dict[str, Rule] = {
     "media.sample_rate_hz": _POSITIVE,
     "media.audio_channels": _AT_LEAST_ONE,
     "media.audio_short_note_s": _NON_NEGATIVE,
+    "input.max_missing_s": _NON_NEGATIVE,
     "detect.image_scale": _POSITIVE,
     "detect.conf_threshold": _PROBABILITY,
     "detect.nms_overlap": _PROBABILITY,

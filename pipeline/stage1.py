@@ -59,7 +59,7 @@ def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict,
     if not force and cache.is_valid("audio.wav", key):
         return read_wav(cache.audio_wav, cfg.media.sample_rate_hz), True
     cache.invalidate("audio.wav")
-    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz)
+    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
     if samples.size == 0:
         raise InputError(f"{videofile} has an audio stream with no decodable samples")
     write_wav(cache.audio_wav, samples, cfg.media.sample_rate_hz)
@@ -125,7 +125,8 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
         batch.clear()
 
     num_frames = 0
-    for frame in prefetch(media.iter_frames(videofile, cfg.media.frame_rate_hz), depth=2 * batch_size):
+    frames = media.iter_frames(videofile, cfg.media.frame_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
+    for frame in prefetch(frames, depth=2 * batch_size):
         height, width = frame.shape[:2]
         shots.push(frame)
         num_frames += 1

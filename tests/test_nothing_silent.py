@@ -314,3 +314,73 @@ def test_wav2lip_offset_search_longer_than_every_track_is_one_line(random_weight
     assert lines[0].startswith("run_syncnet.py: error: wav2lip.vshift_frames is 100000, but the longest face "
                                "track has only "), lines[0]
     assert not (work / "sync.pckl").exists() and not (work / "offsets.txt").exists()
+
+
+# --- 2. a truncated file is not read as a short one -----------------------------------------------------------
+
+def faststart_copy(source: Path, dest: Path) -> Path:
+    """``source`` remuxed (no re-encoding) with its index at the front, as ``ffmpeg -movflags +faststart``."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(dest), "w", options={"movflags": "+faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+        for packet in inp.demux():
+            if packet.dts is None or packet.stream.index not in streams:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dest
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.95])
+def test_faststart_mp4_cut_short_is_one_line_and_nothing_written(tmp_path, fraction):
+    whole = faststart_copy(clip("retalking_talkinghead_5"), tmp_path / "whole.mp4")
+    data = whole.read_bytes()
+    assert data[4:8] == b"ftyp" and data.find(b"moov") < data.find(b"mdat")  # the index is at the front
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * fraction)])
+    out, data_dir = tmp_path / "out", tmp_path / "data"
+    result = script("diarize", "--videofile", str(cut), "--data_dir", str(data_dir), "--out_dir", str(out),
+                    "--weights_dir", str(tmp_path / "no_weights"), "--speaker_model", "resemblyzer", "--quiet")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"diarize.py: error: {cut} is truncated: its audio stream declares 4.87 s but only "), \
+        lines[0]
+    assert lines[0].endswith("decode (an interrupted download or copy?); get the whole file")
+    assert not out.exists() or not any(out.iterdir())
+    assert not any(data_dir.rglob("*.wav")) and not any(data_dir.rglob("*.pckl"))
+
+
+def test_truncated_video_stream_is_refused_after_its_frames():
+    """The frames of a stream that ends early are read, then one line (stage 1 has written nothing by then)."""
+    from pipeline import media
+    from pipeline.errors import InputError
+
+    frames = media.iter_frames(clip("retalking_talkinghead_5"), 25.0, max_missing_s=0.25)
+    assert sum(1 for _ in frames) == 122  # the whole clip passes
+    with pytest.raises(InputError, match=r"is truncated: its video stream declares 4\.88 s but only 4\.00 s decode"):
+        media.check_complete("clip.mp4", "video", 4.88, 4.0, 0.25)
+
+
+# --- 6. NaN samples in a float wav ---------------------------------------------------------------------------
+
+def test_float_wav_with_nan_samples_is_one_line(tmp_path):
+    """2 s of NaN inside speech used to be converted to noise and diarised (exit 0, a wrong extra speaker)."""
+    import numpy as np
+    import soundfile
+
+    speech, rate = soundfile.read(REPO.parent / "shared" / "data" / "audio" / "pyannote_sample" / "sample.wav",
+                                  dtype="float32")
+    speech = speech[:10 * rate].copy()
+    speech[4 * rate:6 * rate] = np.nan
+    wav = tmp_path / "nan.wav"
+    soundfile.write(wav, speech, rate, subtype="FLOAT")
+    out, data_dir = tmp_path / "out", tmp_path / "data"
+    result = script("diarize", "--videofile", str(wav), "--data_dir", str(data_dir), "--out_dir", str(out),
+                    "--weights_dir", str(tmp_path / "no_weights"), "--speaker_model", "resemblyzer", "--quiet")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0] == (f"diarize.py: error: {wav} has 32000 NaN or infinite audio samples (the first at 4.00 s): "
+                        f"the audio is damaged; repair or re-export it"), lines[0]
+    assert not out.exists() or not any(out.iterdir())
+    assert not any(data_dir.rglob("*.wav")) and not any(data_dir.rglob("*.pckl"))
