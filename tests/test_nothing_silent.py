@@ -384,3 +384,59 @@ def test_float_wav_with_nan_samples_is_one_line(tmp_path):
                         f"the audio is damaged; repair or re-export it"), lines[0]
     assert not out.exists() or not any(out.iterdir())
     assert not any(data_dir.rglob("*.wav")) and not any(data_dir.rglob("*.pckl"))
+
+
+# --- 7. Ctrl-C during a --force rerun: the pipeline's own faces.pckl is not taken for the user's --------------
+
+def test_interrupted_force_rerun_detects_again(random_weights, tmp_path):
+    """The state a finished run leaves (the pipeline's faces.pckl with its manifest), then ``run_pipeline.py
+    --force`` stopped by Ctrl-C while S3FD runs, then a plain rerun: it must detect again, not adopt the old
+    file as detections the user placed. ``detect.conf_threshold=1.0`` keeps every run free of tracks (fast)."""
+    import json
+    import signal
+    import time
+
+    import numpy as np
+
+    from pipeline.cache import Cache
+    from pipeline.stage1 import save_detections
+    from tests.synth import make_video
+
+    video = make_video(tmp_path / "v.mp4", num_frames=75, size=(160, 120), audio_s=3.0,
+                       frame_fn=lambda k: np.full((120, 160, 3), (k * 7) % 200, np.uint8))
+    data = tmp_path / "data"
+    save_detections(Cache(data, "v"), [[] for _ in range(75)], {"input": "an earlier run", "detect": {}})
+    manifest = data / "pywork" / "v" / "manifest" / "faces.pckl.json"
+    args = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--videofile", str(video), "--data_dir",
+            str(data), "--reference", "v", "--weights_dir", str(random_weights), "--set", "detect.conf_threshold=1.0"]
+
+    rerun = subprocess.Popen(args + ["--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while manifest.exists() and rerun.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # --force drops the detections' manifest just before S3FD starts
+    rerun.send_signal(signal.SIGINT)  # Ctrl-C while it detects
+    _, err = rerun.communicate(timeout=60)
+    assert rerun.returncode != 0 and not manifest.exists(), err  # stopped before new detections were saved
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "using the face detections found in faces.pckl" not in again.stderr, again.stderr
+    assert json.loads(manifest.read_text())["key"]["detect"]["conf_threshold"] == 1.0  # S3FD ran again
+
+
+def test_faces_pckl_written_but_not_yet_recorded_is_the_pipelines(tmp_path):
+    """A run killed between writing faces.pckl and its manifest leaves the pipeline's file without a manifest:
+    it is recognised by the mark written before it, while a file the user puts there later is theirs."""
+    import pickle
+
+    from pipeline.cache import Cache
+    from pipeline.stage1 import _user_faces, save_detections
+
+    cache = Cache(tmp_path / "data", "v")
+    faces = [[{"frame": 0, "bbox": [1.0, 2.0, 30.0, 40.0], "conf": 0.9}]]
+    save_detections(cache, faces, {"detect": "key"})
+    cache.invalidate("faces.pckl")  # what a kill before cache.record leaves
+    assert _user_faces(cache, {"sha256": "x"}) is None
+    with open(cache.work("faces.pckl"), "wb") as handle:
+        pickle.dump([[{"frame": 0, "bbox": [5.0, 5.0, 50.0, 50.0], "conf": 1.0}]], handle, protocol=4)
+    assert _user_faces(cache, {"sha256": "x"})[0][0]["bbox"] == [5.0, 5.0, 50.0, 50.0]
