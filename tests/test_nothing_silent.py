@@ -90,6 +90,7 @@ def test_preflight_tries_gestsyncs_lip_model(random_weights, tmp_path, lip_model
 
     cfg = load_config(overrides=["sync.model=gestsync", f"gestsync.lip_model={lip_model}"])
     cache = Cache(tmp_path / "data", "clip")
+    cache.work("faces.pckl").write_bytes(b"")  # detections placed: S3FD is not loaded (faster)
     assert file in check_networks(cache, cfg, random_weights)
     weights = weights_with_nan(random_weights, tmp_path / "w", file)
     with pytest.raises(CheckpointError, match=f"{file} holds non-finite weights"):
