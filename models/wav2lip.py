@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.loader import load_checkpoint
+from models.loader import load_checkpoint, probe_input
 
 EMBEDDING_DIM = 512
 FACE_SIZE_PX = 96  # hparams.img_size
@@ -148,14 +148,23 @@ def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
+def _probe(model: LipSyncExpert) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both streams on one seeded window (faces in [0, 1], mels in [-4, 4]): what ``load_checkpoint`` checks
+    for finite output."""
+    faces = probe_input(1, 3 * WINDOW_FRAMES, FACE_SIZE_PX // 2, FACE_SIZE_PX).clamp(-1, 1) * 0.5 + 0.5
+    mels = probe_input(1, 1, MEL.num_mels, MEL_WINDOW_FRAMES, scale=2.0).clamp(-MEL.max_abs_value, MEL.max_abs_value)
+    return model(mels, faces)
+
+
 def load_lipsync_expert(weights_dir: str | Path | None, file: str,
                         device: torch.device | str = "cpu") -> LipSyncExpert:
     """The expert with the weights of ``file`` (strict keys and shapes), in eval mode on ``device``.
 
-    Raises CheckpointError when the file is missing, unreadable or does not fit the network.
+    Raises CheckpointError when the file is missing, unreadable, does not fit the network or gives
+    non-finite output.
     """
     model = LipSyncExpert()
-    load_checkpoint(model, file, weights_dir, convert=strip_module_prefix)
+    load_checkpoint(model, file, weights_dir, convert=strip_module_prefix, probe=_probe)
     model = model.eval().to(device)
     if torch.device(device).type == "cpu":  # channels-last convolutions: about 1.4x faster on the CPU
         model = model.to(memory_format=torch.channels_last)

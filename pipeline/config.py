@@ -13,6 +13,7 @@ key before any work starts:
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -68,10 +69,19 @@ class Section(Mapping[str, Any]):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _unknown_key(base: Mapping, key: str, where: str) -> InputError:
+    """One line naming an unknown key and the closest known key of its section (a misspelt key would otherwise
+    leave its default in force)."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1, cutoff=0.6)
+    hint = f"; did you mean {where}{close[0]}?" if close else f"; {where.rstrip('.') or 'the top level'} has " \
+        f"{', '.join(str(k) for k in base)}"
+    return InputError(f"unknown config key {where}{key} (see configs/default.yaml){hint}")
+
+
 def _merge(base: dict, override: Mapping, where: str) -> dict:
     for key, value in override.items():
         if key not in base:
-            raise InputError(f"unknown config key {where}{key} (see configs/default.yaml)")
+            raise _unknown_key(base, key, where)
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise InputError(f"config key {where}{key} is a section, not a value")
@@ -147,6 +157,15 @@ def _increasing() -> Rule:
     return (lambda v: all(a <= b for a, b in zip(v, v[1:]))), "in increasing order"
 
 
+# What GestSync's network takes (models/gestsync.py; config is read before torch is imported, so the numbers are
+# here, and tests/test_nothing_silent.py checks them against the network): its audio stream reduces
+# ``[80, L]`` filterbanks to one embedding only for 80 bands (69-84 run, on bands it was never trained on; fewer
+# fail inside the network) and L = 85..116 frames; its positional encoding holds 50 positions, i.e. windows of
+# up to 54 frames (the 5-frame first layer takes 4).
+GESTSYNC_MEL_BANDS = 80
+GESTSYNC_MEL_WINDOW_FRAMES = (85, 116)
+GESTSYNC_MAX_WINDOW_FRAMES = 54
+
 _PROBABILITY = _between(0.0, 1.0)
 _POSITIVE = _above(0.0)
 _NON_NEGATIVE = _at_least(0)
@@ -173,6 +192,7 @@ RANGE_RULES: dict[str, Rule] = {
     "media.sample_rate_hz": _POSITIVE,
     "media.audio_channels": _AT_LEAST_ONE,
     "media.audio_short_note_s": _NON_NEGATIVE,
+    "input.max_missing_s": _NON_NEGATIVE,
     "detect.image_scale": _POSITIVE,
     "detect.conf_threshold": _PROBABILITY,
     "detect.nms_overlap": _PROBABILITY,
@@ -247,12 +267,13 @@ RANGE_RULES: dict[str, Rule] = {
     "gestsync.n_fft": _AT_LEAST_ONE,
     "gestsync.win_samples": _AT_LEAST_ONE,
     "gestsync.hop_samples": _AT_LEAST_ONE,
-    "gestsync.num_mels": _AT_LEAST_ONE,
+    "gestsync.num_mels": ((lambda v: v == GESTSYNC_MEL_BANDS),
+                          f"{GESTSYNC_MEL_BANDS}, the filterbank bands GestSync's audio network was trained on"),
     "gestsync.fmin_hz": _NON_NEGATIVE,
     "gestsync.fmax_hz": _POSITIVE,
     "gestsync.log_floor": _POSITIVE,
     "gestsync.mel_frames_per_video_frame": _AT_LEAST_ONE,
-    "gestsync.window_frames": _AT_LEAST_ONE,
+    "gestsync.window_frames": _between(5, GESTSYNC_MAX_WINDOW_FRAMES),
     "gestsync.window_stride_frames": _AT_LEAST_ONE,
     "gestsync.frame_width_px": _AT_LEAST_ONE,
     "gestsync.frame_height_px": _AT_LEAST_ONE,
@@ -394,6 +415,18 @@ def with_overrides(cfg: Section, overrides: Iterable[str] = ()) -> Section:
     return Section(checked)
 
 
+def _check_gestsync_window(gestsync: Mapping[str, Any]) -> None:
+    """GestSync's audio window (window_frames x mel_frames_per_video_frame filterbank frames) must be one its
+    audio network makes one embedding of."""
+    if "window_frames" not in gestsync or "mel_frames_per_video_frame" not in gestsync:
+        return
+    span = int(gestsync["window_frames"]) * int(gestsync["mel_frames_per_video_frame"])
+    low, high = GESTSYNC_MEL_WINDOW_FRAMES
+    if not low <= span <= high:
+        raise InputError(f"gestsync.window_frames x gestsync.mel_frames_per_video_frame is {span} filterbank frames; "
+                         f"GestSync's audio network makes one embedding of {low} to {high} (trained on 25 x 4 = 100)")
+
+
 def _check_together(values: Mapping[str, Any]) -> None:
     """Values that must agree with each other: stage 3 decides on the 25 fps frames stages 1 and 2 made, and
     the shifts a training negative may take are a non-empty range."""
@@ -402,6 +435,7 @@ def _check_together(values: Mapping[str, Any]) -> None:
     if media_rate is not None and diarise_rate is not None and float(media_rate) != float(diarise_rate):
         raise InputError(f"diarise.frame_rate_hz ({diarise_rate}) must equal media.frame_rate_hz ({media_rate}): "
                          "the sync curves and face tracks have one value per video frame")
+    _check_gestsync_window(values.get("gestsync", {}))
     train = values.get("train", {})
     if "min_shift_frames" in train and "max_shift_frames" in train \
             and int(train["min_shift_frames"]) > int(train["max_shift_frames"]):

@@ -13,6 +13,8 @@ Stage 1, ``run_pipeline`` (pywork/REF/):
 - ``faces.pckl``: syncnet_python's layout, one list per frame of dicts
   ``{'frame': int, 'bbox': [x1, y1, x2, y2], 'conf': float}``; S3FD's boxes less those
   ``pipeline.detections`` drops (non-finite, empty, absurd, beyond ``detections.max_per_frame``).
+  ``manifest/faces.pckl.pipeline`` holds the sha256 of the last faces.pckl stage 1 wrote (written before it): a
+  faces.pckl without a valid manifest is the user's (kept, never overwritten) unless it is that file.
 - ``scene.pckl``: list of shots ``(start_frame, end_frame)``, end exclusive (syncnet_python stores
   PySceneDetect FrameTimecode pairs; plain ints need no scenedetect to unpickle).
 - ``tracks.pckl``: syncnet_python's flat list over shots of

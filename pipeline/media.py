@@ -156,10 +156,13 @@ def _to_ticks(pts: int, time_base, start_time_us: int, frame_rate_hz: float) -> 
     return ticks + (1.0 if ticks > 0 else -1.0) / (1 << 17)
 
 
-def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.ndarray]:
+def iter_frames(path: str | Path, frame_rate_hz: float = 25.0,
+                max_missing_s: float | None = None) -> Iterator[np.ndarray]:
     """The normalised frame sequence of ``path``: BGR uint8 frames at ``frame_rate_hz``, like ``ffmpeg -r``.
 
-    Raises InputError for an unreadable file, a file without video, or a decoding failure part-way.
+    Raises InputError for an unreadable file, a file without video, or a decoding failure part-way; with
+    ``max_missing_s``, also when the decoded frames end more than that before the video stream's declared end
+    (a cut file whose index, at the front, still declares the whole length), after the last frame.
     """
     container = _open(path)
     try:
@@ -173,9 +176,11 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
             stream_end_s = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
         previous = None  # ffmpeg's last_frame: the latest decoded frame, shown or not
         previous_image: np.ndarray | None = None
+        decoded_end_s = 0.0
         for frame, is_last in _with_last(_decode(container, stream, path)):
             if frame.pts is None:
                 continue
+            decoded_end_s = max(decoded_end_s, float((frame.pts + (frame.duration or 0)) * frame.time_base))
             pts_ticks = _to_ticks(frame.pts, frame.time_base, start_us, frame_rate_hz)
             duration = default_duration
             if frame.duration:
@@ -201,6 +206,8 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
                     yield previous_image.copy()
         if previous is None:
             raise InputError(f"{path} has no decodable video frames")
+        if max_missing_s is not None:
+            check_complete(path, "video", stream_end_s, decoded_end_s, max_missing_s)
         extra = schedule.flush()
         if extra:
             image = to_bgr(previous)
@@ -208,6 +215,34 @@ def iter_frames(path: str | Path, frame_rate_hz: float = 25.0) -> Iterator[np.nd
                 yield image.copy()
     finally:
         container.close()
+
+
+def check_complete(path: str | Path, what: str, declared_end_s: float | None, decoded_end_s: float,
+                   max_missing_s: float) -> None:
+    """A one-line InputError when a stream decodes to less than its container declares (a truncated file must
+    not be read as a short one); nothing when the container declares no length."""
+    if declared_end_s is not None and declared_end_s - decoded_end_s > max_missing_s:
+        raise InputError(f"{path} is truncated: its {what} stream declares {declared_end_s:.2f} s but only "
+                         f"{decoded_end_s:.2f} s decode (an interrupted download or copy?); get the whole file")
+
+
+def _stream_end_s(stream, start_us: int) -> float | None:
+    """Where the container says ``stream`` ends, in seconds on the file's clock (None when it does not say)."""
+    if not stream.duration or not stream.time_base:
+        return None
+    return float((stream.duration + (stream.start_time or 0)) * stream.time_base) - start_us / 1_000_000
+
+
+def _non_finite(frame: av.AudioFrame) -> tuple[int, int]:
+    """(how many samples of a decoded float audio frame are NaN or infinite, the index of the first) ((0, 0) for
+    integer formats, which cannot hold them)."""
+    if not frame.format.name.startswith(("flt", "dbl")):
+        return 0, 0
+    values = frame.to_ndarray()
+    channels = 1 if frame.format.is_planar else max(1, len(frame.layout.channels))
+    bad = ~np.isfinite(values.reshape(-1, channels) if channels > 1 else values.T)  # [samples, channels]
+    per_sample = bad.any(axis=1)
+    return int(np.count_nonzero(per_sample)), int(np.argmax(per_sample))
 
 
 def _video_stream(container, path) -> av.video.stream.VideoStream:
@@ -250,11 +285,14 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         container.close()
 
 
-def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s: float = MIN_HARD_COMP_S) -> np.ndarray:
+def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s: float = MIN_HARD_COMP_S,
+                 max_missing_s: float | None = None) -> np.ndarray:
     """The first audio stream as int16 mono at ``sample_rate_hz``, sample 0 at the video's time 0.
 
     Equivalent to ``ffmpeg -i V -async 1 -ac 1 -ar RATE -acodec pcm_s16le``. InputError when there is no
-    audio stream or decoding fails.
+    audio stream, decoding fails, a float stream holds NaN or infinite samples (a damaged file: converted,
+    they would be loud noise or silence that nobody asked for), or, with ``max_missing_s``, the stream decodes
+    to more than that less than the container declares (``check_complete``).
     """
     container = _open(path)
     try:
@@ -282,8 +320,14 @@ def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s:
                 chunks.append(samples)
                 written += len(samples)
 
+        bad, first_bad_s = 0, None
         for frame in _decode(container, stream, path):
             at = None
+            non_finite, first_index = _non_finite(frame)
+            if non_finite and first_bad_s is None:
+                frame_s = float(frame.pts * frame.time_base) if frame.pts is not None else written / sample_rate_hz
+                first_bad_s = frame_s + first_index / frame.sample_rate
+            bad += non_finite
             if frame.pts is not None:
                 at = int(round((float(frame.pts * frame.time_base) - start_us / 1_000_000) * sample_rate_hz))
             for out in resampler.resample(frame):
@@ -291,6 +335,11 @@ def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s:
                 at = None
         for out in resampler.resample(None):
             place(out.to_ndarray().reshape(-1).astype(np.int16, copy=False), None)
+        if bad:
+            raise InputError(f"{path} has {bad} NaN or infinite audio samples (the first at {first_bad_s:.2f} s): "
+                             f"the audio is damaged; repair or re-export it")
+        if max_missing_s is not None:
+            check_complete(path, "audio", _stream_end_s(stream, start_us), written / sample_rate_hz, max_missing_s)
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
     finally:
         container.close()
@@ -299,6 +348,7 @@ def decode_audio(path: str | Path, sample_rate_hz: int = 16000, min_hard_comp_s:
 __all__ = [
     "CfrSchedule",
     "MediaInfo",
+    "check_complete",
     "check_video_input",
     "decode_audio",
     "iter_frames",

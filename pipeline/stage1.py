@@ -6,6 +6,9 @@ upstream results, so a re-run does only what changed. A ``faces.pckl`` placed in
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from pipeline import media
-from pipeline.cache import Cache, atomic_path, content_identity
+from pipeline.cache import Cache, atomic_path, content_identity, sha256_file, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.crop import smooth_track, write_track_crops
 from pipeline.detections import drop_note, drop_unusable, sanitize_faces
@@ -59,7 +62,7 @@ def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict,
     if not force and cache.is_valid("audio.wav", key):
         return read_wav(cache.audio_wav, cfg.media.sample_rate_hz), True
     cache.invalidate("audio.wav")
-    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz)
+    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
     if samples.size == 0:
         raise InputError(f"{videofile} has an audio stream with no decodable samples")
     write_wav(cache.audio_wav, samples, cfg.media.sample_rate_hz)
@@ -68,10 +71,44 @@ def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict,
 
 
 # ---- faces and shots ---------------------------------------------------------------------------
-def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
-    """A faces.pckl the user placed (no manifest, or one whose hash no longer matches), validated."""
+# Beside faces.pckl's manifest: the sha256 of the last faces.pckl the pipeline wrote, written before the file.
+# A faces.pckl with no valid manifest is the user's unless it is that file (a run killed after writing it,
+# or during a --force rerun that had dropped its manifest), so S3FD is never skipped for our own detections.
+PIPELINE_FACES_MARK = "faces.pckl.pipeline"
+
+
+def _pipeline_mark(cache: Cache) -> Path:
+    return cache.manifest_dir / PIPELINE_FACES_MARK
+
+
+def save_detections(cache: Cache, faces: list[list[dict]], key: dict) -> None:
+    """faces.pckl as the pipeline's own: the mark first, then the file (atomically) and its manifest."""
+    data = pickle.dumps(faces, protocol=4)
+    cache.manifest_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(_pipeline_mark(cache), hashlib.sha256(data).hexdigest().encode())
+    cache.invalidate("faces.pckl")
+    write_bytes_atomic(cache.work("faces.pckl"), data)
+    cache.record("faces.pckl", STAGE, key, [cache.work("faces.pckl")])
+
+
+def _written_by_pipeline(cache: Cache) -> bool:
+    """faces.pckl is the pipeline's own detections (by its manifest, or by the mark when it has none)."""
     path = cache.work("faces.pckl")
-    if not path.is_file():
+    manifest = cache.read_manifest("faces.pckl")
+    if manifest is not None and cache.files_intact(manifest):
+        return manifest.get("key", {}).get("source") != "user"
+    try:
+        mark = _pipeline_mark(cache).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return path.is_file() and sha256_file(path) == mark
+
+
+def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
+    """A faces.pckl the user placed (no manifest, or one whose hash no longer matches, and not the file the
+    pipeline last wrote), validated."""
+    path = cache.work("faces.pckl")
+    if not path.is_file() or _written_by_pipeline(cache):
         return None
     manifest = cache.read_manifest("faces.pckl")
     if manifest is not None and cache.files_intact(manifest):
@@ -125,7 +162,8 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
         batch.clear()
 
     num_frames = 0
-    for frame in prefetch(media.iter_frames(videofile, cfg.media.frame_rate_hz), depth=2 * batch_size):
+    frames = media.iter_frames(videofile, cfg.media.frame_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
+    for frame in prefetch(frames, depth=2 * batch_size):
         height, width = frame.shape[:2]
         shots.push(frame)
         num_frames += 1
@@ -164,6 +202,9 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
             detector = FaceDetector(cfg.detect, weights_dir, device)
         for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
             cache.invalidate(name)
+        if need_detection:  # the pipeline's old detections (_user_faces said so): gone before S3FD starts
+            with contextlib.suppress(FileNotFoundError):
+                cache.work("faces.pckl").unlink()
         num_frames, width, height, shots, detected, drop_message = scan_video(videofile, cfg, detector, progress)
         info = {
             "source": identity,
@@ -175,7 +216,7 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
         }
         if need_detection:
             faces = detected
-            cache.save_pickle("faces.pckl", faces, STAGE, detect_key)
+            save_detections(cache, faces, detect_key)
             if drop_message is not None:
                 result.notes.append(drop_message)
         cache.save_pickle("scene.pckl", shots, STAGE, media_key)
@@ -307,7 +348,7 @@ def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Section, identity: d
     if force or cache.load_valid("scene.pckl", media_key) != shots:
         cache.save_pickle("scene.pckl", shots, STAGE, media_key)
     if force or cache.load_valid("faces.pckl", detect_key) != faces:
-        cache.save_pickle("faces.pckl", faces, STAGE, detect_key)
+        save_detections(cache, faces, detect_key)
     tracks, _ = build_tracks(cache, cfg, faces, shots, force)
     write_crops(audio_file, cache, cfg, tracks, audio, identity, force, _noop)
     result.audio_only = True

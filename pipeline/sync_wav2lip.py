@@ -399,6 +399,15 @@ def stage2_key(cache: Cache, cfg: Section, settings: ExpertSettings, ckpt_file: 
     }
 
 
+def check_vshift(vshift_frames: int, longest_frames: int, what: str) -> None:
+    """A one-line InputError when the offset search reaches past every frame of the clip: no window could be
+    compared with audio shifted that far, and each shift costs a batch's worth of memory (100000 frames asked
+    for 26 GB). A clip too short for one window is left to the caller's "too short" message."""
+    if longest_frames >= WINDOW_FRAMES and vshift_frames >= longest_frames:
+        raise InputError(f"wav2lip.vshift_frames is {vshift_frames}, but {what} has only {longest_frames} frames: "
+                         f"no window can be compared with audio shifted that far; use at most {longest_frames - 1}")
+
+
 def score_tracks(model: LipSyncExpert, frames: Iterable[np.ndarray], tracks: Sequence[Mapping],
                  audios: Sequence[np.ndarray], settings: ExpertSettings, device: torch.device | str,
                  progress: ProgressHook) -> list[ExpertResult]:
@@ -461,6 +470,7 @@ def expert_evidence(cache: Cache, cfg: Section, tracks: Sequence[Mapping], media
     settings = ExpertSettings.from_config(cfg)
     results: list[ExpertResult] = []
     if tracks:
+        check_vshift(settings.vshift_frames, max(len(t["track"]["frame"]) for t in tracks), "the longest face track")
         source = _source_video(cache, media_info)
         model = load_lipsync_expert(weights_dir, ckpt_file, device)
         audios = [read_wav(cache.crop_wav(i), settings.sample_rate_hz) for i in range(len(tracks))]
@@ -481,6 +491,8 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     media.check_video_input(videofile, need_audio=True)
     ckpt_file = str(cfg.wav2lip.checkpoint)
     audio = media.decode_audio(videofile, settings.sample_rate_hz)
+    check_vshift(settings.vshift_frames, int(len(audio) / settings.sample_rate_hz * settings.frame_rate_hz),
+                 f"the audio of {videofile}")
     model = load_lipsync_expert(weights_dir, ckpt_file, device)
     with contextlib.closing(media.iter_video_frames(videofile)) as frames:
         result = sync_faces(model, (resize_face(frame) for frame in frames), audio, settings, device)

@@ -4,8 +4,8 @@ Run by hand from the repository root (not collected by pytest: its name does not
 
     python tests/mutations.py [WORD ...]    # WORD: only the mutations of files whose path contains it
 
-Each mutation edits one file, runs the listed tests (``TESTS``, or its own), and restores the file whatever
-happens.
+Each mutation edits one file, runs its tests (``TESTS``, or the list given with the mutation), and restores the
+file whatever happens.
 """
 from __future__ import annotations
 
@@ -62,6 +62,34 @@ MUTATIONS = [
      PLOT_TESTS),
 ]
 
+# Issue 22: bugs the whole suite missed, each with the tests that now catch it (file, find, replace, tests).
+SILENT = "tests/test_nothing_silent.py"
+MUTATIONS_22 = [
+    ("pipeline/fuse_argmax.py", "turns_from_activities(tracks, activities, 0,",  # a minimum length on won runs
+     "turns_from_activities(tracks, activities, int(cfg_diarise.min_utterance_frames),", ["tests/test_fuse_argmax.py"]),
+    ("pipeline/config.py", "            raise _unknown_key(base, key, where)",  # an unknown key ignored
+     "            continue", [SILENT + "::test_misspelt_config_key_is_one_line_naming_the_closest_key"]),
+    ("pipeline/lip_gesture.py", '        extra["wav2lip_conf_thresholds"] = [float(v) for v in cfg.wav2lip.conf_thresholds]',
+     "        pass", [SILENT + "::test_stage3_reruns_when_wav2lips_thresholds_change_under_gestsync_with_wav2lip_lips"]),
+    ("pipeline/sync_gestsync.py", '        "persons.pckl": persons_sha256,\n', "",
+     [SILENT + "::test_gestsync_stage2_key_changes_when_persons_pckl_is_edited"]),
+    ("pipeline/sync_wav2lip.py", "    return resize_face(frame_bgr[top:bottom, left:right])",  # RGB to the BGR expert
+     "    return resize_face(frame_bgr[top:bottom, left:right, ::-1])",
+     [SILENT + "::test_wav2lip_expert_sees_bgr_as_wav2lip_reads_with_cv2"]),
+    ("pipeline/sync_gestsync.py", "cv2.cvtColor(np.ascontiguousarray(frame_bgr[y1:y2, x1:x2]), cv2.COLOR_BGR2RGB)",
+     "np.ascontiguousarray(frame_bgr[y1:y2, x1:x2])", [SILENT + "::test_gestsync_sees_rgb_as_gestsync_reads_its_frames"]),
+    ("pipeline/preflight.py", '    names = [model] + ([lip_model(cfg)] if model == "gestsync" and lip_model(cfg) else [])',
+     "    names = [model]", [SILENT + "::test_preflight_tries_gestsyncs_lip_model"]),
+    ("models/wav2lip.py", "load_checkpoint(model, file, weights_dir, convert=strip_module_prefix, probe=_probe)",
+     "load_checkpoint(model, file, weights_dir, convert=strip_module_prefix)",
+     [SILENT + "::test_preflight_tries_gestsyncs_lip_model"]),
+    ("pipeline/stage1.py", "    if not path.is_file() or _written_by_pipeline(cache):", "    if not path.is_file():",
+     [SILENT + "::test_faces_pckl_written_but_not_yet_recorded_is_the_pipelines"]),
+    ("pipeline/media.py", "        if bad:\n", "        if False:\n", [SILENT + "::test_float_wav_with_nan_samples_is_one_line"]),
+    ("pipeline/stage1.py", "max_missing_s=float(cfg.input.max_missing_s))\n    if samples.size",
+     "max_missing_s=None)\n    if samples.size", [SILENT + "::test_faststart_mp4_cut_short_is_one_line_and_nothing_written"]),
+]
+
 
 def run(file: str, old: str, new: str, tests: list[str] | None = None) -> bool:
     """True when the tests fail with the mutation in place (the bug is caught)."""
@@ -80,7 +108,8 @@ def run(file: str, old: str, new: str, tests: list[str] | None = None) -> bool:
 
 def main(words: list[str]) -> int:
     missed = 0
-    chosen = [m for m in MUTATIONS if not words or any(word in m[0] for word in words)]
+    every = [(file, old, new, *tests) for file, old, new, *tests in MUTATIONS] + MUTATIONS_22
+    chosen = [m for m in every if not words or any(word in m[0] or word in m[1] for word in words)]
     for file, old, new, *tests in chosen:
         caught = run(file, old, new, *tests)
         missed += not caught

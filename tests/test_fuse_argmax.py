@@ -120,3 +120,16 @@ def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
         evidence.fusion_mode(SimpleNamespace(diarise=SimpleNamespace(mode="vote")))
     with pytest.raises(CacheError, match="smoothed wav2lip score curve per track"):
         evidence.model_curves({"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
+
+
+def test_argmax_rule_keeps_a_won_run_of_a_fifth_of_a_second():
+    """No minimum length (the seed project has none): face 1 wins frames 100..104 (4.0-4.2 s, 5 frames, well
+    under ``diarise.min_utterance_frames``) inside face 0's speech 2-6 s, and those 0.2 s are its turn."""
+    assert CFG.min_utterance_frames > 5  # the run would be dropped if the VoxConverse minimum applied
+    face0 = np.full(200, 0.7)
+    face1 = steps(200, [(100, 105, 0.9)], base=0.55)
+    tracks = [expert_track(0, face0, identity=0), expert_track(0, face1, identity=1)]
+    emb = voices(40, [(0, 40, A), (14, 17, B)])
+    turns = diarise_argmax(tracks, [(2.0, 6.0)], emb, CFG, HOP_S, 200, 8.0)
+    assert turns == [Turn(2.0, 4.0, "spk00", "av", (0,)), Turn(4.0, 4.2, "spk01", "av", (1,)),
+                     Turn(4.2, 6.0, "spk00", "av", (0,))]
