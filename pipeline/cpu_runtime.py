@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+APPLIED: dict[str, str] = {}  # what apply_defaults set in this process (not the user's own settings)
 
 
 def apply_defaults() -> dict[str, str]:
@@ -24,4 +25,5 @@ def apply_defaults() -> dict[str, str]:
         if name not in os.environ:
             os.environ[name] = value
             applied[name] = value
+    APPLIED.update(applied)
     return applied

@@ -80,9 +80,12 @@ def stage_commands(checkout: Path, videofile: Path, data_dir: Path, weights_dir:
 
 def run_measured(command: list[str], cwd: Path) -> dict[str, float]:
     """Run one stage script; its user and system CPU seconds, wall seconds, peak RSS (MB) and the load before."""
+    from pipeline.cpu_runtime import APPLIED
+
+    env = {k: v for k, v in os.environ.items() if k not in APPLIED}  # the user's environment, not our defaults
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
