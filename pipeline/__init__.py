@@ -6,7 +6,10 @@ runs all four on one video (``pipeline.api``).
 """
 from typing import Any
 
+from pipeline.cpu_runtime import apply_defaults
 from pipeline.version import __version__
+
+apply_defaults()  # before anything imports torch: see pipeline/cpu_runtime.py
 
 __all__ = ["DiarizeResult", "__version__", "diarize"]
 

@@ -210,6 +210,7 @@ RANGE_RULES: dict[str, Rule] = {
     "crop.scale": _NON_NEGATIVE,
     "crop.smooth_kernel_frames": _odd_positive(),
     "crop.pad_value": _between(0, 255),
+    "crop.keyframe_interval_frames": _AT_LEAST_ONE,
     "syncnet.vshift_frames": _NON_NEGATIVE,
     "syncnet.parallel_tracks": _AT_LEAST_ONE,
     "syncnet_demo.vshift_frames": _NON_NEGATIVE,

@@ -8,6 +8,7 @@ between its features and all of that group's features is at most ``max_cosine_di
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,33 +35,68 @@ def sample_frame_indices(num_frames: int, frames_per_track: int) -> list[int]:
     return [int(k * num_frames / (frames_per_track + 1)) for k in range(1, frames_per_track + 1)]
 
 
-def _count_frames(path: Path) -> int:
+def _frame_index(path: Path) -> tuple[list[int], list[int]]:
+    """Presentation times of the crop video's frames, in order, and the positions of its keyframes."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)  # Matroska: one block per frame
+        packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream)
+                   if packet.size > 0]  # Matroska: one block per frame
+    if any(pts is None for pts, _ in packets):
+        raise CacheError(f"face crop {path} has frames without timestamps: run {RUN_PIPELINE} again")
+    packets.sort()
+    return [pts for pts, _ in packets], [pos for pos, (_, key) in enumerate(packets) if key]
+
+
+def _count_frames(path: Path) -> int:
+    return len(_frame_index(path)[0])
 
 
 def read_frames(path: Path, indices: Sequence[int]) -> list[np.ndarray]:
-    """BGR frames ``[H, W, 3]`` (uint8) at ``indices`` of a video; an index past the end repeats the last frame."""
+    """BGR frames ``[H, W, 3]`` (uint8) at ``indices`` of a video; an index past the end repeats the last frame.
+
+    Each wanted frame is reached from the keyframe before it (stage 1 writes one every
+    ``crop.keyframe_interval_frames``), decoding on from where the last one was found when that is nearer;
+    lossless frames, so the pixels are those of a decode from the first frame.
+    """
+    times, keyframes = _frame_index(path)
+    if not times:
+        raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
+    return _decode_at(path, times, keyframes, indices)
+
+
+def read_sampled_frames(path: Path, frames_per_track: int) -> list[np.ndarray]:
+    """The frames ``sample_frame_indices`` picks from a crop video (BGR ``[H, W, 3]`` uint8)."""
+    times, keyframes = _frame_index(path)
+    if not times:
+        raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
+    return _decode_at(path, times, keyframes, sample_frame_indices(len(times), frames_per_track))
+
+
+def _decode_at(path: Path, times: list[int], keyframes: list[int], indices: Sequence[int]) -> list[np.ndarray]:
+    """Frames at ``indices`` (clamped to the last), seeking to the keyframe before each when that saves decoding."""
     import av
 
-    wanted = set(indices)
+    wanted = sorted({min(int(idx), len(times) - 1) for idx in indices})
     found: dict[int, np.ndarray] = {}
-    last_idx, last_frame = -1, None
     with av.open(str(path)) as container:
-        for idx, frame in enumerate(container.decode(video=0)):
-            last_idx, last_frame = idx, frame
-            if idx in wanted:
-                found[idx] = frame.to_ndarray(format="bgr24")
-            if idx >= max(wanted):
-                break
-        if last_frame is None:
-            raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
-        if last_idx not in found:
-            found[last_idx] = last_frame.to_ndarray(format="bgr24")
-    return [found[idx] if idx in found else found[last_idx] for idx in indices]
+        stream = container.streams.video[0]
+        frames, position = container.decode(stream), -1  # position: index of the last frame decoded
+        for target in wanted:
+            key = keyframes[bisect_right(keyframes, target) - 1] if keyframes and keyframes[0] <= target else 0
+            if position >= target or key > position + 1:
+                container.seek(times[key], stream=stream, backward=True, any_frame=False)
+                frames, position = container.decode(stream), None
+            for frame in frames:
+                position = times.index(frame.pts) if position is None else position + 1
+                if position == target:
+                    found[target] = frame.to_ndarray(format="bgr24")
+                    break
+            if target not in found:
+                raise CacheError(f"face crop {path} ends before its frame {target}: run {RUN_PIPELINE} again")
+    last = len(times) - 1
+    return [found[min(int(idx), last)] for idx in indices]
 
 
 def face_input(frames_bgr: Sequence[np.ndarray], cfg_faces: Any) -> torch.Tensor:
@@ -88,10 +124,7 @@ def track_face_embeddings(model: torch.nn.Module, crop_paths: Sequence[Path], cf
     features = []
     for path in map(Path, crop_paths):
         try:
-            num_frames = _count_frames(path)
-            if num_frames == 0:
-                raise CacheError(f"face crop {path} has no frames: run {RUN_PIPELINE} again")
-            frames = read_frames(path, sample_frame_indices(num_frames, frames_per_track))
+            frames = read_sampled_frames(path, frames_per_track)
         except CacheError:
             raise
         except Exception as err:  # missing file, not a video, truncated stream

@@ -3,17 +3,26 @@
 
     python scripts/benchmark.py --videofile V [--faces faces.pckl] [--device auto] [--weights_dir W]
     python scripts/benchmark.py --fusion_hours 1 [--rttm_dir ../shared/data/voxconverse/dev]
+    python scripts/benchmark.py --videofile V --faces F --compare OTHER_CHECKOUT [--loop_s 60] [--repeats 2]
 
 Without the published checkpoints in --weights_dir, seeded random ones are written to a temporary folder
 (speed does not depend on the weights). --faces injects precomputed detections so that stage 1 is timed
 without the network as well. --fusion_hours H times stage 3's decision alone in each fusion mode on H hours of
 evidence simulated (pipeline/simulate.py, default profile, seed 0) from the --rttm_dir references laid end to
-end; with it --videofile may be left out. Prints one line per step; --json FILE also saves them.
+end; with it --videofile may be left out. Prints one line per step, with the machine's load (1-minute average)
+when the step ended and torch's thread count; --json FILE also saves them.
+
+--compare OTHER_CHECKOUT runs the four stage scripts of this checkout and of another one (e.g. a `git worktree`
+of an older commit) on the same clip, injected faces and seeded random weights, one process per stage, in
+alternating order (--repeats runs each), and prints each stage's median CPU seconds (user + system), wall time
+and peak RSS side by side, then whether every output is identical (scripts/bench_compare.py). --loop_s S first
+repeats the clip and its faces until S seconds (a long clip from a short one).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -35,14 +44,19 @@ class Timer:
         self.rows: list[dict] = []
 
     def add(self, step: str, seconds: float, items: float | None = None, unit: str = "") -> None:
+        import torch
+
+        load = os.getloadavg()[0]
         row = {"step": step, "seconds": round(seconds, 3),
-               "x_realtime": round(self.media_duration_s / seconds, 1) if seconds > 0 else None}
+               "x_realtime": round(self.media_duration_s / seconds, 1) if seconds > 0 else None,
+               "load_1min": round(load, 2), "torch_threads": torch.get_num_threads()}
         if items is not None:
             row[f"{unit}_per_s"] = round(items / seconds, 1) if seconds > 0 else None
             row[unit] = items
         self.rows.append(row)
         rate = f"{items / seconds:10.1f} {unit}/s" if items is not None and seconds > 0 else " " * 20
-        print(f"{step:<34} {seconds:9.2f} s {rate}   {row['x_realtime']:>8}x real time", flush=True)
+        print(f"{step:<34} {seconds:9.2f} s {rate}   {row['x_realtime']:>8}x real time   load {load:4.2f}, "
+              f"{row['torch_threads']} threads", flush=True)
 
 
 def peak_rss_mb() -> float:
@@ -61,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect_frames", type=int, default=64, help="frames timed through the face detector")
     parser.add_argument("--skip", default="", help="comma-separated: detect,stage1,stage2,wav2lip,gestsync,stage3")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--compare", default=None, metavar="OTHER_CHECKOUT",
+                        help="run the stage scripts here and in this other checkout side by side (needs --faces)")
+    parser.add_argument("--loop_s", type=float, default=None,
+                        help="with --compare: repeat the clip and its faces to this many seconds first")
+    parser.add_argument("--repeats", type=int, default=2, help="with --compare: runs of each checkout")
     add_config_args(parser)
     add_runtime_args(parser, ignored=("--force", "--quiet"),
                      why="every step is timed from scratch in a temporary folder and printed")
@@ -219,6 +238,39 @@ def bench_fusion(rttm_dir: str, hours: float, cfg, modes: tuple[str, ...] = ("vo
         timer.add(f"fusion {mode} ({len(turns)} turns)", time.perf_counter() - start)
 
 
+def run_compare(args: argparse.Namespace, videofile: Path) -> int:
+    """--compare: both checkouts' stage scripts side by side (scripts/bench_compare.py)."""
+    import bench_compare
+
+    from models.random_weights import write_random_checkpoints
+
+    other = Path(args.compare)
+    if not (other / "scripts" / "cluster.py").is_file():
+        raise InputError(f"--compare {other}: not a checkout of this project (no scripts/cluster.py)")
+    if not args.faces:
+        raise InputError("--compare needs --faces (detection is not compared)")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    faces = input_file(args.faces, "faces file")
+    scratch = Path(tempfile.mkdtemp(prefix="avdiarise-compare-"))
+    try:
+        if args.loop_s:
+            videofile, faces = bench_compare.loop_clip(videofile, faces, args.loop_s, scratch / "clip")
+        weights_dir = write_random_checkpoints(scratch / "weights")
+        extra = [item for pair in (("--set", o) for o in args.overrides) for item in pair]
+        print(f"benchmark: {videofile.name} here ({Path(__file__).resolve().parent.parent}) and in {other.resolve()}, "
+              f"{args.repeats} alternating runs each, load {os.getloadavg()[0]:.2f}", flush=True)
+        lines = bench_compare.compare(Path(__file__).resolve().parent.parent, other.resolve(), videofile, faces,
+                                      weights_dir, scratch, args.repeats, extra)
+        print("\n".join(lines))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"video": str(videofile), "other": str(other), "lines": lines},
+                                                  indent=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.videofile is None and args.fusion_hours is None:
@@ -233,6 +285,8 @@ def main(args: argparse.Namespace) -> int:
         bench_fusion(args.rttm_dir, args.fusion_hours, cfg)
         if videofile is None:
             return 0
+    if args.compare is not None:
+        return run_compare(args, videofile)
     device = resolve_device(args.device)
     skip = set(filter(None, args.skip.split(",")))
     info = probe(videofile)

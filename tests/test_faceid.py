@@ -115,6 +115,31 @@ def test_frames_past_the_end_repeat_the_last_one(tmp_path):
     np.testing.assert_array_equal(got[3], frames[4])
 
 
+def test_frames_reached_by_seeking_equal_a_decode_from_the_start(tmp_path):
+    """Stage 1's writer with a keyframe every 3 frames: any order, repeats and indices past the end."""
+    import av
+
+    from pipeline import crop
+
+    frames = _numbered_frames(20)
+    path = tmp_path / "00000.mkv"
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = crop._add_lossless_stream(container, 25, 224, keyframe_interval_frames=3)
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    times, keyframes = faceid._frame_index(path)
+    assert len(times) == 20 and keyframes == list(range(0, 20, 3))  # the writer's interval is what seeking uses
+    indices = [19, 4, 4, 7, 8, 0, 13, 25, 2]
+    got = faceid.read_frames(path, indices)
+    for idx, image in zip(indices, got):
+        np.testing.assert_array_equal(image, frames[min(idx, 19)])
+    assert [f.tobytes() for f in faceid.read_sampled_frames(path, 4)] == \
+        [frames[i].tobytes() for i in faceid.sample_frame_indices(20, 4)]
+
+
 def test_track_embeddings_end_to_end(weights_dir, tmp_path):
     model = faceid.load_face_model(CFG.faces, weights_dir, "cpu")
     paths = [_write_crop(tmp_path / f"{i:05d}.mkv", _numbered_frames(n), codec)
