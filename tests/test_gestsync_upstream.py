@@ -209,14 +209,6 @@ def test_offset_and_curves_equal_upstreams_on_the_shared_clips(clip_inputs, name
     np.testing.assert_allclose(gs.smooth_scores(ours.score_raw[:count], 25, global_speaker=True), whole, atol=1e-5)
 
 
-def test_a_negative_scale_flips_the_curve_and_the_decision(clip_inputs):
-    frames, audio = clip_inputs["gestsync_sync_offset-15"]
-    pos = gs.sync_regions(TinyGestSync(2.0, seed=3), list(frames), audio, _settings())
-    neg = gs.sync_regions(TinyGestSync(-2.0, seed=3), list(frames), audio, _settings())
-    np.testing.assert_allclose(neg.score_raw, -pos.score_raw, atol=1e-5)
-    assert neg.best_score == pytest.approx(-np.min(pos.scores.mean(0)), abs=1e-5)
-
-
 # ---- the offset search on the same embeddings -----------------------------------------------------
 @pytest.mark.parametrize("windows,audio_lag", [(139, 25), (139, -15), (198, 40), (101, 0), (60, 5), (45, 0), (200, -50)])
 @pytest.mark.parametrize("scale", SCALES)
@@ -286,7 +278,7 @@ def test_padded_windows_of_the_real_network():
     fbanks = gf.filterbanks(audio)
     spec_pad = ref.load_spectrogram_windows(fbanks)
     padded = ref.pad_video_frames(frames / 255.)
-    picks = [0, 1, 25, 26]
+    picks = [0, 26]  # the first and last frames: windows of 12 copies of the edge frame and 13 real frames
     video = _reference_embeddings(model, lambda i: padded[picks[i]:picks[i] + 25], len(picks))
     audio_emb = _reference_audio(model, fbanks, spec_pad[picks])
     output, _ = ref.predict_active_speaker_scores(video, audio_emb, model.logits_scale, "True")
