@@ -13,8 +13,11 @@ Inputs, as ``inference_syncoffset.py`` forms them (``pipeline.gestsync_frontend`
 
 ``forward_vid`` gives ``[N, 1024, T - 4]`` (one embedding per position left by the 5-frame temporal kernel);
 the reference averages it over time before comparing. ``forward_aud`` gives ``[N, 1024, 1]``. The reference
-L2-normalises both before taking similarities. The published network also holds a bidirectional LSTM,
-``logits_scale`` and ``fc`` that inference never uses; they are kept so the checkpoint loads strictly.
+L2-normalises both before taking similarities, and both demos pass every cosine through the learnt
+``logits_scale`` (a 1x1 linear layer without bias: a multiplication by its one weight, which may be negative;
+``inference_syncoffset.py`` ``calc_att_map``, ``inference_activespeaker.py`` ``predict_active_speaker``), so
+the scores they compare are ``logits_scale * cosine`` (``score_scale``). The published network also holds a
+bidirectional LSTM and ``fc`` that inference never uses; they are kept so the checkpoint loads strictly.
 """
 from __future__ import annotations
 
@@ -125,7 +128,7 @@ class GestSyncRGB(nn.Module):
         self.net_aud = VGGNet(1, _AUDIO_LAYERS, dims=2)
         self.lstm = nn.LSTM(512, 256, num_layers=1, bidirectional=True, batch_first=True)  # unused at inference
         self.ff_aud = NetFC2D(input_dim=512, hidden_dim=512, embed_dim=EMBEDDING_DIM)
-        self.logits_scale = nn.Linear(1, 1, bias=False)  # training only
+        self.logits_scale = nn.Linear(1, 1, bias=False)  # the learnt score scale both demos apply (score_scale)
         self.fc = nn.Linear(1, 1)  # training only
 
     def forward_vid(self, frames: torch.Tensor) -> torch.Tensor:
@@ -141,6 +144,11 @@ class GestSyncRGB(nn.Module):
     def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio, video) embeddings."""
         return self.forward_aud(mels), self.forward_vid(frames)
+
+
+def score_scale(model: GestSyncRGB) -> float:
+    """The learnt ``logits_scale`` weight: GestSync's scores are this times the cosine similarity."""
+    return float(model.logits_scale.weight.detach().reshape(-1)[0].float())
 
 
 def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,8 +3,9 @@
 SyncNet's ``sync.pckl`` (VoxConverse) gives distances that stage 3 turns into a confidence with its
 thresholds in ``diarise``; Wav2Lip's expert gives per-frame scores in [0, 1], already smoothed by stage 2,
 with thresholds of their own in ``wav2lip``; GestSync's gesture sync (``gestsync``) gives smoothed
-cosine similarities with thresholds in ``gestsync`` (and, with ``gestsync.lip_model``, a lip model's evidence
-beside them, mapped onto that scale: ``pipeline/lip_gesture.py``). Mixing the two would compare numbers on different scales, so
+scores on its own scale (``logits_scale`` x cosine similarity) with thresholds in ``gestsync`` (and, with
+``gestsync.lip_model``, a lip model's evidence beside them, mapped onto that scale: ``pipeline/lip_gesture.py``).
+Mixing the two would compare numbers on different scales, so
 stage 3 refuses evidence from a model other than the configured ``sync.model``.
 """
 from __future__ import annotations

@@ -59,14 +59,17 @@ every sync model. The audio is the track's ``%05d.wav``, as for SyncNet.
 - ``offsets.txt``: as above with ``best_score`` in place of ``min_dist``.
 
 Stage 2 with ``sync.model: gestsync`` (GestSync's gesture sync, ``pipeline/sync_gestsync.py``): each face
-track is scored on an upper-body region, a box derived from its face box, or the person box of a
+track is scored on its person's square crop around a box derived from its face box, or the person box of a
 ``persons.pckl`` the user placed in pywork/REF (faces.pckl layout, person boxes instead of faces). Its
-``activesd.pckl`` holds per track float32 ``[num_windows, 2 * vshift + 1]`` cosine similarities (window i =
-frames i .. i + 24 against audio window i + shift; 0 where that audio window does not exist). ``sync.pckl``
-is the expert's layout with ``model`` 'gestsync', ``num_avg_frames`` and ``global_speaker`` in place of
-``smooth_frames``, ``persons`` (what the regions came from), and per track ``region_bbox`` (int64
-``[num_frames, 4]``, the region of each track frame) and ``region_from_person`` (bool ``[num_frames]``);
-``score_raw`` is the zero-shift score of the window centred on each frame (window i on frame i + 12).
+``activesd.pckl`` holds per track the offset search's float32 ``[offset_avg_frames, candidates]`` block of
+scores (``logits_scale`` x cosine; column k: GestSync's offset ``k * stride`` minus the block's first
+window; ``[0, 0]`` when the track is too short). ``sync.pckl`` is the expert's layout with ``model``
+'gestsync', ``num_avg_frames``, ``global_speaker``, ``offset_stride_frames``, ``max_offset_frames``,
+``offset_avg_frames`` and ``logits_scale`` in place of ``smooth_frames``, ``persons`` (what the regions came
+from), and per track ``offset_range_frames`` (lowest and highest offset searched, SyncNet's sign, or None),
+``region_bbox`` (int64 ``[num_frames, 4]``, the crop square of each track frame in frame pixels) and
+``region_from_person`` (bool ``[num_frames]``); ``score_raw`` is the scaled score of the (edge-padded)
+window centred on each frame, NaN past the audio.
 With ``gestsync.lip_model`` set, ``sync.pckl`` also holds ``lips``: ``{'model': 'syncnet' | 'wav2lip',
 'distances': that model's activesd.pckl list for the face tracks, 'sync': its sync.pckl dict}`` (else None).
 

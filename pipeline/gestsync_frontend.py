@@ -9,6 +9,12 @@ Video: ``load_rgb_masked_frames``: each frame resized to 480 x 270 RGB with ever
 was found, rows 0..110 of the resized frame; values in [0, 1]. ``cv2.rectangle`` fills both corners
 inclusively, so the masks cover rows ``0 .. bottom`` *including* ``bottom``.
 
+Person crop: ``preprocess/inference_preprocess.py`` ``crop_video``: per frame of a person track the box's
+centre and half its larger side, each median-filtered over the track (``scipy.signal.medfilt``, kernel 13,
+zeros beyond the ends as scipy pads), a square of that side around that centre cut from the frame padded
+with grey 110, resized to 480 x 270 (squashed: GestSync trains on such crops); the face mask is then drawn
+on the crop, as GestSync finds the face on the crop video.
+
 Windows: video window ``i`` is frames ``i .. i + 24`` (stride 1); its audio is filterbank frames
 ``4 i .. 4 i + 99`` (``load_spectrograms(stride=4)``), so both span the same second.
 
@@ -16,6 +22,7 @@ Stage 2's use of it (regions, windows, offsets, curves, caching): ``pipeline/syn
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +54,8 @@ class FrontEndSettings:
     frame_height_px: int = 270
     mask_below_face_px: int = 15
     mask_rows_no_face: int = 110
+    crop_median_kernel_frames: int = 13
+    crop_pad_grey: int = 110
 
     def __post_init__(self) -> None:
         for name in ("sample_rate_hz", "n_fft", "win_samples", "hop_samples", "num_mels", "mel_frames_per_video_frame",
@@ -58,6 +67,12 @@ class FrontEndSettings:
         if not 0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate_hz / 2:
             raise InputError(f"gestsync needs 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2, got "
                              f"{self.fmin_hz!r}, {self.fmax_hz!r}")
+        if int(self.crop_median_kernel_frames) != self.crop_median_kernel_frames or \
+                self.crop_median_kernel_frames < 1 or self.crop_median_kernel_frames % 2 == 0:
+            raise InputError(f"gestsync crop_median_kernel_frames must be an odd whole number >= 1, got "
+                             f"{self.crop_median_kernel_frames!r}")
+        if not 0 <= self.crop_pad_grey <= 255:
+            raise InputError(f"gestsync crop_pad_grey must be in 0..255, got {self.crop_pad_grey!r}")
         if not self.log_floor > 0:
             raise InputError(f"gestsync log_floor must be > 0, got {self.log_floor!r}")
 
@@ -70,7 +85,8 @@ class FrontEndSettings:
                    mel_frames_per_video_frame=int(g.mel_frames_per_video_frame),
                    window_frames=int(g.window_frames), window_stride_frames=int(g.window_stride_frames),
                    frame_width_px=int(g.frame_width_px), frame_height_px=int(g.frame_height_px),
-                   mask_below_face_px=int(g.mask_below_face_px), mask_rows_no_face=int(g.mask_rows_no_face))
+                   mask_below_face_px=int(g.mask_below_face_px), mask_rows_no_face=int(g.mask_rows_no_face),
+                   crop_median_kernel_frames=int(g.crop_median_kernel_frames), crop_pad_grey=int(g.crop_pad_grey))
 
     @property
     def mel_window_frames(self) -> int:
@@ -148,6 +164,64 @@ def masked_frame(frame_rgb: np.ndarray, face_bottom_px: int | None,
     img = frame_rgb.copy()
     img[: max(0, int(face_bottom_px) + settings.mask_below_face_px + 1)] = 0
     return cv2.resize(img, size)
+
+
+def crop_squares(boxes: np.ndarray, settings: FrontEndSettings = DEFAULTS) -> np.ndarray:
+    """``float64 [n, 3]``: per box ``(centre_x, centre_y, half_side)``, half the larger of width and height,
+    each median-filtered over the sequence as ``crop_video`` does (``scipy.signal.medfilt``: zero padding, so
+    the first and last ``kernel // 2`` values lean towards the smaller ones, as upstream's do)."""
+    from scipy import signal
+
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(b):
+        return np.zeros((0, 3))
+    raw = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                    np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2], axis=1)
+    kernel = settings.crop_median_kernel_frames
+    return np.stack([signal.medfilt(raw[:, k], kernel_size=kernel) for k in range(3)], axis=1)
+
+
+def _square_span(centre: float, half: float, pad: int, size: int) -> tuple[int, int]:
+    """First and end row (or column) of the square in frame pixels, as numpy slices ``crop_video``'s padded
+    frame (``int`` truncation, then clamped to the padded extent)."""
+    span = range(size + 2 * pad)[int(centre + pad - half):int(centre + pad + half)]
+    return (span.start - pad, span.stop - pad) if len(span) else (0, 0)
+
+
+def square_bounds(square: Sequence[float], width_px: int, height_px: int) -> tuple[int, int, int, int]:
+    """``(x1, y1, x2, y2)`` in frame pixels (may reach beyond the frame) of the crop of ``square``."""
+    x, y, half = (float(v) for v in square)
+    pad = int(half)
+    (y1, y2), (x1, x2) = _square_span(y, half, pad, height_px), _square_span(x, half, pad, width_px)
+    return x1, y1, x2, y2
+
+
+def square_crop(frame: np.ndarray, square: Sequence[float], settings: FrontEndSettings = DEFAULTS) -> np.ndarray:
+    """``[270, 480, 3]`` uint8, the frame's channel order: ``crop_video``'s crop of one frame around
+    ``square = (centre_x, centre_y, half_side)`` (grey ``crop_pad_grey`` outside the frame), resized.
+
+    Only the part inside the frame is copied and bordered, not the whole padded frame: the same pixels."""
+    height, width = frame.shape[:2]
+    x1, y1, x2, y2 = square_bounds(square, width, height)
+    size = (settings.frame_width_px, settings.frame_height_px)
+    if x2 <= x1 or y2 <= y1:
+        return np.full((size[1], size[0], 3), settings.crop_pad_grey, dtype=np.uint8)
+    inside = frame[max(y1, 0):min(y2, height), max(x1, 0):min(x2, width)]
+    if inside.size == 0:
+        crop = np.full((y2 - y1, x2 - x1, 3), settings.crop_pad_grey, dtype=np.uint8)
+    else:
+        grey = (settings.crop_pad_grey,) * 3
+        crop = cv2.copyMakeBorder(inside, max(0, -y1), max(0, y2 - height), max(0, -x1), max(0, x2 - width),
+                                  cv2.BORDER_CONSTANT, value=grey)
+    return cv2.resize(crop, size)
+
+
+def face_row_in_crop(face_bottom_px: float, square: Sequence[float], width_px: int, height_px: int,
+                     settings: FrontEndSettings = DEFAULTS) -> int:
+    """The row of the resized crop that shows frame row ``face_bottom_px`` (GestSync finds the face's lowest
+    keypoint on the 480 x 270 crop and masks below it there)."""
+    _, y1, _, y2 = square_bounds(square, width_px, height_px)
+    return int(math.floor((float(face_bottom_px) - y1) * settings.frame_height_px / max(y2 - y1, 1)))
 
 
 def count_video_windows(num_frames: int, settings: FrontEndSettings = DEFAULTS) -> int:

@@ -2,27 +2,30 @@
 
 Each face track of ``tracks.pckl`` is scored on its person's upper body rather than its lips:
 
-- **Region.** By default a box derived from the face box in every frame (``gestsync.region_*``: the face's
-  centre, ``region_width_faces`` face widths wide, from ``region_above_faces`` face heights above the face
-  to ``region_below_faces`` face heights below it, clipped to the frame). When the user placed a
-  ``persons.pckl`` in the reference's pywork folder (GestSync's YOLO person boxes, syncnet_python's
-  ``faces.pckl`` layout, indexed on the 25 fps frames), its boxes are tracked with the face tracker
-  (``pipeline.track``, per shot of ``scene.pckl``) and each face track takes the person track that holds
-  its face in most frames; frames where that person has no box use the face-derived region.
-- **Input.** GestSync's (``pipeline.gestsync_frontend``): every frame of the region, RGB, everything above
-  the face's bottom + 15 px blacked out (in region pixels), resized to 480 x 270, in [0, 1]; 25-frame
-  windows at stride 1; the track's audio as log-mel filterbanks, 100 filterbank frames per window.
-- **Scores.** Window ``i`` (frames ``i .. i + 24``) against audio windows ``i + s`` for
-  ``s = -vshift .. +vshift``: the cosine similarity of the L2-normalised embeddings (the video embedding
-  averaged over its time steps, as both GestSync demos do); 0 where the shifted audio window does not
-  exist. The column with the highest mean (over the windows whose shifted audio exists) is the offset,
-  reported in SyncNet's sign (``vshift - column``; GestSync's demo prints the opposite sign), its mean the
-  best score, ``confidence = best - median``.
-- **Curves.** The zero-shift score of each window on its centre frame ``i + 12`` (GestSync's active-speaker
-  demo centres windows on frames and scores them unshifted) is the raw curve; a centred ``num_avg_frames``
-  (25) moving average over the frames that have a score is the smoothed curve stage 3 fuses. With
-  ``global_speaker`` every frame of a track gets the track's mean score (the demo's ``--global_speaker``).
-  The demo multiplies by ``logits_scale`` first; we keep the cosine so the thresholds are on a fixed scale.
+- **Region.** GestSync's person crop (``preprocess/inference_preprocess.py`` ``crop_video``): per frame a
+  square of side max(w, h) around the box's centre, centre and size median-filtered (kernel 13) over the
+  track, cut from the frame padded with grey 110 and resized to 480 x 270. The box is, by default, one
+  derived from the face box in every frame (``gestsync.region_*``: the face's centre, ``region_width_faces``
+  face widths wide, from ``region_above_faces`` face heights above the face to ``region_below_faces`` face
+  heights below it, clipped to the frame). When the user placed a ``persons.pckl`` in the reference's pywork
+  folder (GestSync's YOLO person boxes, syncnet_python's ``faces.pckl`` layout, indexed on the 25 fps
+  frames), its boxes are tracked with the face tracker (``pipeline.track``, per shot of ``scene.pckl``), and
+  each face track takes the person track that holds its face in most frames: that person's squares (smoothed
+  over the whole person track, as upstream crops it) where the person holds the face, the face-derived
+  squares elsewhere.
+- **Input.** GestSync's (``pipeline.gestsync_frontend``): the crop, RGB, everything down to the face's
+  bottom + 15 rows of the crop blacked out (the face box's bottom mapped onto the crop; GestSync finds it
+  with face-mesh landmarks on the crop), in [0, 1]; the track's audio as log-mel filterbanks.
+- **Offset** (``offset_search``, ``inference_syncoffset.py``): 25-frame windows at stride 1; candidates every
+  ``offset_stride_frames`` (5) up to +-``max_offset_frames`` (50) as far as the track's length allows, each
+  scored by the mean of ``logits_scale * cosine`` over one block of ``offset_avg_frames`` (50) windows;
+  reported in SyncNet's sign (GestSync's demo prints the opposite sign), ``confidence = best - median``.
+- **Curves** (``frame_scores``, ``smooth_scores``, ``inference_activespeaker.py``): the frames and the audio
+  windows edge-padded by 12 at each end, so every frame has a window centred on it; its
+  ``logits_scale * cosine`` is the raw curve (NaN for frames past the audio's last window + 24, where
+  upstream has none), its centred ``num_avg_frames`` (25) mean the smoothed curve stage 3 fuses, the first
+  and last means held out to the track's ends. With ``global_speaker`` every frame of a track gets the
+  track's mean score (the demo's ``--global_speaker``).
 
 Speed: the 3-D CNN's only temporal kernel is its first (5 frames, stride 1); every later layer is per frame,
 so its features for overlapping windows are shared: it runs once per frame (``batch_size`` frames per call)
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.gestsync import GestSyncRGB, load_gestsync
+from models.gestsync import GestSyncRGB, load_gestsync, score_scale
 from models.loader import checkpoint_path
 from pipeline import media
 from pipeline.cache import Cache, sha256_file
@@ -54,11 +57,14 @@ from pipeline.gestsync_frontend import (
     FrontEndSettings,
     audio_windows,
     count_audio_windows,
+    crop_squares,
+    face_row_in_crop,
     filterbanks,
     masked_frame,
+    square_bounds,
+    square_crop,
 )
 from pipeline.lip_gesture import lip_evidence, lip_key
-from pipeline.sync_wav2lip import moving_average
 
 MODEL = "gestsync"
 METRIC = "cosine_similarity"
@@ -75,7 +81,9 @@ class GestSyncSettings:
     """Stage 2's GestSync settings (config sections ``gestsync`` and ``media``)."""
 
     front: FrontEndSettings
-    vshift_frames: int = 15
+    offset_stride_frames: int = 5
+    max_offset_frames: int = 50
+    offset_avg_frames: int = 50
     num_avg_frames: int = 25
     global_speaker: bool = False
     batch_size: int = 16
@@ -86,11 +94,14 @@ class GestSyncSettings:
     frame_rate_hz: float = 25.0
 
     def __post_init__(self) -> None:
-        for name in ("vshift_frames", "num_avg_frames", "batch_size"):
-            value = getattr(self, name)
-            if int(value) != value or value < (0 if name == "vshift_frames" else 1):
-                raise InputError(f"gestsync {name} must be a whole number >= "
-                                 f"{0 if name == 'vshift_frames' else 1}, got {value!r}")
+        for name in ("offset_stride_frames", "max_offset_frames", "offset_avg_frames", "num_avg_frames",
+                     "batch_size"):
+            value, least = getattr(self, name), 0 if name == "max_offset_frames" else 1
+            if int(value) != value or value < least:
+                raise InputError(f"gestsync {name} must be a whole number >= {least}, got {value!r}")
+        if self.max_offset_frames % self.offset_stride_frames:
+            raise InputError(f"gestsync max_offset_frames ({self.max_offset_frames}) must be a multiple of "
+                             f"offset_stride_frames ({self.offset_stride_frames})")
         for name in ("region_width_faces", "region_above_faces", "region_below_faces"):
             if not 0 <= getattr(self, name) <= 20:
                 raise InputError(f"gestsync {name} must be between 0 and 20, got {getattr(self, name)!r}")
@@ -106,7 +117,8 @@ class GestSyncSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> GestSyncSettings:
         g = cfg.gestsync
-        return cls(front=FrontEndSettings.from_config(cfg), vshift_frames=int(g.vshift_frames),
+        return cls(front=FrontEndSettings.from_config(cfg), offset_stride_frames=int(g.offset_stride_frames),
+                   max_offset_frames=int(g.max_offset_frames), offset_avg_frames=int(g.offset_avg_frames),
                    num_avg_frames=int(g.num_avg_frames), global_speaker=bool(g.global_speaker),
                    batch_size=int(g.batch_size), region_width_faces=float(g.region_width_faces),
                    region_above_faces=float(g.region_above_faces), region_below_faces=float(g.region_below_faces),
@@ -114,12 +126,8 @@ class GestSyncSettings:
                    frame_rate_hz=float(cfg.media.frame_rate_hz))
 
     @property
-    def num_shifts(self) -> int:
-        return 2 * self.vshift_frames + 1
-
-    @property
     def centre_frame(self) -> int:
-        """Window i is centred on frame i + 12."""
+        """Window i is centred on frame i + 12; the active-speaker demo pads each end by this many frames."""
         return self.front.window_frames // 2
 
 
@@ -136,14 +144,6 @@ def face_region(face_box: Sequence[float], settings: GestSyncSettings, width_px:
     right = max(min(int(round(centre_x + half_w)), width_px), left + 1)
     bottom = max(min(int(round(y2 + settings.region_below_faces * face_h)), height_px), top + 1)
     return left, top, right, bottom
-
-
-def clip_box(box: Sequence[float], width_px: int, height_px: int) -> tuple[int, int, int, int]:
-    """A box as integer pixels inside the frame, at least one pixel wide and high."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    left = min(max(int(round(x1)), 0), width_px - 1)
-    top = min(max(int(round(y1)), 0), height_px - 1)
-    return left, top, max(min(int(round(x2)), width_px), left + 1), max(min(int(round(y2)), height_px), top + 1)
 
 
 def face_inside_fraction(face_box: Sequence[float], person_box: Sequence[float]) -> float:
@@ -190,51 +190,116 @@ def match_person(face_track: Mapping[str, np.ndarray], person_tracks: Sequence[M
 
 def track_regions(face_track: Mapping[str, np.ndarray], person: Mapping[str, np.ndarray] | None,
                   settings: GestSyncSettings, width_px: int, height_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame of a face track: the region ``int64 [n, 4]`` and whether it is the person's box ``bool [n]``."""
+    """Per frame of a face track: its crop square ``float64 [n, 3]`` (centre x, centre y, half side; see
+    ``gestsync_frontend.crop_squares``) and whether it is the person's ``bool [n]``.
+
+    The person's squares are smoothed over the whole person track, as ``crop_video`` crops it; the
+    face-derived ones over the face track's derived regions."""
     frames = np.asarray(face_track["frame"], dtype=np.int64)
     boxes = np.asarray(face_track["bbox"], dtype=np.float64)
-    lookup = {} if person is None else {int(f): b for f, b in zip(np.asarray(person["frame"]),
-                                                                  np.asarray(person["bbox"]))}
-    regions = np.zeros((len(frames), 4), dtype=np.int64)
+    squares = crop_squares(np.asarray([face_region(b, settings, width_px, height_px) for b in boxes],
+                                      dtype=np.float64), settings.front)
     from_person = np.zeros(len(frames), dtype=bool)
+    if person is None:
+        return squares, from_person
+    person_frames = np.asarray(person["frame"], dtype=np.int64)
+    person_boxes = np.asarray(person["bbox"], dtype=np.float64)
+    person_squares = crop_squares(person_boxes, settings.front)
+    lookup = {int(f): j for j, f in enumerate(person_frames.tolist())}
     for j, (frame_idx, box) in enumerate(zip(frames.tolist(), boxes)):
-        person_box = lookup.get(frame_idx)
-        if person_box is not None and face_inside_fraction(box, person_box) >= settings.person_min_face_overlap:
-            regions[j], from_person[j] = clip_box(person_box, width_px, height_px), True
-        else:
-            regions[j] = face_region(box, settings, width_px, height_px)
-    return regions, from_person
+        k = lookup.get(frame_idx)
+        if k is not None and face_inside_fraction(box, person_boxes[k]) >= settings.person_min_face_overlap:
+            squares[j], from_person[j] = person_squares[k], True
+    return squares, from_person
 
 
-def region_input(frame_bgr: np.ndarray, region: Sequence[int], face_bottom_px: float | None,
+def square_boxes(squares: np.ndarray, width_px: int, height_px: int) -> np.ndarray:
+    """``int64 [n, 4]``: the frame pixels each crop square covers (``sync.pckl`` ``region_bbox``)."""
+    return np.asarray([square_bounds(q, width_px, height_px) for q in np.asarray(squares).reshape(-1, 3)],
+                      dtype=np.int64).reshape(-1, 4)
+
+
+def region_input(frame_bgr: np.ndarray, square: Sequence[float], face_bottom_px: float | None,
                  settings: FrontEndSettings) -> np.ndarray:
-    """``[270, 480, 3]`` uint8 RGB: the region of a BGR frame, masked above the face bottom + 15 px
-    (``face_bottom_px`` in frame pixels; None: the top 110 rows of the resized region), resized."""
-    x1, y1, x2, y2 = (int(v) for v in region)
-    crop = cv2.cvtColor(np.ascontiguousarray(frame_bgr[y1:y2, x1:x2]), cv2.COLOR_BGR2RGB)
-    bottom = None if face_bottom_px is None else int(math.floor(face_bottom_px)) - y1
-    return masked_frame(crop, bottom, settings)
+    """``[270, 480, 3]`` uint8 RGB: GestSync's person crop of a BGR frame around ``square``, masked down to
+    the face's bottom + 15 rows of the crop (``face_bottom_px`` in frame pixels; None: no face known, the
+    top 110 rows)."""
+    crop = cv2.cvtColor(square_crop(frame_bgr, square, settings), cv2.COLOR_BGR2RGB)
+    if face_bottom_px is None:
+        crop[: settings.mask_rows_no_face + 1] = 0
+    else:
+        row = face_row_in_crop(face_bottom_px, square, frame_bgr.shape[1], frame_bgr.shape[0], settings)
+        crop[: max(0, row + settings.mask_below_face_px + 1)] = 0
+    return crop
 
 
-# ---- offset search --------------------------------------------------------------------------------
-def offset_search(scores: np.ndarray, valid: np.ndarray, vshift_frames: int) -> tuple[float, float, float]:
-    """(offset_frames, best_score, confidence) from a ``[W, 2 * vshift + 1]`` score matrix.
+# ---- offset search and curves (pure functions of embeddings) -----------------------------------
+@dataclass(frozen=True)
+class OffsetSearch:
+    """The offset search's outcome (``offset_search``)."""
 
-    The mean score of each shift over the windows whose shifted audio window exists (``valid``; a shift
-    with none scores NaN and is never chosen), ``offset = vshift - argmax`` (SyncNet's sign, first maximum
-    on ties), ``confidence = best - median`` of the means. No windows: ``(nan, nan, 0.0)``.
+    offset_frames: float  # SyncNet's sign: GestSync's offset negated
+    best_score: float  # the highest candidate mean (on GestSync's scale)
+    confidence: float  # best_score minus the median candidate mean
+    block: np.ndarray  # float32 [avg_windows, candidates]: the scaled scores upstream averages
+    range_frames: tuple[int, int]  # lowest and highest offset searched, SyncNet's sign
+
+
+def offset_search(video: torch.Tensor, audio: torch.Tensor, scale: float, stride_frames: int,
+                  max_offset_frames: int, avg_windows: int) -> OffsetSearch | None:
+    """GestSync's offset search (``inference_syncoffset.py`` ``calc_optimal_av_offset``) on L2-normalised
+    window embeddings ``video`` ``[V, D]`` (window i: frames i .. i + 24) and ``audio`` ``[A, D]``.
+
+    The audio windows are cut to the video's count; candidate k compares video windows ``p .. p + avg - 1``
+    with audio windows ``k * stride ..`` for the first ``2 * max_offset / stride + 1`` candidates that fit,
+    ``p = (candidates // 2) * stride``; each candidate's score is the mean of ``scale * cosine`` over the
+    block, the first highest wins, and GestSync's offset ``k * stride - p`` is returned negated (SyncNet's
+    sign). ``confidence`` (upstream prints none) is the winner's mean minus the median of the candidate
+    means, as SyncNet's confidence is. None when the clip is too short for one block (upstream exits).
     """
-    values, mask = np.asarray(scores, dtype=np.float64), np.asarray(valid, dtype=bool)
-    if values.ndim != 2 or values.shape[1] != 2 * vshift_frames + 1 or mask.shape != values.shape:
-        raise InputError(f"score matrix must be [W, {2 * vshift_frames + 1}], got {values.shape}")
-    counts = mask.sum(axis=0)
-    if not counts.any():
-        return math.nan, math.nan, 0.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_per_shift = np.where(counts > 0, (values * mask).sum(axis=0) / counts, np.nan)
-    best = int(np.nanargmax(mean_per_shift))
-    confidence = float(mean_per_shift[best] - np.nanmedian(mean_per_shift))
-    return float(vshift_frames - best), float(mean_per_shift[best]), confidence
+    audio = audio[: len(video)]
+    if len(audio) < avg_windows:
+        return None
+    count = min((len(audio) - avg_windows) // stride_frames + 1, 2 * max_offset_frames // stride_frames + 1)
+    first = (count // 2) * stride_frames
+    if len(video) < first + avg_windows:
+        return None
+    rows = torch.arange(avg_windows)[:, None] + torch.arange(count)[None, :] * stride_frames  # [avg, K]
+    block = (video[first:first + avg_windows, None, :].float() * audio[rows].float()).sum(-1) * scale
+    means = block.mean(0).cpu().numpy().astype(np.float64)
+    best = int(np.argmax(means))  # the first maximum, as torch's argmax
+    return OffsetSearch(float(first - best * stride_frames), float(means[best]),
+                        float(means[best] - np.median(means)), block.cpu().numpy().astype(np.float32),
+                        (first - (count - 1) * stride_frames, first))
+
+
+def frame_scores(video_padded: torch.Tensor, audio: torch.Tensor, scale: float, pad_frames: int) -> np.ndarray:
+    """``inference_activespeaker.py``'s per-frame score: frame f's window (frames ``f - 12 .. f + 12``, the
+    video edge-padded) against audio window ``f - 12`` (the windows edge-padded by 12 at each end), as
+    ``scale * cosine``. ``video_padded``: ``[L, D]`` normalised embeddings of frames ``0 .. L - 1``;
+    ``audio``: ``[A, D]`` normalised (``L <= A + 2 * pad_frames``)."""
+    index = torch.clamp(torch.arange(len(video_padded)) - pad_frames, 0, max(len(audio) - 1, 0))
+    return ((video_padded.float() * audio[index].float()).sum(1) * scale).cpu().numpy().astype(np.float32)
+
+
+def smooth_scores(raw: np.ndarray, num_avg_frames: int, global_speaker: bool = False) -> np.ndarray:
+    """The active-speaker demo's average of the per-frame scores of the frames it scores (``raw``, no NaN):
+    frame ``k + num_avg // 2`` gets the mean of frames ``k .. k + num_avg - 1`` (``unfold(0, num_avg, 1)``);
+    the frames before the first and after the last such frame keep the nearest mean (upstream carries its
+    first and last decisions out to them). Fewer frames than ``num_avg``: all NaN (upstream refuses).
+    ``global_speaker``: every frame the mean of all (``--global_speaker``)."""
+    values = np.asarray(raw, dtype=np.float64)
+    if global_speaker:
+        return np.full(values.size, values.mean() if values.size else np.nan, dtype=np.float32)
+    out = np.full(values.size, np.nan, dtype=np.float64)
+    if values.size < num_avg_frames:
+        return out.astype(np.float32)
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    means = (sums[num_avg_frames:] - sums[:-num_avg_frames]) / num_avg_frames
+    mid = num_avg_frames // 2
+    out[mid:mid + means.size] = means
+    out[:mid], out[mid + means.size:] = means[0], means[-1]
+    return out.astype(np.float32)
 
 
 # ---- the network, with shared per-frame features -------------------------------------------------
@@ -242,18 +307,16 @@ def offset_search(scores: np.ndarray, valid: np.ndarray, vshift_frames: int) -> 
 class GestSyncResult:
     """One track's (or clip's) GestSync result."""
 
-    scores: np.ndarray  # float32 [num_windows, 2 * vshift + 1]
+    scores: np.ndarray  # float32 [offset_avg_frames, candidates]: the offset search's block; [0, 0] without one
     offset_frames: float  # SyncNet's sign; NaN when not measurable
     best_score: float
     confidence: float
     num_frames: int
-    score_raw: np.ndarray  # float32 [num_frames]
+    score_raw: np.ndarray  # float32 [num_frames]: scale * cosine per frame; NaN where upstream has no score
     score_smooth: np.ndarray  # float32 [num_frames]
     silent: bool = False
-
-    @property
-    def num_windows(self) -> int:
-        return int(self.scores.shape[0])
+    num_windows: int = 0  # 25-frame windows with audio (what the offset search sees)
+    offset_range_frames: tuple[int, int] | None = None  # offsets searched (SyncNet's sign); None: too short
 
 
 def _dtype(device: torch.device) -> torch.dtype:
@@ -278,26 +341,38 @@ def window_embeddings(model: GestSyncRGB, features: torch.Tensor, num_windows: i
 
 
 class GestSyncScorer:
-    """Scores one track as its masked region frames arrive: the CNN trunk runs on ``batch_size`` frames at
-    a time (overlapping by 4), keeping only its 512-d per-position features."""
+    """Scores one track as its masked frames arrive. The frames are edge-padded by 12 at each end, as the
+    active-speaker demo pads them, so padded window f is centred on frame f and padded window i + 12 is the
+    offset search's window i: one pass serves both. The CNN trunk runs on ``batch_size`` frames at a time
+    (overlapping by 4), keeping only its 512-d per-position features; the transformer once per window."""
 
     def __init__(self, model: GestSyncRGB, audio: np.ndarray, settings: GestSyncSettings,
                  device: torch.device | str = "cpu") -> None:
         self.model, self.settings, self.device = model, settings, torch.device(device)
+        self.scale = score_scale(model)
         self.silent = not np.any(audio)
         self.fbanks = filterbanks(audio, settings.front)
         self.audio_windows = count_audio_windows(len(self.fbanks), settings.front)
-        self.max_frames = self.audio_windows + settings.front.window_frames - 1  # frames any window can use
+        self.pad = settings.centre_frame
+        # frames any window with audio uses: padded windows 0 .. A + 2 pad - 1 reach frame A + 3 pad - 1
+        self.max_frames = self.audio_windows + 3 * self.pad if self.audio_windows else 0
         self.buffer: list[np.ndarray] = []
         self.features: list[torch.Tensor] = []
         self.num_frames = 0
+        self.last: np.ndarray | None = None
 
     def push(self, masked_u8: np.ndarray) -> None:
-        """Add the next frame's ``[270, 480, 3]`` masked RGB region."""
+        """Add the next frame's ``[270, 480, 3]`` masked RGB input."""
         self.num_frames += 1
         if self.num_frames > self.max_frames:
             return
-        self.buffer.append(masked_u8)
+        if self.num_frames == 1:
+            self.buffer += [masked_u8] * self.pad
+        self.last = masked_u8
+        self._add(masked_u8)
+
+    def _add(self, frame: np.ndarray) -> None:
+        self.buffer.append(frame)
         if len(self.buffer) >= self.settings.batch_size + TEMPORAL_KERNEL_FRAMES - 1:
             self._trunk()
 
@@ -310,40 +385,38 @@ class GestSyncScorer:
         del self.buffer[:len(self.buffer) - TEMPORAL_KERNEL_FRAMES + 1]
 
     def finish(self) -> GestSyncResult:
-        """Score the windows and summarise the track."""
-        front, shifts, vshift = self.settings.front, self.settings.num_shifts, self.settings.vshift_frames
+        """Score the frames and search the offset."""
+        settings = self.settings
+        if self.last is not None and self.num_frames <= self.max_frames:
+            for _ in range(self.pad):
+                self._add(self.last)
         if len(self.buffer) >= TEMPORAL_KERNEL_FRAMES:
             self._trunk()
-        self.buffer = []
-        used = min(self.num_frames, self.max_frames)
-        num_windows = 0 if used < front.window_frames or self.audio_windows == 0 else \
-            (used - front.window_frames) + 1
-        scores = np.zeros((num_windows, shifts), dtype=np.float32)
-        valid = np.zeros((num_windows, shifts), dtype=bool)
-        if num_windows:
-            features = torch.cat(self.features)
-            with torch.inference_mode():
-                video = F.normalize(window_embeddings(self.model, features, num_windows, front.window_frames,
-                                                      self.settings.batch_size), dim=1)
-                audio = self._audio_embeddings()
-                for k, shift in enumerate(range(-vshift, vshift + 1)):
-                    lo, hi = max(0, -shift), min(num_windows, self.audio_windows - shift)
-                    if hi > lo:
-                        scores[lo:hi, k] = (video[lo:hi] * audio[lo + shift:hi + shift]).sum(1).cpu().numpy()
-                        valid[lo:hi, k] = True
-        self.features = []
-        offset, best, confidence = offset_search(scores, valid, vshift)
+        self.buffer, self.last = [], None
+        scored = min(self.num_frames, self.audio_windows + 2 * self.pad) if self.audio_windows else 0
+        video_windows = max(0, self.num_frames - settings.front.window_frames + 1)
         raw = np.full(self.num_frames, np.nan, dtype=np.float32)
-        centre = self.settings.centre_frame
-        count = max(0, min(num_windows, self.num_frames - centre))
-        raw[centre:centre + count] = scores[:count, vshift]
-        smooth = moving_average(raw, self.settings.num_avg_frames)
-        if self.settings.global_speaker:
-            finite = raw[np.isfinite(raw)]
-            smooth = np.full(self.num_frames, finite.mean() if finite.size else np.nan, dtype=np.float32)
+        search = None
+        if scored:
+            with torch.inference_mode():
+                video = F.normalize(window_embeddings(self.model, torch.cat(self.features), scored,
+                                                      settings.front.window_frames, settings.batch_size), dim=1)
+                audio = self._audio_embeddings()
+                raw[:scored] = frame_scores(video, audio, self.scale, self.pad)
+                search = offset_search(video[self.pad:self.pad + video_windows], audio, self.scale,
+                                       settings.offset_stride_frames, settings.max_offset_frames,
+                                       settings.offset_avg_frames)
+        self.features = []
+        smooth = np.full(self.num_frames, np.nan, dtype=np.float32)
+        smooth[:scored] = smooth_scores(raw[:scored], settings.num_avg_frames, settings.global_speaker)
+        offset, best, confidence = (math.nan, math.nan, 0.0) if search is None else \
+            (search.offset_frames, search.best_score, search.confidence)
         if self.silent:
             offset, confidence = math.nan, 0.0
-        return GestSyncResult(scores, offset, best, confidence, self.num_frames, raw, smooth, self.silent)
+        return GestSyncResult(np.zeros((0, 0), np.float32) if search is None else search.block, offset, best,
+                              confidence, self.num_frames, raw, smooth, self.silent,
+                              min(video_windows, self.audio_windows),
+                              None if search is None else search.range_frames)
 
     def _audio_embeddings(self) -> torch.Tensor:
         """``[A, 1024]`` L2-normalised embeddings of every audio window of the track."""
@@ -357,7 +430,7 @@ class GestSyncScorer:
 
 def sync_regions(model: GestSyncRGB, frames: Iterable[np.ndarray], audio: np.ndarray, settings: GestSyncSettings,
                  device: torch.device | str = "cpu") -> GestSyncResult:
-    """The result for one sequence of masked ``[270, 480, 3]`` RGB regions and its int16 audio (frame 0 aligned)."""
+    """The result for one sequence of masked ``[270, 480, 3]`` RGB inputs and its int16 audio (frame 0 aligned)."""
     scorer = GestSyncScorer(model, audio, settings, device)
     for frame in frames:
         scorer.push(frame)
@@ -366,12 +439,16 @@ def sync_regions(model: GestSyncRGB, frames: Iterable[np.ndarray], audio: np.nda
 
 # ---- sync.pckl -----------------------------------------------------------------------------------
 def summarise(results: Sequence[GestSyncResult], regions: Sequence[np.ndarray], from_person: Sequence[np.ndarray],
-              settings: GestSyncSettings, checkpoint: str, persons: str) -> dict[str, Any]:
+              settings: GestSyncSettings, checkpoint: str, persons: str, scale: float) -> dict[str, Any]:
     """The ``sync.pckl`` dict of GestSync (layout: ``pipeline/formats.py``)."""
     return {
         "model": MODEL,
         "metric": METRIC,
-        "vshift_frames": settings.vshift_frames,
+        "offset_stride_frames": settings.offset_stride_frames,
+        "max_offset_frames": settings.max_offset_frames,
+        "offset_avg_frames": settings.offset_avg_frames,
+        "logits_scale": float(scale),
+        "offset_range_frames": [r.offset_range_frames for r in results],
         "num_avg_frames": settings.num_avg_frames,
         "global_speaker": settings.global_speaker,
         "checkpoint": checkpoint,
@@ -392,7 +469,8 @@ def _fmt(value: float, spec: str) -> str:
 
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence region`` per line."""
-    lines = [f"# model gestsync, {sync['metric']}, vshift {sync['vshift_frames']} frames (SyncNet's sign); "
+    lines = [f"# model gestsync, {sync['metric']} x logits_scale {sync['logits_scale']:.4g}, offsets up to "
+             f"+-{sync['max_offset_frames']} frames in steps of {sync['offset_stride_frames']} (SyncNet's sign); "
              f"regions: {sync['persons']}; nan: too short or silent",
              "# track\toffset_frames\tbest_score\tconfidence\tperson_box_frames"]
     for idx, (off, best, conf) in enumerate(zip(sync["offset_frames"], sync["best_score"], sync["confidence"])):
@@ -438,7 +516,7 @@ def score_tracks(model: GestSyncRGB, frames: Iterable[np.ndarray], tracks: Seque
                  progress: ProgressHook) -> list[GestSyncResult]:
     """Every track's result from one pass over the normalised frames.
 
-    ``tracks``: ``{'frame': int[n], ...}`` (consecutive frames); ``regions``: int ``[n, 4]`` per track;
+    ``tracks``: ``{'frame': int[n], ...}`` (consecutive frames); ``regions``: crop squares ``[n, 3]`` per track;
     ``face_bottoms``: the face's bottom row per frame (frame pixels), or None for a track with no face.
     """
     scorers = [GestSyncScorer(model, audio, settings, device) for audio in audios]
@@ -509,13 +587,15 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     scored = [t["track"] for t in tracks] + person_only
     faces = [np.asarray(t["track"]["bbox"], dtype=np.float64)[:, 3] for t in tracks] + [None] * len(person_only)
     for person in person_only:
-        regions.append(np.asarray([clip_box(b, width, height) for b in person["bbox"]], dtype=np.int64))
+        regions.append(crop_squares(np.asarray(person["bbox"], dtype=np.float64), settings.front))
         from_person.append(np.ones(len(person["frame"]), dtype=bool))
     results: list[GestSyncResult] = []
+    scale = math.nan
     if scored:
         source = _source_video(cache, media_info)
         device = torch.device(device)
         model = load_gestsync(weights_dir, ckpt_file, device)
+        scale = score_scale(model)
         if device.type == "cuda":
             model = model.half()
         rate = settings.front.sample_rate_hz
@@ -528,7 +608,8 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
             results = score_tracks(model, frames, scored, regions, faces, audios, settings, device, progress)
     described = (f"{PERSONS_FILE} ({len(person_tracks)} person tracks, {len(person_only)} without a face track)"
                  if persons is not None else "face-derived")
-    sync = summarise(results, regions, from_person, settings, ckpt_file, described)
+    boxes = [square_boxes(r, width, height) for r in regions]
+    sync = summarise(results, boxes, from_person, settings, ckpt_file, described, scale)
     sync["person_tracks"] = [{"frame": np.asarray(p["frame"], dtype=np.int64),
                               "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in person_only]
     sync["lips"] = lip_evidence(cache, cfg, tracks, media_info, weights_dir, device, progress) if tracks else None
@@ -537,8 +618,9 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
     return Stage2Output(scores, sync, reused=False)
 
 
-__all__ = ["GestSyncResult", "GestSyncScorer", "GestSyncSettings", "face_region", "match_person",
-           "run_stage2_gestsync", "sync_regions", "track_persons", "track_regions", "window_embeddings"]
+__all__ = ["GestSyncResult", "GestSyncScorer", "GestSyncSettings", "OffsetSearch", "face_region", "frame_scores",
+           "match_person", "offset_search", "range_note", "run_stage2_gestsync", "smooth_scores", "square_boxes",
+           "sync_regions", "track_persons", "track_regions", "window_embeddings"]
 
 
 # ---- stage 4 -------------------------------------------------------------------------------------
@@ -572,7 +654,8 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     """Offset, best score and confidence of one clip: every decoded frame, whole, is the person; no face is
     known, so the top ``mask_rows_no_face`` rows are blacked out (GestSync's fallback without landmarks).
 
-    Frames are used as decoded, with the clip's audio at 16 kHz mono. InputError when no window fits.
+    Frames are used as decoded, with the clip's audio at 16 kHz mono. InputError when the clip is too short
+    for one block of ``offset_avg_frames`` windows (upstream exits there too).
     """
     settings = GestSyncSettings.from_config(cfg)
     media.check_video_input(videofile, need_audio=True)
@@ -585,16 +668,26 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     with contextlib.closing(media.iter_video_frames(videofile)) as frames:
         result = sync_regions(model, (masked_frame(cv2.cvtColor(f, cv2.COLOR_BGR2RGB), None, settings.front)
                                       for f in frames), audio, settings, device)
-    if result.num_windows == 0:
+    if result.offset_range_frames is None:
+        need = settings.offset_avg_frames + settings.front.window_frames - 1
         raise InputError(
-            f"{videofile} is too short for GestSync: it needs {settings.front.window_frames} frames and "
-            f"{settings.front.window_frames / settings.frame_rate_hz:.2f} s of audio "
+            f"{videofile} is too short for GestSync's offset search: it needs {need} frames and "
+            f"{need / settings.frame_rate_hz:.2f} s of audio to average {settings.offset_avg_frames} windows "
             f"(audio {len(audio) / settings.front.sample_rate_hz:.2f} s, {result.num_frames} frames)")
     return result
 
 
+def range_note(result: GestSyncResult, settings: GestSyncSettings) -> str | None:
+    """One line when the clip was too short to search every offset up to ``max_offset_frames``, else None."""
+    searched, limit = result.offset_range_frames, settings.max_offset_frames
+    if searched is None or searched == (-limit, limit):
+        return None
+    return (f"the clip is too short for the whole offset range: searched {searched[0]:+d} .. {searched[1]:+d} "
+            f"frames (SyncNet's sign) of +-{limit}")
+
+
 def demo_report(result: GestSyncResult) -> str:
-    """Three lines like SyncNet's demo (offset in SyncNet's sign), with the best mean cosine similarity."""
+    """Three lines like SyncNet's demo (offset in SyncNet's sign), with the best mean score (GestSync's scale)."""
     offset = "nan" if not math.isfinite(result.offset_frames) else f"{int(result.offset_frames):d}"
     return (f"AV offset: \t{offset}\n"
             f"Best score: \t{_fmt(result.best_score, '.3f')}\n"

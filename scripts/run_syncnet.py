@@ -73,6 +73,9 @@ def run_clip_gestsync(args: argparse.Namespace, cfg) -> int:
     from pipeline import sync_gestsync  # torch: only after the arguments pass
 
     result = sync_gestsync.sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device))
+    note = sync_gestsync.range_note(result, sync_gestsync.GestSyncSettings.from_config(cfg))
+    if note:
+        info(f"{clip}: {note}", args.quiet)
     if result.silent:
         info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
     print(sync_gestsync.demo_report(result), flush=True)
