@@ -76,8 +76,8 @@ MUTATIONS_22 = [
     ("pipeline/sync_wav2lip.py", "    return resize_face(frame_bgr[top:bottom, left:right])",  # RGB to the BGR expert
      "    return resize_face(frame_bgr[top:bottom, left:right, ::-1])",
      [SILENT + "::test_wav2lip_expert_sees_bgr_as_wav2lip_reads_with_cv2"]),
-    ("pipeline/sync_gestsync.py", "cv2.cvtColor(np.ascontiguousarray(frame_bgr[y1:y2, x1:x2]), cv2.COLOR_BGR2RGB)",
-     "np.ascontiguousarray(frame_bgr[y1:y2, x1:x2])", [SILENT + "::test_gestsync_sees_rgb_as_gestsync_reads_its_frames"]),
+    ("pipeline/sync_gestsync.py", "crop = cv2.cvtColor(square_crop(frame_bgr, square, settings), cv2.COLOR_BGR2RGB)",
+     "crop = square_crop(frame_bgr, square, settings)", [SILENT + "::test_gestsync_sees_rgb_as_gestsync_reads_its_frames"]),
     ("pipeline/preflight.py", '    names = [model] + ([lip_model(cfg)] if model == "gestsync" and lip_model(cfg) else [])',
      "    names = [model]", [SILENT + "::test_preflight_tries_gestsyncs_lip_model"]),
     ("models/wav2lip.py", "load_checkpoint(model, file, weights_dir, convert=strip_module_prefix, probe=_probe)",

@@ -238,7 +238,7 @@ def test_gestsync_sees_rgb_as_gestsync_reads_its_frames(coloured_video):
     model.net_vid.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
     frames = decoded_frames(coloured_video)
     tracks = [{"frame": np.arange(len(frames))}]
-    regions = [np.tile([0, 0, 96, 96], (len(frames), 1))]
+    regions = [np.tile([48.0, 48.0, 48.0], (len(frames), 1))]  # crop squares (centre x, centre y, half side)
     audio = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
     score_tracks(model, iter(frames), tracks, regions, [None], [audio],
                  GestSyncSettings.from_config(load_config()), "cpu", lambda *args, **kwargs: None)
