@@ -126,10 +126,9 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     import warnings
 
     warnings.formatwarning = lambda message, category, *rest: f"{item.reference}: warning: {message}\n"
-    if settings.threads_per_worker:
-        import torch
-
-        torch.set_num_threads(settings.threads_per_worker)
+    overrides = list(settings.overrides)
+    if settings.threads_per_worker:  # applied by each stage after its imports (pipeline/runtime.py)
+        overrides.append(f"runtime.threads={settings.threads_per_worker}")
     from pipeline.api import diarize
     from pipeline.cache import Cache
 
@@ -142,7 +141,7 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
                 shutil.copyfile(item.faces, target)
         out_dir = Path(settings.out_dir) / "videos" / item.reference
         result = diarize(item.videofile, settings.data_dir, reference=item.reference, out_dir=out_dir,
-                         config=settings.config, overrides=list(settings.overrides), weights_dir=settings.weights_dir,
+                         config=settings.config, overrides=overrides, weights_dir=settings.weights_dir,
                          device=settings.device, force=settings.force, video=settings.video)
     except KeyboardInterrupt:
         raise

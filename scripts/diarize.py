@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage 2's sync network (default: sync.model, syncnet); --set sync.model=...")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
                         help="stage 3's rule (default: diarise.mode, voxconverse); --set diarise.mode=...")
+    parser.add_argument("--speech", default=None, metavar="FILE",
+                        help="speech regions to use instead of the VAD: an .rttm (union of its segments; with "
+                             "several file ids, the one named as --reference), a .uem ('file chan start end') or "
+                             "a .lab ('start end [label]') file")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
@@ -70,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = diarize(args.videofile, args.data_dir, reference=args.reference, out_dir=args.out_dir, config=cfg,
                          weights_dir=args.weights_dir, device=args.device, force=args.force, video=args.video,
-                         vad=args.vad, speaker_model=args.speaker_model, progress=progress,
+                         vad=args.vad, speaker_model=args.speaker_model, progress=progress, speech=args.speech,
                          on_stage=lambda stage: info(f"diarize: {messages[stage]}", args.quiet))
     finally:
         progress.close()

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in (
         ("sync.model", args.sync_model), ("diarise.mode", args.fusion), ("vad.method", args.vad),
-        ("embed.speaker_model", args.speaker_model)) if value]
+        ("embed.speaker_model", args.speaker_model), ("runtime.threads", args.threads)) if value]
     args.overrides = overrides
     cfg = config_from_args(args)  # a bad value fails here, not in every worker
     writable_dir(args.out_dir, "--out_dir")
@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
     settings = RunSettings(data_dir=str(args.data_dir), out_dir=str(args.out_dir), config=args.config,
                            overrides=tuple(overrides), weights_dir=args.weights_dir, device=device,
                            force=args.force, video=args.video,
-                           threads_per_worker=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+                           threads_per_worker=max(1, (os.cpu_count() or 1) // workers)
+                           if workers > 1 and not cfg.runtime.threads else None)  # --threads N: N per worker
     where = f"Ray ({args.ray or 'local'})" if args.ray is not None else f"{workers} worker(s)"
     info(f"diarize_corpus: {len(items)} videos on {where}", args.quiet)
     progress = _progress(len(items), args.quiet)

@@ -53,25 +53,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default="resemblyzer",
                         help="speaker embeddings (default: resemblyzer, issue 19's protocol)")
     parser.add_argument("--score_only", action="store_true", help="score O/rttm as it is, run nothing")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="conversations diarised at once, one process each (default 1); each gets "
+                             "cores/workers torch threads unless --threads says otherwise")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
 
 
-def run_set(rows: list[dict], set_dir: Path, args: argparse.Namespace, cfg, rttm_dir: Path) -> None:
-    """Every conversation through ``pipeline.api.diarize``; its turns to ``rttm_dir/NAME.rttm``."""
+def _diarise_one(job: dict) -> tuple[str, int]:
+    """One conversation through ``pipeline.api.diarize``; its turns to ``job['rttm']``. Runs in a worker too."""
     from pipeline.api import diarize
     from pipeline.cache import write_bytes_atomic
+    from pipeline.config import load_config
     from pipeline.export import to_rttm
 
-    for k, row in enumerate(rows, start=1):
-        name = row["file"]
-        result = diarize(set_dir / "wav" / f"{name}.wav", args.data_dir, reference=name, config=cfg,
-                         weights_dir=args.weights_dir, device=args.device, force=args.force, vad=args.vad,
-                         speaker_model=args.speaker_model)
-        write_bytes_atomic(rttm_dir / f"{name}.rttm", to_rttm(result.turns, name).encode("utf-8"))
-        info(f"eval_conversations: [{k}/{len(rows)}] {name}: {len(result.speakers)} speakers "
-             f"(reference {row['num_speakers']})", args.quiet)
+    cfg = load_config(job["config"], job["overrides"])
+    result = diarize(job["wav"], job["data_dir"], reference=job["name"], config=cfg, weights_dir=job["weights_dir"],
+                     device=job["device"], force=job["force"], vad=job["vad"], speaker_model=job["speaker_model"])
+    write_bytes_atomic(Path(job["rttm"]), to_rttm(result.turns, job["name"]).encode("utf-8"))
+    return job["name"], len(result.speakers)
+
+
+def run_set(rows: list[dict], set_dir: Path, args: argparse.Namespace, rttm_dir: Path) -> None:
+    """Every conversation diarised, ``args.workers`` at a time; RTTMs to ``rttm_dir/NAME.rttm``."""
+    import os
+
+    overrides = list(args.overrides) + ([f"runtime.threads={args.threads}"] if args.threads is not None else [])
+    if args.workers > 1 and not args.threads:
+        overrides.append(f"runtime.threads={max(1, (os.cpu_count() or 1) // args.workers)}")
+    jobs = [{"wav": str(set_dir / "wav" / f"{row['file']}.wav"), "name": row["file"], "data_dir": args.data_dir,
+             "config": args.config, "overrides": overrides, "weights_dir": args.weights_dir, "device": args.device,
+             "force": args.force, "vad": args.vad, "speaker_model": args.speaker_model,
+             "rttm": str(rttm_dir / f"{row['file']}.rttm")} for row in rows]
+    expected = {row["file"]: row["num_speakers"] for row in rows}
+    if args.workers == 1:
+        done = map(_diarise_one, jobs)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+        done = pool.map(_diarise_one, jobs)
+    for k, (name, speakers) in enumerate(done, start=1):
+        info(f"eval_conversations: [{k}/{len(rows)}] {name}: {speakers} speakers (reference {expected[name]})",
+             args.quiet)
 
 
 def score_set(rows: list[dict], set_dir: Path, rttm_dir: Path, cfg) -> list[dict]:
@@ -135,6 +161,8 @@ def main(args: argparse.Namespace) -> int:
 
     set_dir = Path(args.conversations)
     rows = read_set(set_dir)
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
     args.overrides = [*args.overrides, f"diarise.mode={args.mode}", f"vad.method={args.vad}",
                       f"embed.speaker_model={args.speaker_model}"]
     cfg = config_from_args(args)
@@ -143,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
     rttm_dir.mkdir(exist_ok=True)
     if not args.score_only:
         writable_dir(args.data_dir, "--data_dir")
-        run_set(rows, set_dir, args, cfg, rttm_dir)
+        run_set(rows, set_dir, args, rttm_dir)
     scores = score_set(rows, set_dir, rttm_dir, cfg)
     from pipeline.cache import write_bytes_atomic
 

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration_s", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="target length range (default: conversations.duration_s, 60 150)")
     add_config_args(parser)
-    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force", "--threads"),
                      why="mixing runs no network and caches nothing")
     return parser
 

@@ -30,7 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also write the annotated 25 fps video with audio (H.264 + AAC MP4)")
     parser.add_argument("--out_dir", default=None, help="also copy every output into this folder")
     add_config_args(parser)
-    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force", "--threads"),
                      why="stage 4 runs no network and always rewrites its outputs")
     return parser
 
