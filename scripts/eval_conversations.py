@@ -3,10 +3,10 @@
 
     python scripts/eval_conversations.py --conversations SET_DIR --data_dir CACHE --mode improved
                                          [--out_dir O] [--vad webrtc] [--speaker_model resemblyzer]
-                                         [--set section.key=value ...] [--score_only]
+                                         [--speech] [--workers N] [--set section.key=value ...] [--score_only]
 
 Runs every wav of SET_DIR's conversations.tsv through the four stages (audio only, the cache in CACHE, one
-sub-folder per conversation), writes O/rttm/NAME.rttm (default O: SET_DIR/runs/MODE), O/scores.tsv (per
+sub-folder per conversation), writes O/rttm/NAME.rttm (default O: SET_DIR/runs/MODE[_speech]), O/scores.tsv (per
 file) and O/table.md, and prints the table: DER with missed speech, false alarm and confusion (percent of
 scored speech, scripts/score.py's conventions and config), and how many files got the reference's number of
 speakers, for all files, 2 speakers, 3+ speakers, overlap, no overlap, noisy and clean files.
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voice activity detector (default: webrtc, issue 19's protocol)")
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default="resemblyzer",
                         help="speaker embeddings (default: resemblyzer, issue 19's protocol)")
+    parser.add_argument("--speech", action="store_true",
+                        help="give each conversation its reference's speech (rttm/NAME.rttm) instead of the VAD "
+                             "(--speech of diarize.py): the clustering alone is scored")
     parser.add_argument("--score_only", action="store_true", help="score O/rttm as it is, run nothing")
     parser.add_argument("--workers", type=int, default=1,
                         help="conversations diarised at once, one process each (default 1); each gets "
@@ -70,7 +73,8 @@ def _diarise_one(job: dict) -> tuple[str, int]:
 
     cfg = load_config(job["config"], job["overrides"])
     result = diarize(job["wav"], job["data_dir"], reference=job["name"], config=cfg, weights_dir=job["weights_dir"],
-                     device=job["device"], force=job["force"], vad=job["vad"], speaker_model=job["speaker_model"])
+                     device=job["device"], force=job["force"], vad=job["vad"], speaker_model=job["speaker_model"],
+                     speech=job.get("speech"))
     write_bytes_atomic(Path(job["rttm"]), to_rttm(result.turns, job["name"]).encode("utf-8"))
     return job["name"], len(result.speakers)
 
@@ -85,7 +89,8 @@ def run_set(rows: list[dict], set_dir: Path, args: argparse.Namespace, rttm_dir:
     jobs = [{"wav": str(set_dir / "wav" / f"{row['file']}.wav"), "name": row["file"], "data_dir": args.data_dir,
              "config": args.config, "overrides": overrides, "weights_dir": args.weights_dir, "device": args.device,
              "force": args.force, "vad": args.vad, "speaker_model": args.speaker_model,
-             "rttm": str(rttm_dir / f"{row['file']}.rttm")} for row in rows]
+             "rttm": str(rttm_dir / f"{row['file']}.rttm"),
+             "speech": str(set_dir / "rttm" / f"{row['file']}.rttm") if args.speech else None} for row in rows]
     expected = {row["file"]: row["num_speakers"] for row in rows}
     if args.workers == 1:
         done = map(_diarise_one, jobs)
@@ -166,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, f"diarise.mode={args.mode}", f"vad.method={args.vad}",
                       f"embed.speaker_model={args.speaker_model}"]
     cfg = config_from_args(args)
-    out_dir = writable_dir(args.out_dir or str(set_dir / "runs" / args.mode), "--out_dir")
+    default_out = set_dir / "runs" / (args.mode + ("_speech" if args.speech else ""))
+    out_dir = writable_dir(args.out_dir or str(default_out), "--out_dir")
     rttm_dir = out_dir / "rttm"
     rttm_dir.mkdir(exist_ok=True)
     if not args.score_only:
@@ -178,7 +184,8 @@ def main(args: argparse.Namespace) -> int:
     text = table(scores)
     write_bytes_atomic(out_dir / "scores.tsv", per_file_tsv(scores).encode("utf-8"))
     write_bytes_atomic(out_dir / "table.md", (text + "\n").encode("utf-8"))
-    print(f"# {set_dir}: mode {args.mode}, vad {args.vad}, speaker model {args.speaker_model}"
+    speech = "the reference's speech (--speech)" if args.speech else f"vad {args.vad}"
+    print(f"# {set_dir}: mode {args.mode}, {speech}, speaker model {args.speaker_model}"
           + (f", --set {' '.join(args.overrides[:-3])}" if args.overrides[:-3] else ""))
     print(text)
     return 0
