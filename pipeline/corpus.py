@@ -37,6 +37,7 @@ class CorpusVideo:
     reference: str
     videofile: Path
     faces: Path | None = None  # a faces.pckl to inject (user detections), or None
+    speech: Path | None = None  # speech regions to use instead of the VAD (--speech), or None
 
 
 @dataclass
@@ -101,10 +102,12 @@ def list_videos(videos: str | Path) -> list[Path]:
     return [path if path.is_absolute() else source.parent / path for path in paths]
 
 
-def assign_references(paths: Sequence[Path], faces_pattern: str | None = None) -> tuple[list[CorpusVideo], list[str]]:
+def assign_references(paths: Sequence[Path], faces_pattern: str | None = None,
+                      speech_pattern: str | None = None) -> tuple[list[CorpusVideo], list[str]]:
     """A cache name per video from its file name (``stem``; clashes get ``stem-2``, ``stem-3``... in list
     order) and the notes saying which were renamed. ``faces_pattern`` (``{stem}`` is replaced by the file's
-    stem) names detections to inject where that file exists."""
+    stem) names detections to inject where that file exists; ``speech_pattern`` names each video's speech
+    file (``--speech``): a video whose file is missing fails with that error, it never falls back to the VAD."""
     videos, notes, taken = [], [], set()
     for path in paths:
         stem = re.sub(r"[^\w.+-]", "_", path.stem) or "video"
@@ -116,7 +119,8 @@ def assign_references(paths: Sequence[Path], faces_pattern: str | None = None) -
             notes.append(f"{path} is named {reference!r} in the cache ({stem!r} was taken)")
         taken.add(reference)
         faces = Path(faces_pattern.format(stem=path.stem)) if faces_pattern else None
-        videos.append(CorpusVideo(reference, path, faces if faces is not None and faces.is_file() else None))
+        speech = Path(speech_pattern.format(stem=path.stem)) if speech_pattern else None
+        videos.append(CorpusVideo(reference, path, faces if faces is not None and faces.is_file() else None, speech))
     return videos, notes
 
 
@@ -142,7 +146,7 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
         out_dir = Path(settings.out_dir) / "videos" / item.reference
         result = diarize(item.videofile, settings.data_dir, reference=item.reference, out_dir=out_dir,
                          config=settings.config, overrides=overrides, weights_dir=settings.weights_dir,
-                         device=settings.device, force=settings.force, video=settings.video)
+                         device=settings.device, force=settings.force, video=settings.video, speech=item.speech)
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - one bad video must not stop the corpus

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faces", default=None, metavar="PATTERN",
                         help="detections to inject per video, '{stem}' replaced by the video's file stem, e.g. "
                              "'dets/{stem}_faces.pckl' (syncnet_python's faces.pckl layout)")
+    parser.add_argument("--speech", default=None, metavar="PATTERN",
+                        help="speech regions per video instead of the VAD, '{stem}' replaced by the video's file "
+                             "stem, e.g. 'rttm/{stem}.rttm' (.rttm, .uem or .lab; see diarize.py --speech); a "
+                             "video whose file is missing fails")
     parser.add_argument("--video", action="store_true", help="also write each annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
@@ -63,7 +67,9 @@ def main(args: argparse.Namespace) -> int:
     writable_dir(args.data_dir, "--data_dir")
     if args.ref_dir is not None and not Path(args.ref_dir).is_dir():
         raise InputError(f"--ref_dir {args.ref_dir} is not a folder")
-    items, notes = assign_references(list_videos(args.videos), args.faces)
+    if args.speech is not None and "{stem}" not in args.speech:
+        raise InputError(f"--speech {args.speech!r} needs '{{stem}}' (one speech file per video)")
+    items, notes = assign_references(list_videos(args.videos), args.faces, args.speech)
     for note in notes:
         info(f"diarize_corpus: note: {note}", args.quiet)
 

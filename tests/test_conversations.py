@@ -172,3 +172,24 @@ def test_script_is_deterministic_on_real_voices(tmp_path):
                           "--speakers", "30", "30"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "speakers" in bad.stderr
     assert not (tmp_path / "c" / "conversations.tsv").exists()
+
+
+def test_eval_table_groups_and_sums():
+    """scripts/eval_conversations.py's table: DER parts summed over a group's files, over its scored speech."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_conversations", REPO / "scripts" / "eval_conversations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scores = [
+        {"file": "a", "num_speakers": "2", "overlap": "yes", "noisy": "no", "scored_s": 100.0, "missed_s": 2.0,
+         "false_alarm_s": 1.0, "confusion_s": 7.0, "ref_speakers": 2, "hyp_speakers": 2},
+        {"file": "b", "num_speakers": "4", "overlap": "no", "noisy": "yes", "scored_s": 300.0, "missed_s": 0.0,
+         "false_alarm_s": 3.0, "confusion_s": 27.0, "ref_speakers": 4, "hyp_speakers": 5},
+    ]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in module.table(scores).splitlines()[2:]}
+    assert rows["all"] == ["2", "10.0", "0.5", "1.0", "8.5", "1 of 2"]  # (10 + 30) s of 400 s
+    assert rows["2 speakers"] == ["1", "10.0", "2.0", "1.0", "7.0", "1 of 1"]
+    assert rows["3+ speakers"] == rows["no overlap"] == rows["noisy"] == ["1", "10.0", "0.0", "1.0", "9.0", "0 of 1"]
+    assert "clean" in rows and rows["clean"] == rows["overlap"] == rows["2 speakers"]

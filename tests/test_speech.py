@@ -204,3 +204,13 @@ def test_threads_setting_is_applied_and_checked():
     with pytest.raises(InputError, match="runtime.threads"):
         load_config(None, ["runtime.threads=-1"])
     assert np.isfinite(default) and default >= 1
+
+
+def test_corpus_speech_pattern_never_falls_back_to_the_vad(conversation, tmp_path):
+    from pipeline.corpus import RunSettings, assign_references, diarise_one
+
+    wav = conversation / "wav" / "talk.wav"
+    items, _ = assign_references([wav], None, str(tmp_path / "speech" / "{stem}.lab"))
+    assert items[0].speech == tmp_path / "speech" / "talk.lab"
+    summary = diarise_one(items[0], RunSettings(data_dir=str(tmp_path / "d"), out_dir=str(tmp_path / "o")))
+    assert summary.status == "failed" and "--speech file not found" in summary.error
