@@ -3,6 +3,7 @@
 
     python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero]
                               [--speaker_model resnetse34|ecapa|resemblyzer] [--fusion voxconverse|argmax|improved]
+                              [--speech FILE.rttm|.uem|.lab] [--threads N]
 
 --speaker_model resemblyzer: Resemblyzer's GE2E encoder, no published checkpoint needed (README "Resemblyzer's
 GE2E speaker model"); with a wav as stage 1's input (no faces) stage 3 diarises the voices alone.

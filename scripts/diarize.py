@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Who spoke when, and which face: all four stages on one video, reusing whatever the cache holds.
 
-    python scripts/diarize.py --videofile V --data_dir D [--out_dir O] [--video]
+    python scripts/diarize.py --videofile V --data_dir D [--out_dir O] [--video] [--speech FILE] [--threads N]
 
 Runs run_pipeline, run_syncnet, cluster and visualise in order; writes REF.rttm, REF_via.json and the
 plots (and with --video the annotated video) to pywork/REF/ and, with --out_dir, copies them there.
