@@ -58,14 +58,17 @@ def diarize(videofile: str | Path, data_dir: str | Path, *, reference: str | Non
             overrides: Iterable[str] | Mapping[str, Any] | None = None, weights_dir: str | Path | None = None,
             device: str = "auto", force: bool = False, video: bool = False, vad: str | None = None,
             speaker_model: str | None = None, progress: Callable[..., None] | None = None,
-            on_stage: StageHook | None = None, file_id: str | None = None) -> DiarizeResult:
+            on_stage: StageHook | None = None, file_id: str | None = None,
+            speech: str | Path | None = None) -> DiarizeResult:
     """Diarise one video: stages 1-4 with the cache in ``data_dir`` (sub-folder ``reference``, default the
     file's stem); returns the turns and where the RTTM, VIA JSON and plots (``video``: annotated video) are.
 
     ``config`` is a YAML path or a loaded config, ``overrides`` ``section.key=value`` strings (or a mapping);
     ``device`` 'auto', 'cpu' or 'cuda'; ``force`` redoes every stage; ``on_stage(name)`` is called as each
     stage starts ('stage1' .. 'stage4'); ``file_id`` is the RTTM's file id (default: the reference), e.g. the
-    name a reference RTTM uses for this recording. Raises ``pipeline.errors.PipelineError`` subclasses for anything the
+    name a reference RTTM uses for this recording; ``speech`` an RTTM, UEM or .lab file of speech regions used
+    instead of the VAD (``pipeline/speech.py``), checked before any stage runs. Raises
+    ``pipeline.errors.PipelineError`` subclasses for anything the
     user can act on (missing file, not a video, missing checkpoint, another run holding the reference).
     """
     from pipeline.cli import default_reference, input_file, resolve_device, writable_dir
@@ -82,17 +85,23 @@ def diarize(videofile: str | Path, data_dir: str | Path, *, reference: str | Non
 
         if not probe(videofile).has_video:  # an audio-only input (a wav) diarises, but has no picture to annotate
             raise InputError(f"{videofile} has no video stream: the annotated video (--video) needs one")
-    cache = Cache(data_dir, reference or default_reference(str(videofile)))
+    reference = reference or default_reference(str(videofile))
+    if speech is not None:  # a bad file is one line before stage 1 writes anything
+        from pipeline.media import probe
+        from pipeline.speech import read_speech
+
+        read_speech(speech, reference, probe(videofile).duration_s, float(cfg.vad.given_speech_tolerance_s))
+    cache = Cache(data_dir, reference)
     with cache.locked(extra_dirs=[Path(out_dir)] if out_dir else []):
         return _run_stages(videofile, cache, cfg, out_dir=out_dir, weights_dir=weights_dir,
                            device=resolve_device(device), force=force, video=video, vad=vad,
                            speaker_model=speaker_model, progress=progress, on_stage=on_stage or (lambda _: None),
-                           file_id=file_id)
+                           file_id=file_id, speech=speech)
 
 
 def _run_stages(videofile: Path, cache: Cache, cfg: Section, *, out_dir, weights_dir, device, force: bool,
                 video: bool, vad: str | None, speaker_model: str | None, progress, on_stage: StageHook,
-                file_id: str | None = None) -> DiarizeResult:
+                file_id: str | None = None, speech: str | Path | None = None) -> DiarizeResult:
     from pipeline.stage1 import run_pipeline
     from pipeline.stage2 import run_stage2
     from pipeline.stage3 import run_cluster
@@ -114,7 +123,7 @@ def _run_stages(videofile: Path, cache: Cache, cfg: Section, *, out_dir, weights
     stage1 = timed("stage1", lambda: run_pipeline(videofile, cache, cfg, weights_dir, device, force, progress))
     timed("stage2", lambda: run_stage2(cache, cfg, weights_dir, device, force, progress))
     turns = timed("stage3", lambda: run_cluster(cache, cfg, weights_dir, device, vad, speaker_model, force,
-                                               progress))
+                                               progress, speech=speech))
     outputs = timed("stage4", lambda: visualise(cache.data_dir, cache.reference, cfg, video=video, out_dir=out_dir,
                                                 progress=progress, file_id=file_id))
     computed, cached = record_stage_seconds(cache, seconds, started_ns)

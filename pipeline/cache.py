@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.errors import BusyError, CacheError, DiskFullError, InputError, PipelineError
 from pipeline.formats import RUN_PIPELINE
+from pipeline.runtime import runtime_record
 from pipeline.version import __version__
 
 _REFERENCE_RE = re.compile(r"^[^/\\\x00]+$")
@@ -341,6 +342,7 @@ class Cache:
             "files": {self.relative(path): sha256_file(Path(path)) for path in files},
             "version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "runtime": runtime_record(),  # not part of the key: how it ran (torch threads), not what it is
         }
         write_bytes_atomic(self.manifest_path(name), json.dumps(manifest, indent=1, sort_keys=True).encode())
         return manifest

@@ -30,11 +30,11 @@ def add_cache_args(parser: argparse.ArgumentParser, reference_required: bool = T
                         help="name of this video's sub-folder in the cache (no path separators)")
 
 
-COMMON_OPTIONS = ("--weights_dir", "--device", "--force", "--quiet", "--debug")
+COMMON_OPTIONS = ("--weights_dir", "--device", "--force", "--quiet", "--debug", "--threads")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, ignored: Sequence[str] = (), why: str = "") -> None:
-    """--weights_dir, --device, --force, --quiet, --debug: every script accepts them (``COMMON_OPTIONS``).
+    """--weights_dir, --device, --force, --quiet, --debug, --threads: every script accepts them (``COMMON_OPTIONS``).
 
     ``ignored`` names those meaningless to this script (e.g. ``--device`` where no network runs): they are
     still accepted, so one command line fits every script, and their help says they are ignored and ``why``.
@@ -52,11 +52,17 @@ def add_runtime_args(parser: argparse.ArgumentParser, ignored: Sequence[str] = (
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars or notes on stderr (the result still goes to stdout)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=help_for("--threads", "torch's CPU threads (default: runtime.threads, 0: torch's own "
+                                                   "choice); recorded in each intermediate's manifest"))
 
 
 def config_from_args(args: argparse.Namespace) -> Section:
-    """The run's config from --config and --set."""
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", ()))
+    """The run's config from --config, --set and --threads (``runtime.threads``)."""
+    overrides = list(getattr(args, "overrides", ()))
+    if getattr(args, "threads", None) is not None:
+        overrides.append(f"runtime.threads={args.threads}")
+    return load_config(getattr(args, "config", None), overrides)
 
 
 def resolve_device(name: str):

@@ -46,6 +46,7 @@ class CorpusVideo:
     faces: Path | None = None  # a faces.pckl to inject (user detections), or None
     name: str = ""  # the video's path as the report shows it: relative to the corpus folder (``_shown_names``)
     file_id: str = ""  # the RTTM's file id (default: the reference)
+    speech: Path | None = None  # speech regions to use instead of the VAD (--speech), or None
 
 
 @dataclass
@@ -155,13 +156,16 @@ def _shown_names(paths: Sequence[Path], base: Path | None) -> list[str]:
 
 
 def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, base: str | Path | None = None,
-                      file_id_pattern: str = "{reference}") -> tuple[list[CorpusVideo], list[str]]:
+                      file_id_pattern: str = "{reference}",
+                      speech_pattern: str | None = None) -> tuple[list[CorpusVideo], list[str]]:
     """A cache name per video from its file name (``stem``; clashes get ``stem-2``, ``stem-3``... in list
     order) and the notes saying which were renamed. ``faces_pattern`` (``{stem}`` is replaced by the file's
     stem; relative to ``base``, the corpus folder, default the working directory) names detections to inject
     where that file exists; a note names each video without one, and a pattern that matches no file at all is
     an InputError. ``file_id_pattern`` gives each RTTM's file id (``{reference}``: the cache name, ``{stem}``:
-    the file's stem); two videos with one file id are an InputError."""
+    the file's stem); two videos with one file id are an InputError. ``speech_pattern`` names each video's
+    speech file (``--speech``, ``{stem}`` replaced, relative to ``base`` as the detections): a video whose file
+    is missing fails with that error, it never falls back to the VAD."""
     base_dir = Path(base) if base is not None else Path(".")
     faces_files = _faces_files(paths, faces_pattern, base_dir) if faces_pattern else [None] * len(paths)
     if faces_pattern and not any(file.is_file() for file in faces_files):
@@ -180,8 +184,10 @@ def assign_references(paths: Sequence[Path], faces_pattern: str | None = None, b
         if faces is not None and not faces.is_file():
             notes.append(f"no detections {faces} for {reference}: S3FD detects its faces")
             faces = None
+        speech = Path(speech_pattern.format(stem=path.stem)) if speech_pattern else None
+        speech = base_dir / speech if speech is not None and not speech.is_absolute() else speech
         videos.append(CorpusVideo(reference, path, faces, name=name,
-                                  file_id=_file_id(file_id_pattern, path, reference)))
+                                  file_id=_file_id(file_id_pattern, path, reference), speech=speech))
     clashes = sorted({v.file_id for v in videos if sum(w.file_id == v.file_id for w in videos) > 1})
     if clashes:
         raise InputError(f"--file_id {file_id_pattern!r} gives several videos the file id {clashes[0]!r}: use "
@@ -242,10 +248,9 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     import warnings
 
     warnings.formatwarning = lambda message, category, *rest: f"{item.reference}: warning: {message}\n"
-    if settings.threads_per_worker:
-        import torch
-
-        torch.set_num_threads(settings.threads_per_worker)
+    overrides = list(settings.overrides)
+    if settings.threads_per_worker:  # applied by each stage after its imports (pipeline/runtime.py)
+        overrides.append(f"runtime.threads={settings.threads_per_worker}")
     from pipeline.api import diarize
     from pipeline.cache import Cache
 
@@ -259,9 +264,9 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
                 shutil.copyfile(item.faces, target)
         out_dir = Path(settings.out_dir) / "videos" / item.reference
         result = diarize(item.videofile, settings.data_dir, reference=item.reference, out_dir=out_dir,
-                         config=settings.config, overrides=list(settings.overrides), weights_dir=settings.weights_dir,
+                         config=settings.config, overrides=overrides, weights_dir=settings.weights_dir,
                          device=settings.device, force=settings.force, video=settings.video,
-                         file_id=item.file_id or None)
+                         file_id=item.file_id or None, speech=item.speech)
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - one bad video must not stop the corpus

@@ -75,7 +75,8 @@ With ``gestsync.lip_model`` set, ``sync.pckl`` also holds ``lips``: ``{'model': 
 
 Stage 3, ``cluster``:
 
-- ``vad.pckl``: dict ``method``, ``audio``: list of ``(start_s, end_s)``, ``tracks``: one such list per track
+- ``vad.pckl``: dict ``method`` (a VAD method, or 'given': ``--speech FILE``), ``audio``: list of
+  ``(start_s, end_s)``, ``tracks``: one such list per track
   (times relative to the track's first frame).
 - ``embeddings.pckl``: dict ``model``, ``window_s``, ``hop_s``, ``embeddings``: float32 ``[num_windows, dim]``,
   window k covering ``[k * hop_s, k * hop_s + window_s)``.

@@ -28,6 +28,7 @@ from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.evidence import configured_model
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
+from pipeline.runtime import apply_threads
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 from pipeline.sync import SyncResult, SyncSettings, summarise, sync_track
 
@@ -145,6 +146,7 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
 
     Raises CacheError when stage 1's output is missing or stale, CheckpointError for a bad checkpoint.
     """
+    apply_threads(int(cfg.runtime.threads))
     if configured_model(cfg) == "wav2lip":  # Wav2Lip's lip-sync expert: pipeline/sync_wav2lip.py
         from pipeline.sync_wav2lip import run_stage2_wav2lip
 
@@ -200,6 +202,7 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     Every decoded frame is used as is (no frame-rate conversion), with the clip's audio at 16 kHz mono,
     as the original extracts them with ffmpeg. InputError when the clip has no usable window.
     """
+    apply_threads(int(cfg.runtime.threads))
     settings = SyncSettings.from_config(cfg, demo=True)
     media.check_video_input(videofile, need_audio=True)  # a bad clip is reported before a missing checkpoint
     ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet_demo.checkpoint)

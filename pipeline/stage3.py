@@ -4,7 +4,9 @@ Reads stage 1's ``media.pckl``, ``tracks.pckl``, crops and audio and stage 2's `
 ``sync.pckl``; writes four intermediates (layouts: ``pipeline/formats.py``), each reused while its manifest
 key still matches:
 
-- ``vad.pckl``: the ``vad`` config and method, the sha256 of ``audio.wav``, the digests of stage 1's outputs.
+- ``vad.pckl``: the ``vad`` config and method, the sha256 of ``audio.wav``, the digests of stage 1's outputs;
+  with given speech (``speech=``, ``--speech FILE``: ``pipeline/speech.py``) the file's sha256 and file id
+  instead of the VAD's settings, its regions replacing the VAD's output (method ``given``) for every rule.
 - ``embeddings.pckl``: the ``embed`` config, the speaker model and its checkpoint's sha256, the audio.
 - ``faceid.pckl``: the ``faces`` config, the face checkpoint's sha256, ``tracks.pckl`` and crops.
 - ``diarization.pckl``: the ``diarise`` config (and the expert's thresholds for Wav2Lip evidence) and the
@@ -47,12 +49,15 @@ from pipeline.formats import (
 )
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
+from pipeline.runtime import apply_threads
+from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 STAGE = "cluster"
 # speaker models with their own voice thresholds (a config section of the same name) instead of diarise's
 VOICE_THRESHOLD_SECTIONS = ("resemblyzer",)
 VOICE_THRESHOLD_KEYS = ("merge_distance", "offscreen_min_similarity")
+GIVEN_SPEECH = "given"  # vad.pckl's method when the speech regions come from a file, not a VAD
 
 ProgressHook = Callable[..., None]
 
@@ -133,7 +138,8 @@ def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audi
                 force: bool, progress: ProgressHook) -> dict:
     """``vad.pckl``: speech segments of the whole audio and of each track's audio."""
     rate = int(cfg.media.sample_rate_hz)
-    key = {"stage": STAGE, "vad": {**cfg.vad.to_dict(), "method": method}, "sample_rate_hz": rate,
+    settings = {k: v for k, v in cfg.vad.to_dict().items() if k != "given_speech_tolerance_s"}  # --speech only
+    key = {"stage": STAGE, "vad": {**settings, "method": method}, "sample_rate_hz": rate,
            "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
 
     def produce() -> dict:
@@ -150,6 +156,31 @@ def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audi
         return {"method": method, "audio": [(float(s), float(e)) for s, e in whole], "tracks": per_track}
 
     return run_atomic_step(cache, "vad.pckl", produce, STAGE, key, force)[0]
+
+
+def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict], audio_id: str,
+              force: bool) -> dict:
+    """``vad.pckl`` from given speech: its regions for the whole audio, and each track's share of them in
+    seconds from the track's first frame (the span of its crop's audio)."""
+    rate_hz, frame_rate_hz = int(cfg.media.sample_rate_hz), int(cfg.media.frame_rate_hz)
+    per_frame = rate_hz // frame_rate_hz  # stage 1 cuts a track's audio at whole frames of this many samples
+    key = {"stage": STAGE, "speech": given.key(), "sample_rate_hz": rate_hz, "frame_rate_hz": frame_rate_hz,
+           "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
+
+    def produce() -> dict:
+        per_track = []
+        for track in tracks:
+            first, end = int(track["track"]["frame"][0]), int(track["track"]["frame"][-1]) + 1
+            per_track.append(track_regions(given.regions, first * per_frame / rate_hz, end * per_frame / rate_hz))
+        return {"method": GIVEN_SPEECH, "audio": list(given.regions), "tracks": per_track}
+
+    return run_atomic_step(cache, "vad.pckl", produce, STAGE, key, force)[0]
+
+
+def load_given_speech(speech: str | Path, reference: str, num_samples: int, cfg: Section) -> GivenSpeech:
+    """``speech``'s regions checked against the audio's length (``vad.given_speech_tolerance_s``)."""
+    return read_speech(speech, reference, num_samples / int(cfg.media.sample_rate_hz),
+                       float(cfg.vad.given_speech_tolerance_s))
 
 
 def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, name: str,
@@ -291,13 +322,16 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
 # ---- the stage -----------------------------------------------------------------------------------
 def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = None, device: Any = "cpu",
                 vad_method: str | None = None, speaker_model: str | None = None, force: bool = False,
-                progress: ProgressHook | None = None) -> list[Turn]:
+                progress: ProgressHook | None = None, speech: str | Path | None = None) -> list[Turn]:
     """Stage 3 on one cached video: the speaker turns, reusing every valid intermediate unless ``force``.
 
-    Raises CacheError when stage 1 or 2 is missing or stale (naming the script to run), CheckpointError
+    ``speech``: an RTTM, UEM or .lab file whose regions replace the VAD's output (``pipeline/speech.py``);
+    a bad one is an InputError before anything is written. Raises CacheError when stage 1 or 2 is missing
+    or stale (naming the script to run), CheckpointError
     for a missing or unusable checkpoint, InputError for an unknown VAD method or speaker model.
     """
     progress = progress or _no_progress
+    apply_threads(int(cfg.runtime.threads))
     method = vad_method or str(cfg.vad.method)
     if method not in VAD_METHODS:
         raise InputError(f"unknown VAD method {method!r}: choose one of {', '.join(VAD_METHODS)}")
@@ -312,8 +346,11 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     vote_thresholds(cfg, sync)  # an unknown metric fails before any work
     curves, _ = fusion_curves(cfg, sync, len(distances))
     audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
-
-    vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
+    if speech is not None:
+        given = load_given_speech(speech, cache.reference, len(audio), cfg)
+        vad = given_vad(cache, cfg, given, tracks, audio_id, force)
+    else:
+        vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
     embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
     face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
     extra = extra_tracks(sync)  # GestSync's person tracks without a face: pipeline/sync_gestsync.py

@@ -30,6 +30,7 @@ import torch
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError, first_line
 from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
+from pipeline.runtime import apply_threads
 from pipeline.sync_adapters import make_adapter
 from pipeline.train_data import (
     SamplingSettings,
@@ -303,6 +304,7 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
     ``overrides``: ``steps``, ``batch_size``, ``model``... replacing config values. Ctrl-C saves ``last.pt``
     and re-raises KeyboardInterrupt. InputError for too little data, CheckpointError for a bad ``init``.
     """
+    apply_threads(int(cfg.runtime.threads))
     settings = TrainSettings.from_config(cfg, **overrides)
     sampling = SamplingSettings.from_config(cfg.train)
     adapter = make_adapter(settings.model, cfg)

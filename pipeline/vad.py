@@ -19,6 +19,7 @@ import torch
 
 from pipeline.errors import CheckpointError, InputError
 from pipeline.formats import VAD_METHODS
+from pipeline.runtime import keep_threads
 
 METHODS = VAD_METHODS
 _WEBRTC_RATES_HZ = (8000, 16000, 32000, 48000)
@@ -156,16 +157,18 @@ def webrtc_times(runs: list[tuple[int, int]], frame_len: int, sample_rate_hz: in
 def _silero_model() -> Any:
     """The TorchScript model bundled in the silero-vad package (read from its files, no download)."""
     try:
-        from silero_vad import load_silero_vad
+        with keep_threads():  # importing silero_vad sets torch to one thread (pipeline/runtime.py)
+            from silero_vad import load_silero_vad
 
-        return load_silero_vad(onnx=False)
+            return load_silero_vad(onnx=False)
     except Exception as err:  # missing package data, incompatible TorchScript...
         raise CheckpointError(f"cannot load the silero-vad model bundled in the silero-vad package: {err}") from None
 
 
 def silero_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> list[tuple[float, float]]:
     """silero-vad segments of float32 ``samples`` in [-1, 1], thresholds from ``cfg_vad``."""
-    from silero_vad import get_speech_timestamps
+    with keep_threads():
+        from silero_vad import get_speech_timestamps
 
     if sample_rate_hz not in _SILERO_RATES_HZ and sample_rate_hz % 16000 != 0:
         raise InputError(f"silero-vad needs audio at 8 kHz or a multiple of 16 kHz, got {sample_rate_hz} Hz")

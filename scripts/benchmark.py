@@ -288,6 +288,9 @@ def main(args: argparse.Namespace) -> int:
     if args.compare is not None:
         return run_compare(args, videofile)
     device = resolve_device(args.device)
+    from pipeline.runtime import apply_threads
+
+    print(f"benchmark: {apply_threads(int(cfg.runtime.threads))} torch threads (runtime.threads, --threads)")
     skip = set(filter(None, args.skip.split(",")))
     info = probe(videofile)
     scratch = Path(tempfile.mkdtemp(prefix="avdiarise-bench-"))

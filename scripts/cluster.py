@@ -3,6 +3,7 @@
 
     python scripts/cluster.py --data_dir D --reference REF [--vad webrtc|silero]
                               [--speaker_model resnetse34|ecapa|resemblyzer] [--fusion voxconverse|argmax|improved]
+                              [--speech FILE.rttm|.uem|.lab] [--threads N]
 
 --speaker_model resemblyzer: Resemblyzer's GE2E encoder, no published checkpoint needed (README "Resemblyzer's
 GE2E speaker model"); with a wav as stage 1's input (no faces) stage 3 diarises the voices alone.
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
                         help="fusion rule (default: diarise.mode in the config, voxconverse); shorthand for "
                              "--set diarise.mode=...")
+    parser.add_argument("--speech", default=None, metavar="FILE",
+                        help="speech regions to use instead of the VAD: an .rttm (union of its segments; with "
+                             "several file ids, the one named as --reference), a .uem ('file chan start end') or "
+                             "a .lab ('start end [label]') file")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
@@ -59,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         progress = Progress(enabled=not args.quiet)
         try:
             turns = run_cluster(cache, cfg, args.weights_dir, resolve_device(args.device), args.vad,
-                                args.speaker_model, args.force, progress)
+                                args.speaker_model, args.force, progress, speech=args.speech)
         finally:
             progress.close()
     counts = summary(turns)

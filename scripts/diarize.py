@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Who spoke when, and which face: all four stages on one video, reusing whatever the cache holds.
 
-    python scripts/diarize.py --videofile V --data_dir D [--out_dir O] [--video]
+    python scripts/diarize.py --videofile V --data_dir D [--out_dir O] [--video] [--speech FILE] [--threads N]
 
 Runs run_pipeline, run_syncnet, cluster and visualise in order; writes REF.rttm, REF_via.json and the
 plots (and with --video the annotated video) to pywork/REF/ and, with --out_dir, copies them there. The result
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage 2's sync network (default: sync.model, syncnet); --set sync.model=...")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=None,
                         help="stage 3's rule (default: diarise.mode, voxconverse); --set diarise.mode=...")
+    parser.add_argument("--speech", default=None, metavar="FILE",
+                        help="speech regions to use instead of the VAD: an .rttm (union of its segments; with "
+                             "several file ids, the one named as --reference), a .uem ('file chan start end') or "
+                             "a .lab ('start end [label]') file")
     add_config_args(parser)
     add_runtime_args(parser)
     return parser
@@ -78,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = diarize(args.videofile, args.data_dir, reference=args.reference, out_dir=args.out_dir, config=cfg,
                          weights_dir=args.weights_dir, device=args.device, force=args.force, video=args.video,
-                         vad=args.vad, speaker_model=args.speaker_model, progress=progress,
+                         vad=args.vad, speaker_model=args.speaker_model, progress=progress, speech=args.speech,
                          on_stage=lambda stage: info(f"diarize: {messages[stage]}", args.quiet),
                          file_id=args.file_id)
     finally:

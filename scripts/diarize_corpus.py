@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file id of each video's RTTM: '{reference}' (default, the cache name) or '{stem}' (the "
                              "file's stem), within a longer id if you like; it names the reference RTTM --ref_dir "
                              "holds (FILE_ID.rttm)")
+    parser.add_argument("--speech", default=None, metavar="PATTERN",
+                        help="speech regions per video instead of the VAD, '{stem}' replaced by the video's file "
+                             "stem, e.g. 'rttm/{stem}.rttm' (.rttm, .uem or .lab; see diarize.py --speech), relative "
+                             "to the corpus folder as --faces; a video whose file is missing fails")
     parser.add_argument("--video", action="store_true", help="also write each annotated video")
     parser.add_argument("--vad", choices=VAD_METHODS, default=None, help="voice activity detector")
     parser.add_argument("--speaker_model", choices=SPEAKER_MODELS, default=None,
@@ -65,15 +69,17 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in (
         ("sync.model", args.sync_model), ("diarise.mode", args.fusion), ("vad.method", args.vad),
-        ("embed.speaker_model", args.speaker_model)) if value]
+        ("embed.speaker_model", args.speaker_model), ("runtime.threads", args.threads)) if value]
     args.overrides = overrides
     cfg = config_from_args(args)  # a bad value fails here, not in every worker
     writable_dir(args.out_dir, "--out_dir")
     writable_dir(args.data_dir, "--data_dir")
     if args.ref_dir is not None and not Path(args.ref_dir).is_dir():
         raise InputError(f"--ref_dir {args.ref_dir} is not a folder")
+    if args.speech is not None and "{stem}" not in args.speech:
+        raise InputError(f"--speech {args.speech!r} needs '{{stem}}' (one speech file per video)")
     items, notes = assign_references(list_videos(args.videos), args.faces, base=corpus_dir(args.videos),
-                                     file_id_pattern=args.file_id)
+                                     file_id_pattern=args.file_id, speech_pattern=args.speech)
     with out_dir_locked(args.out_dir):  # a second run on this --out_dir: one line, before anything is written
         for note in notes:
             info(f"diarize_corpus: note: {note}", args.quiet)
@@ -92,7 +98,8 @@ def _run(args: argparse.Namespace, cfg, items, notes: list[str]) -> int:
     settings = RunSettings(data_dir=str(args.data_dir), out_dir=str(args.out_dir), config=args.config,
                            overrides=tuple(args.overrides), weights_dir=args.weights_dir, device=device,
                            force=args.force, video=args.video,
-                           threads_per_worker=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+                           threads_per_worker=max(1, (os.cpu_count() or 1) // workers)
+                           if workers > 1 and not cfg.runtime.threads else None)  # --threads N: N per worker
     where = f"Ray ({args.ray or 'local'})" if args.ray is not None else f"{workers} worker(s)"
     info(f"diarize_corpus: {len(items)} videos on {where}", args.quiet)
     progress = _progress(len(items), args.quiet)

@@ -31,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="do not score overlapping speech (default: score.skip_overlap, false)")
     parser.add_argument("--uem", default=None, help="UEM file of scored regions: '<file-id> <channel> <start> <end>'")
     add_config_args(parser)
-    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force", "--threads"),
                      why="scoring runs no network and caches nothing")
     return parser
 

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="voxconverse,improved", help="comma-separated fusion modes")
     parser.add_argument("--limit", type=int, default=None, help="only the first N files (sorted by id)")
     parser.add_argument("--per_file", action="store_true", help="also print each file's DER per mode")
-    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force", "--threads"),
                      why="the simulator runs no network and caches nothing")
     add_config_args(parser)
     return parser

@@ -34,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="file id written in the RTTM and VIA project (default: the reference); give the name "
                              "your reference RTTM uses for this recording, so that scoring matches them")
     add_config_args(parser)
-    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force"),
+    add_runtime_args(parser, ignored=("--weights_dir", "--device", "--force", "--threads"),
                      why="stage 4 runs no network and always rewrites its outputs")
     return parser
 

@@ -227,6 +227,8 @@ def test_debug_shows_a_traceback_for_memory_error(capsys):
     ("diarize_corpus.py", ["--videos", "v", "--data_dir", "d", "--out_dir", "o"]),
     ("train_sync.py", ["--data_dir", "d", "--out_dir", "o"]),
     ("simulate_fusion.py", ["--rttm_dir", "r"]),
+    ("make_conversations.py", ["--audio_dir", "a", "--out_dir", "o", "--num_files", "1", "--seed", "1"]),
+    ("eval_conversations.py", ["--conversations", "s", "--data_dir", "d", "--mode", "improved"]),
 ])
 def test_every_script_accepts_the_common_options(script, args):
     import importlib.util
@@ -235,9 +237,10 @@ def test_every_script_accepts_the_common_options(script, args):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     parser = module.build_parser()
-    common = ["--weights_dir", "w", "--device", "cpu", "--force", "--quiet", "--debug",
+    common = ["--weights_dir", "w", "--device", "cpu", "--force", "--quiet", "--debug", "--threads", "2",
               "--config", "c.yaml", "--set", "detect.batch_size=2"]
     assert {o for o in common if o.startswith("--")} >= set(COMMON_OPTIONS)
     parsed = parser.parse_args(args + common)
     assert parsed.weights_dir == "w" and parsed.device == "cpu" and parsed.force and parsed.quiet and parsed.debug
+    assert parsed.threads == 2
     assert parsed.overrides == ["detect.batch_size=2"]
