@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_reference_values.py", "tests/test_fuse.py", "tests/test_track_crop.py"]
+TESTS = ["tests/test_reference_values.py", "tests/test_fuse.py", "tests/test_track_crop.py", "tests/test_fuse_improved.py"]
 
 # (file, text to find, replacement)
 MUTATIONS = [
@@ -29,6 +29,11 @@ MUTATIONS = [
     ("configs/default.yaml", "conf_medfilt_frames: 25 ", "conf_medfilt_frames: 9 "),
     ("configs/default.yaml", "closing_frames: 12 ", "closing_frames: 10 "),
     ("configs/default.yaml", "majority_filter_frames: 25 ", "majority_filter_frames: 15 "),
+    # issue 19 / 22: the improved rule's face and minimum-speech lines
+    ("pipeline/fuse_improved.py", "seconds = np.bincount(labels, weights=step_s, minlength=gamma.shape[1])",
+     "seconds = np.bincount(labels, minlength=gamma.shape[1]).astype(float)"),  # windows, not seconds
+    ("pipeline/fuse_improved.py", "curves, max(thresholds), speech", "curves, min(thresholds), speech"),
+    ("pipeline/fuse_improved.py", "    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf", "    pass"),
 ]
 
 
