@@ -271,6 +271,8 @@ RANGE_RULES: dict[str, Rule] = {
     "improved.decode_step_frames": _AT_LEAST_ONE,
     "improved.max_ahc_points": _at_least(2),
     "improved.ahc_threshold": _between(-1.0, 1.0),
+    "improved.max_threshold_scores": _at_least(2),
+    "improved.drop_share": _PROBABILITY,
     "improved.init_smoothing": _NON_NEGATIVE,
     "improved.lda_dim": _AT_LEAST_ONE,
     "improved.fa": _POSITIVE,

@@ -177,7 +177,7 @@ def initial_labels(points: np.ndarray, anchored: np.ndarray, run_starts: np.ndar
     speaker (numbered from C)."""
     num_faces = anchored.shape[1]
     chunks, chunk_of = chunk_points(points, run_starts, int(cfg.max_ahc_points))
-    clusters = ahc_labels(chunks, float(cfg.ahc_threshold))[chunk_of]
+    clusters = ahc_labels(chunks, float(cfg.ahc_threshold), int(cfg.max_threshold_scores))[chunk_of]
     face_of = np.where(anchored.any(axis=1), np.argmax(anchored, axis=1), -1) if num_faces else \
         np.full(len(points), -1)
     labels = np.empty(len(points), dtype=np.int64)
@@ -255,7 +255,7 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     bias[:, :num_faces][anchored] = 0.0
     result = vbx(features, phi, initial_posteriors(labels, num_speakers, float(cfg.init_smoothing)),
                  float(cfg.loop_prob), float(cfg.fa), float(cfg.fb), steps.run_starts, bias,
-                 int(cfg.max_iterations), float(cfg.epsilon))
+                 int(cfg.max_iterations), float(cfg.epsilon), float(cfg.drop_share))
     step_s = np.bincount(steps.step_of_frame, minlength=len(points)) / fps
     step_labels = drop_small_speakers(result.gamma, step_s, num_faces, float(cfg.min_speaker_s))
 

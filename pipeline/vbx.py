@@ -57,16 +57,17 @@ def two_gaussian_threshold(scores: np.ndarray, iterations: int = 20) -> float:
     return threshold
 
 
-def ahc_labels(points: np.ndarray, threshold_offset: float) -> np.ndarray:
+def ahc_labels(points: np.ndarray, threshold_offset: float, max_scores: int) -> np.ndarray:
     """Average-linkage clusters of unit ``points`` [n, d] on cosine similarity, merging while the average
-    similarity exceeds the recording's own two-mode threshold plus ``threshold_offset`` (VBx's AHC): labels
-    0..k-1."""
+    similarity exceeds the recording's own two-mode threshold plus ``threshold_offset`` (VBx's AHC), the
+    threshold fitted on an evenly strided ``max_scores`` of the pair similarities at most: labels 0..k-1."""
     n = len(points)
     if n <= 1:
         return np.zeros(n, dtype=np.int64)
     sims = np.clip(points @ points.T, -1.0, 1.0)
     upper = sims[np.triu_indices(n, k=1)]
-    threshold = two_gaussian_threshold(upper) + threshold_offset
+    stride = max(1, -(-upper.size // max(int(max_scores), 1)))
+    threshold = two_gaussian_threshold(upper[::stride]) + threshold_offset
     tree = linkage(1.0 - upper, method="average")  # condensed distances 1 - similarity
     tree[:, 2] = np.maximum(tree[:, 2], 0.0)
     return fcluster(tree, t=1.0 - threshold, criterion="distance").astype(np.int64) - 1
@@ -143,10 +144,12 @@ class VbxResult:
 
 def vbx(features: np.ndarray, phi: np.ndarray, gamma: np.ndarray, loop_prob: float, fa: float, fb: float,
         run_starts: np.ndarray, log_bias: np.ndarray | None = None, max_iterations: int = 40,
-        epsilon: float = 1e-6) -> VbxResult:
+        epsilon: float = 1e-6, drop_share: float = 0.0) -> VbxResult:
     """VB-HMM over ``features`` [T, D] (PLDA space: identity within-speaker covariance, across-speaker ``phi``
     [D]) from the initial speaker posteriors ``gamma`` [T, S] (VBx's equations 16-25); ``log_bias`` [T, S]
-    is added to each observation's log-likelihood (anchors); iterates until the ELBO gains under ``epsilon``."""
+    is added to each observation's log-likelihood (anchors); iterates until the ELBO gains under ``epsilon``.
+    A speaker whose prior and largest posterior fall to ``drop_share`` or below leaves the model (its
+    posteriors stay 0): the speakers whose share vanished take no observation anyway, so this only saves time."""
     x = np.asarray(features, dtype=np.float64)
     phi = np.asarray(phi, dtype=np.float64)
     gamma = np.asarray(gamma, dtype=np.float64)
@@ -155,18 +158,26 @@ def vbx(features: np.ndarray, phi: np.ndarray, gamma: np.ndarray, loop_prob: flo
     const = -0.5 * (np.sum(x ** 2, axis=1, keepdims=True) + x.shape[1] * np.log(2 * np.pi))  # (23)
     rho = x * np.sqrt(phi)  # (18)
     elbo: list[float] = []
+    alive = np.arange(num_states)  # speakers still holding a posterior share
     for _ in range(max_iterations):
         inv_l = 1.0 / (1.0 + fa / fb * gamma.sum(axis=0, keepdims=True).T * phi)  # (17)
         alpha = fa / fb * inv_l * (gamma.T @ rho)  # (16)
         log_p = fa * (rho @ alpha.T - 0.5 * (inv_l + alpha ** 2) @ phi + const)  # (23)
         if log_bias is not None:
-            log_p = log_p + log_bias
+            log_p = log_p + log_bias[:, alive]
         gamma, log_px, draws = forward_backward(log_p, loop_prob, pi, run_starts)  # (19)-(22)
         elbo.append(log_px + fb * 0.5 * float(np.sum(np.log(inv_l) - inv_l - alpha ** 2 + 1)))  # (25)
         pi = draws / max(draws.sum(), _EPS)  # (24)
         if len(elbo) > 1 and elbo[-1] - elbo[-2] < epsilon:
             break
-    return VbxResult(gamma, pi, elbo)
+        keep = (pi > drop_share) | (gamma.max(axis=0) > drop_share)  # vanished speakers leave the model (speed)
+        if not keep.all():
+            alive, gamma, pi = alive[keep], gamma[:, keep], pi[keep] / pi[keep].sum()
+    full_gamma = np.zeros((len(x), num_states))
+    full_gamma[:, alive] = gamma
+    full_pi = np.zeros(num_states)
+    full_pi[alive] = pi
+    return VbxResult(full_gamma, full_pi, elbo)
 
 
 def initial_posteriors(labels: np.ndarray, num_states: int, smoothing: float) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_ahc_threshold_between_two_modes():
     assert 0.35 < two_gaussian_threshold(scores) < 0.65
     centres = np.eye(6)[:2]
     points = unit_rows(np.repeat(centres, 20, axis=0) + 0.1 * rng.normal(size=(40, 6)))
-    labels = ahc_labels(points, -0.015)
+    labels = ahc_labels(points, -0.015, 100)
     assert len(np.unique(labels[:20])) == 1 and len(np.unique(labels[20:])) == 1 and labels[0] != labels[20]
 
 
