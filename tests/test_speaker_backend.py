@@ -12,7 +12,6 @@ from scipy.special import logsumexp
 from models.errors import CheckpointError
 from pipeline import speaker_backend
 from pipeline.speaker_backend import (
-    PACKAGED_DIR,
     backend_file,
     find_backend,
     fit_backend,
@@ -124,16 +123,20 @@ def test_bad_transform_files_are_one_line(tmp_path):
         load_backend(path, "ecapa", 6)
 
 
-def test_packaged_ge2e_transform_loads_and_other_models_get_the_default_once(tmp_path, capsys, monkeypatch):
-    """Resemblyzer's GE2E ships a fitted transform (checked against its sha256); ResNetSE34V2 without one gets
-    the default and one note on stderr, however often it is asked for."""
-    ge2e = find_backend("resemblyzer", 256, tmp_path)
-    assert ge2e.fitted and ge2e.source == str(PACKAGED_DIR / backend_file("resemblyzer"))
-    assert ge2e.lda.shape[0] == 256 and ge2e.sha256
+def test_package_folder_is_searched_after_the_weights_folder_and_others_get_the_default_once(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """A transform in the package folder is found when the weights folder has none, the weights folder's first
+    when both have one; a model with neither gets the default and one note on stderr, however often asked."""
+    x, labels = _speakers(5, dim=6)
+    packaged, weights = tmp_path / "package", tmp_path / "weights"
+    monkeypatch.setattr(speaker_backend, "PACKAGED_DIR", packaged)
+    in_package = save_backend(fit_backend(x, labels, "resemblyzer", lda_dim=3), packaged / backend_file("resemblyzer"))
+    assert find_backend("resemblyzer", 6, weights).sha256 == in_package
+    own = save_backend(fit_backend(x[::2], labels[::2], "resemblyzer", lda_dim=2), weights / backend_file("resemblyzer"))
+    assert own != in_package and find_backend("resemblyzer", 6, weights).sha256 == own
     monkeypatch.setattr(speaker_backend, "_noted", set())
     for _ in range(2):
-        default = find_backend("resnetse34", 512, tmp_path)
-        assert not default.fitted
+        assert not find_backend("resnetse34", 512, weights).fitted
     assert capsys.readouterr().err.count("no fitted speaker back-end for resnetse34") == 1
 
 
