@@ -20,7 +20,8 @@ setup(
     python_requires=">=3.10",
     # configs/ ships beside the packages so that a non-editable install finds configs/default.yaml too
     packages=["pipeline", "models", "configs"],
-    package_data={"models": ["checkpoints.tsv"], "configs": ["*.yaml"]},
+    # models/backends: the improved mode's fitted speaker back-end transforms (Resemblyzer's GE2E) with their sha256
+    package_data={"models": ["checkpoints.tsv", "backends/*.npz", "backends/*.sha256"], "configs": ["*.yaml"]},
     # Every pin is a tested set with an upper bound at the next release line that could break us: a fresh
     # install today and after upstream releases resolves to versions that import and run every stage.
     install_requires=[

@@ -1,32 +1,32 @@
 """Stage 3's ``improved`` rule (``diarise.mode: improved``, settings in the ``improved`` config section): the
-same evidence as the VoxConverse rule, decided differently where that rule is known to lose (issue 14).
+same evidence as the VoxConverse rule, with speakers found by a VBx-style back-end (issue 19) and anchored by
+the faces seen speaking.
 
-1. Faces: each track's active frames come from the VoxConverse votes (``fuse.track_activity``), but every
-   run longer than ``min_face_run_frames`` counts (the reference drops runs of <= 15 frames from the VAD and
-   never writes them). Face identities are merged by voice as in the reference (average linkage with the
-   co-occurrence penalty); each merged group is an on-screen speaker whose mean voice comes from every
-   5 Hz embedding window under its active frames.
-2. Voice-only speech (VAD frames no active face covers, ``pipeline.fuse_voice``): its embedding windows,
-   averaged in chunks of ``chunk_s``, are clustered by average linkage; a cluster whose mean voice is close to
-   an on-screen speaker's is that speaker, the others become speakers of their own (``spkNN``, never one
-   ``unknown``), near-duplicates merged on their means and clusters with under ``min_speaker_s`` of speech
-   dropped (with no face at all: merged into the closest cluster instead). With no speaking face at all this
-   is the audio-only path: the speaker count comes from mean voices of many windows, so it does not grow with
-   the number of VAD runs.
-3. Resegmentation (``pipeline.fuse_voice.viterbi_potts``): one state per speaker on the 25 fps frames of
-   speech, in steps of ``decode_step_frames``; a frame's score for a speaker is ``voice_weight`` times the
-   similarity of its embedding window to the speaker's mean voice plus ``face_bonus`` where that speaker's
-   face is active; changing speaker costs ``switch_penalty``. Mean voices are re-estimated from the decoding
-   ``refine_iterations`` times. A turn as short as a few tenths of a second survives when its evidence
-   outweighs two switches.
-4. Overlap: a second speaker in a frame where another speaker's face syncs above the top vote threshold
-   (``overlap_face``), or, with ``overlap_voice``, where the voice is about as close to a second mean voice.
-5. Rejection (``reject_unexplained``): voice-only speech whose 1 s mean similarity (within its speech run) to its speaker is below
-   ``reject_similarity`` is taken for a VAD false alarm and dropped.
-
-Speaker models differ in how similar unrelated voices are (Resemblyzer's GE2E windows of two speakers sit
-near 0.7, ResNetSE34's near 0.3): the voice settings are stated for a floor of 0 and rescaled by
-``similarity_floor`` (``calibrated``).
+1. Speech is the whole-audio VAD (or the speech the user gave), nothing else: no frame outside it is labelled.
+   Its runs are cut into steps of ``decode_step_frames``; each step is observed through the embedding window
+   nearest its centre that lies inside its run (``run_windows``; a run shorter than a window takes the window
+   centred on it), so no observation mixes two runs when the run is long enough.
+2. Faces: each track's active frames come from the VoxConverse votes (``fuse.track_activity``), every run
+   longer than ``min_face_run_frames`` counts, within speech. Face identities are merged by voice (average
+   linkage on the back-end's projected voices, ``identity_merge_distance``, with the co-occurrence penalty);
+   each merged group is an on-screen speaker. A step is anchored to a face speaker when that face is active in
+   at least ``anchor_share`` of its frames; where some face syncs above the top vote threshold (strong) in that
+   share, only the strong faces anchor it (a face between the two thresholds speaks only where no face is
+   strong).
+3. Back-end (``pipeline.speaker_backend`` then ``pipeline.vbx``): the observations are projected (centring,
+   LDA, length norm) and clustered by average linkage at the recording's own two-mode threshold plus
+   ``ahc_threshold`` (VBx's AHC). An AHC cluster whose anchored steps belong mostly to one face speaker is that
+   speaker; the others are voice-only speakers. The VB-HMM (``fa``, ``fb``, ``loop_prob`` over ``lda_dim``
+   PLDA dimensions; every speech run a fresh draw of speaker) then re-assigns every step, except that an
+   anchored step can only belong to its face speaker(s), which are fixed speakers of the model: a face seen
+   speaking is a speaker (whatever the voice says there: a 2 s window barely hears a short turn), a voice no
+   face claims is a speaker of its own.
+4. Each step takes its most probable speaker; a voice-only speaker with less than ``min_speaker_s`` seconds of
+   speech gives its steps to their next most probable speaker (smallest first; the last speaker stays).
+5. Overlap only on evidence: a second speaker where two face speakers sync above the top vote threshold at once
+   (``overlap_face``); with ``audio_overlap`` (off by default: no audio rule met the false-alarm bar on the
+   development conversations, see configs/default.yaml) a second speaker where its posterior reaches
+   ``audio_overlap_posterior``.
 
 Without any embedding (audio shorter than one window) there is no voice to compare: the VoxConverse steps
 run on the longer-kept face runs (``fuse.turns_from_activities``).
@@ -34,22 +34,15 @@ run on the longer-kept face runs (``fuse.turns_from_activities``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline import fuse
 from pipeline.formats import Turn
-from pipeline.fuse_voice import (
-    absorb_small,
-    cluster_voice_chunks,
-    merge_close_means,
-    run_local_mean,
-    unit_rows,
-    viterbi_potts,
-    window_means,
-)
+from pipeline.speaker_backend import SpeakerBackend, default_backend, recording_plda
+from pipeline.vbx import ahc_labels, chunk_points, initial_posteriors, unit_rows, vbx
 
 
 def kept_runs(active: np.ndarray, min_frames: int) -> np.ndarray:
@@ -68,25 +61,33 @@ def _place(length: int, first: int, values: np.ndarray) -> tuple[int, int, np.nd
     return start, stop, values[start - first:stop - first] if stop > start else values[:0]
 
 
+@dataclass(frozen=True)
+class FaceSpeakers:
+    """On-screen speakers on the frame timeline: active and strong [length, C] bool, track per frame [length, C]
+    (-1: none); C = 0 when no face speaks."""
+
+    active: np.ndarray
+    strong: np.ndarray
+    track_at: np.ndarray
+
+
 def face_speakers(tracks: Sequence[fuse.TrackEvidence], activities: Sequence[fuse.TrackActivity],
-                  curves: dict[int, np.ndarray], strong_threshold: float, length: int, unit_emb: np.ndarray,
-                  windows: np.ndarray, cfg_diarise: Any, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                              np.ndarray]:
-    """On-screen speakers: (active [length, C] bool, strong [length, C] bool, track per frame [length, C] int
-    (-1: none), mean voices [C, dim]); C = 0 when no face speaks."""
+                  curves: dict[int, np.ndarray], strong_threshold: float, speech: np.ndarray,
+                  voices: np.ndarray, windows: np.ndarray, cfg_diarise: Any, cfg: Any) -> FaceSpeakers:
+    """Face identities that speak (within ``speech``), merged by voice (``voices``: unit projected windows)."""
+    length = speech.size
     kept = {a.track_idx: kept_runs(a.active, int(cfg.min_face_run_frames)) for a in activities}
-    identities = sorted({a.identity for a in activities if kept[a.track_idx].any()})
-    dim = unit_emb.shape[1] if unit_emb.ndim == 2 else 0
-    if not identities:
-        return (np.zeros((length, 0), bool), np.zeros((length, 0), bool), np.zeros((length, 0), np.int64),
-                np.zeros((0, dim)))
-    id_frames = {k: np.zeros(length, dtype=bool) for k in identities}
+    id_frames: dict[int, np.ndarray] = {}
     for a in activities:
-        if a.identity in id_frames:
-            start, stop, part = _place(length, a.first_frame, kept[a.track_idx])
-            id_frames[a.identity][start:stop] |= part
-    if len(unit_emb):
-        id_voice = np.stack([unit_emb[np.unique(windows[id_frames[k]])].mean(axis=0) for k in identities])
+        start, stop, part = _place(length, a.first_frame, kept[a.track_idx])
+        frames = id_frames.setdefault(a.identity, np.zeros(length, dtype=bool))
+        frames[start:stop] |= part & speech[start:stop]
+    identities = sorted(k for k, f in id_frames.items() if f.any())
+    if not identities:
+        empty = np.zeros((length, 0), dtype=bool)
+        return FaceSpeakers(empty, empty, np.zeros((length, 0), dtype=np.int64))
+    if len(voices):
+        id_voice = unit_rows(np.stack([voices[np.unique(windows[id_frames[k]])].mean(axis=0) for k in identities]))
         labels = fuse.cluster_identities(id_voice, fuse.identity_cooccurrence(tracks, identities),
                                          float(cfg.identity_merge_distance), float(cfg_diarise.cooccur_penalty))
     else:
@@ -101,87 +102,120 @@ def face_speakers(tracks: Sequence[fuse.TrackEvidence], activities: Sequence[fus
             continue
         col = label_of[a.identity]
         start, stop, part = _place(length, a.first_frame, kept[a.track_idx])
+        part = part & speech[start:stop]
         active[start:stop, col] |= part
         track_at[start:stop, col][part] = a.track_idx
         _, _, curve = _place(length, a.first_frame, curves[a.track_idx][:a.active.size])
         strong[start:start + curve.size, col] |= part[:curve.size] & (curve > strong_threshold)
-    means = np.stack([unit_emb[np.unique(windows[active[:, c]])].mean(axis=0) for c in range(num)]) \
-        if len(unit_emb) else np.zeros((num, 0))
-    return active, strong, track_at, means
+    return FaceSpeakers(active, strong, track_at)
 
 
-def speakers_from_voice(unit_emb: np.ndarray, window_weight: np.ndarray, onscreen_means: np.ndarray,
-                        hop_s: float, cfg: Any) -> np.ndarray:
-    """Mean voices of every speaker: the on-screen ones first, then voice-only clusters no face matches."""
-    chunk_means, chunk_sizes = cluster_voice_chunks(unit_emb, window_weight, hop_s, cfg)
-    means = [m for m in onscreen_means]
-    extra, extra_sizes = [], []
-    for mean, size in zip(chunk_means, chunk_sizes):
-        if len(means):
-            sims = unit_rows(np.stack(means[:len(onscreen_means)])) @ mean if len(onscreen_means) else np.zeros(0)
-            if sims.size and sims.max() >= float(cfg.match_similarity):
-                continue
-        extra.append(mean)
-        extra_sizes.append(size)
-    if extra:
-        extra_means, extra_sizes = merge_close_means(np.stack(extra), np.asarray(extra_sizes, dtype=np.float64),
-                                                     float(cfg.centroid_merge_distance))
-        if not len(onscreen_means):  # audio only: small clusters join the closest rather than vanish
-            extra_means, extra_sizes = absorb_small(extra_means, extra_sizes, float(cfg.min_speaker_s) / hop_s)
-        keep = extra_sizes * hop_s >= float(cfg.min_speaker_s)
-        if not keep.any() and not len(onscreen_means):
-            keep[int(np.argmax(extra_sizes))] = True
-        means.extend(extra_means[keep])
-    dim = unit_emb.shape[1]
-    return unit_rows(np.stack(means)) if means else np.zeros((0, dim))
+# ---- observations ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Steps:
+    """The speech frames cut into steps: frame indices [F], step of each [F], first step of each run [R],
+    embedding window observing each step [T]."""
+
+    frames: np.ndarray
+    step_of_frame: np.ndarray
+    run_starts: np.ndarray
+    windows: np.ndarray
 
 
-def decode(scores_voice: np.ndarray, face_active: np.ndarray, speech_idx: np.ndarray, run_starts: np.ndarray,
-           cfg: Any) -> np.ndarray:
-    """Speaker index per speech frame: Viterbi over ``voice_weight * similarity + face_bonus * active``,
-    summed over steps of ``decode_step_frames`` frames within each speech run (``run_starts``)."""
-    scores = float(cfg.voice_weight) * scores_voice
-    if face_active.shape[1]:
-        scores[:, :face_active.shape[1]] += float(cfg.face_bonus) * face_active[speech_idx]
-    run_id = np.cumsum(np.isin(np.arange(speech_idx.size), run_starts)) - 1
-    position = np.arange(speech_idx.size) - np.asarray(run_starts)[run_id]
-    block = np.cumsum(np.diff(run_id * (speech_idx.size + 1) + position // int(cfg.decode_step_frames),
-                              prepend=-1) != 0) - 1
-    block_starts = np.flatnonzero(np.diff(block, prepend=-1) > 0)
-    block_scores = np.add.reduceat(scores, block_starts, axis=0)
-    block_run_starts = np.flatnonzero(np.diff(run_id[block_starts], prepend=-1) > 0)
-    return viterbi_potts(block_scores, float(cfg.switch_penalty), block_run_starts)[block]
+def run_windows(first: int, stop: int, centres: np.ndarray, num_windows: int, fps: float, hop_s: float,
+                window_s: float) -> np.ndarray:
+    """Window index for each centre frame of a speech run ``[first, stop)``: the window starting nearest
+    ``centre - window_s / 2`` (a tie: the earlier) among those inside the run; for a run shorter than a
+    window, the one centred on the run. Window k covers ``[k * hop_s, k * hop_s + window_s)``."""
+    tiny = 1e-6
+    low = int(np.ceil(first / fps / hop_s - tiny))
+    high = int(np.floor((stop / fps - window_s) / hop_s + tiny))
+    if low <= high:
+        wanted = np.floor((centres / fps - window_s / 2) / hop_s + 0.5 - tiny).astype(np.int64)  # ties: earlier
+        picked = np.clip(wanted, low, high)
+    else:
+        picked = np.full(centres.size, int(np.floor(((first + stop) / 2 / fps - window_s / 2) / hop_s + 0.5 - tiny)))
+    return np.clip(picked, 0, num_windows - 1)
 
 
-def similarity_floor(cfg: Any, speaker_model: str | None) -> float:
-    """``improved.similarity_floor_<model>`` when the config has one for ``speaker_model``, else
-    ``improved.similarity_floor``."""
-    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return float(values.get(f"similarity_floor_{speaker_model}", values["similarity_floor"]))
+def speech_steps(speech: np.ndarray, step_frames: int, num_windows: int, fps: float, hop_s: float,
+                 window_s: float) -> Steps:
+    """Steps of ``step_frames`` within each run of ``speech`` frames and the window observing each."""
+    frames = np.flatnonzero(speech)
+    run_first = np.flatnonzero(np.diff(frames, prepend=-2) > 1)
+    run_id = np.cumsum(np.isin(np.arange(frames.size), run_first)) - 1
+    position = np.arange(frames.size) - run_first[run_id]
+    key = run_id * (frames.size + 1) + position // step_frames
+    step_of_frame = np.cumsum(np.diff(key, prepend=-1) != 0) - 1
+    step_first = np.flatnonzero(np.diff(step_of_frame, prepend=-1) > 0)
+    step_last = np.append(step_first[1:], frames.size) - 1
+    centres = (frames[step_first] + frames[step_last] + 1) / 2.0
+    run_starts = step_of_frame[run_first]
+    windows = np.empty(step_first.size, dtype=np.int64)
+    run_bounds = np.append(run_starts, step_first.size)
+    for r, (s0, s1) in enumerate(zip(run_bounds[:-1], run_bounds[1:])):
+        first = int(frames[run_first[r]])
+        stop = int(frames[run_first[r + 1] - 1]) + 1 if r + 1 < run_first.size else int(frames[-1]) + 1
+        windows[s0:s1] = run_windows(first, stop, centres[s0:s1], num_windows, fps, hop_s, window_s)
+    return Steps(frames, step_of_frame, run_starts, windows)
 
 
-def calibrated(cfg: Any, floor: float) -> SimpleNamespace:
-    """The ``improved`` settings on a speaker model whose unrelated voices are ``floor`` similar: every
-    similarity threshold t becomes ``floor + t * (1 - floor)``, every distance d ``d * (1 - floor)`` and the
-    voice weight is divided by ``1 - floor`` (the settings are stated for a floor of 0)."""
-    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    scale = 1.0 - floor
-    for key in ("identity_merge_distance", "chunk_merge_distance", "centroid_merge_distance", "overlap_margin"):
-        values[key] = float(values[key]) * scale
-    for key in ("match_similarity", "reject_similarity", "overlap_min_similarity"):
-        values[key] = floor + float(values[key]) * scale
-    values["voice_weight"] = float(values["voice_weight"]) / scale
-    return SimpleNamespace(**values)
+def step_shares(steps: Steps, per_frame: np.ndarray) -> np.ndarray:
+    """Share of each step's frames where each column of ``per_frame`` [length, C] is true: [T, C]."""
+    counts = np.bincount(steps.step_of_frame, minlength=steps.windows.size).astype(np.float64)
+    out = np.zeros((steps.windows.size, per_frame.shape[1]))
+    for c in range(per_frame.shape[1]):
+        out[:, c] = np.bincount(steps.step_of_frame, weights=per_frame[steps.frames, c],
+                                minlength=steps.windows.size)
+    return out / np.maximum(counts, 1)[:, None]
+
+
+# ---- speakers ------------------------------------------------------------------------------------------------
+def initial_labels(points: np.ndarray, anchored: np.ndarray, run_starts: np.ndarray, cfg: Any) -> np.ndarray:
+    """Initial speaker of each step: its face speaker where anchored (columns of ``anchored`` [T, C]); else its
+    AHC cluster, which is the face speaker holding most of the cluster's anchored steps, or a new voice-only
+    speaker (numbered from C)."""
+    num_faces = anchored.shape[1]
+    chunks, chunk_of = chunk_points(points, run_starts, int(cfg.max_ahc_points))
+    clusters = ahc_labels(chunks, float(cfg.ahc_threshold), int(cfg.max_threshold_scores))[chunk_of]
+    face_of = np.where(anchored.any(axis=1), np.argmax(anchored, axis=1), -1) if num_faces else \
+        np.full(len(points), -1)
+    labels = np.empty(len(points), dtype=np.int64)
+    next_label = num_faces
+    for k in np.unique(clusters):
+        members = clusters == k
+        faces = face_of[members]
+        faces = faces[faces >= 0]
+        if faces.size:
+            labels[members] = int(np.bincount(faces).argmax())
+        else:
+            labels[members] = next_label
+            next_label += 1
+    labels[face_of >= 0] = face_of[face_of >= 0]
+    return labels
+
+
+def drop_small_speakers(gamma: np.ndarray, step_s: np.ndarray, num_faces: int, min_speaker_s: float) -> np.ndarray:
+    """Most probable speaker per step, after voice-only speakers (index >= ``num_faces``) with less than
+    ``min_speaker_s`` seconds of steps (``step_s``) give their steps to their next most probable speaker,
+    smallest first, never the last speaker left."""
+    allowed = np.ones(gamma.shape[1], dtype=bool)
+    while True:
+        labels = np.argmax(np.where(allowed, gamma, -1.0), axis=1)
+        seconds = np.bincount(labels, weights=step_s, minlength=gamma.shape[1])
+        used = np.flatnonzero(seconds > 0)
+        small = [s for s in used if s >= num_faces and seconds[s] < min_speaker_s]
+        if not small or len(used) <= 1:
+            return labels
+        allowed[min(small, key=lambda s: seconds[s])] = False
 
 
 def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence[tuple[float, float]],
                      embeddings: np.ndarray, cfg_diarise: Any, cfg: Any, metric: str, hop_s: float,
                      num_frames: int, duration_s: float | None = None,
-                     thresholds: Sequence[float] | None = None, speaker_model: str | None = None) -> list[Turn]:
+                     thresholds: Sequence[float] | None = None, backend: SpeakerBackend | None = None) -> list[Turn]:
     """Speaker turns by the improved rule (same inputs and output as ``fuse.diarise``, plus the ``improved``
-    config section ``cfg`` and the name of the speaker model that made the embeddings, which picks the
-    similarity floor)."""
-    cfg = calibrated(cfg, similarity_floor(cfg, speaker_model))
+    config section ``cfg`` and the speaker model's back-end transform; None: the default transform)."""
     fps = float(cfg_diarise.frame_rate_hz)
     thresholds = fuse.conf_thresholds(cfg_diarise, metric) if thresholds is None else tuple(thresholds)
     present = [(i, t) for i, t in enumerate(tracks) if len(t.frames)]
@@ -191,56 +225,54 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         return fuse.turns_from_activities(tracks, activities, int(cfg.min_face_run_frames), audio_vad_s,
                                           np.zeros((0, 0)), cfg_diarise, hop_s, num_frames, duration_s)
+    if backend is None:
+        backend = default_backend("unnamed", embeddings.shape[1])
 
-    timeline = fuse.EmbeddingTimeline(len(embeddings), float(hop_s), float(cfg_diarise.embedding_offset_s), fps)
     length = fuse.timeline_frames(num_frames, audio_vad_s, activities, fps)
-    windows = timeline.at_frames(np.arange(length))
-    unit_emb = unit_rows(embeddings).astype(np.float32)
-
-    face_active, face_strong, track_at, onscreen_means = face_speakers(
-        tracks, activities, curves, max(thresholds), length, unit_emb, windows, cfg_diarise, cfg)
-    any_face = face_active.any(axis=1)
-    speech = (fuse.vad_frame_counts(audio_vad_s, length, fps) > 0) | any_face
-    voice_only = speech & ~any_face
-    # share of each window's frames that are voice-only speech: whole windows are what gets clustered
-    owned = np.bincount(windows, minlength=len(unit_emb)).astype(np.float64)
-    window_weight = np.bincount(windows, weights=voice_only, minlength=len(unit_emb)) / np.maximum(owned, 1)
-    means = speakers_from_voice(unit_emb, window_weight, onscreen_means, float(hop_s), cfg)
-    num_onscreen = face_active.shape[1]
-    if len(means) == 0:
+    speech = fuse.vad_frame_counts(audio_vad_s, length, fps) > 0
+    if not speech.any():
         return []
+    window_s = 2.0 * float(cfg_diarise.embedding_offset_s)  # the window is centred offset_s after its start
+    steps = speech_steps(speech, int(cfg.decode_step_frames), len(embeddings), fps, float(hop_s), window_s)
+    voices = backend.project(embeddings)
+    timeline = fuse.EmbeddingTimeline(len(embeddings), float(hop_s), float(cfg_diarise.embedding_offset_s), fps)
+    faces = face_speakers(tracks, activities, curves, max(thresholds), speech, voices,
+                          timeline.at_frames(np.arange(length)), cfg_diarise, cfg)
+    num_faces = faces.active.shape[1]
+    anchored = step_shares(steps, faces.active) >= float(cfg.anchor_share)
+    strong = step_shares(steps, faces.strong) >= float(cfg.anchor_share)
+    anchored = np.where(strong.any(axis=1, keepdims=True), strong, anchored)  # strong sync outranks a vote
 
-    speech_idx = np.flatnonzero(speech)
-    if speech_idx.size == 0:
-        return []
-    run_starts = np.flatnonzero(np.diff(speech_idx, prepend=-2) > 1)
-    speech_windows = windows[speech_idx]
-    labels = np.zeros(speech_idx.size, dtype=np.int64)
-    for _ in range(int(cfg.refine_iterations) + 1):
-        window_sim = unit_emb @ means.T.astype(np.float32)  # [num_windows, speakers]
-        labels = decode(window_sim[speech_windows], face_active, speech_idx, run_starts, cfg)
-        means = window_means(unit_emb, speech_windows, labels, means)
+    points = voices[steps.windows]
+    labels = initial_labels(points, anchored, steps.run_starts, cfg)
+    num_speakers = max(int(labels.max()) + 1, num_faces)
+    if backend.fitted:
+        features, phi = backend.plda_features(points, int(cfg.lda_dim))
+    else:  # windows one window length apart do not overlap
+        features, phi = recording_plda(points, int(round(window_s * fps / int(cfg.decode_step_frames))))
+    bias = np.zeros((len(points), num_speakers))  # anchored steps belong to their face speaker(s) only
+    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf
+    bias[:, :num_faces][anchored] = 0.0
+    result = vbx(features, phi, initial_posteriors(labels, num_speakers, float(cfg.init_smoothing)),
+                 float(cfg.loop_prob), float(cfg.fa), float(cfg.fb), steps.run_starts, bias,
+                 int(cfg.max_iterations), float(cfg.epsilon), float(cfg.drop_share))
+    step_s = np.bincount(steps.step_of_frame, minlength=len(points)) / fps
+    step_labels = drop_small_speakers(result.gamma, step_s, num_faces, float(cfg.min_speaker_s))
 
-    window_sim = unit_emb @ means.T.astype(np.float32)
-    frame_sim = window_sim[speech_windows]
-    chosen_sim = frame_sim[np.arange(labels.size), labels]
-    keep = np.ones(labels.size, dtype=bool)
-    if bool(cfg.reject_unexplained):
-        smoothed = run_local_mean(chosen_sim, run_starts, int(round(float(cfg.reject_window_s) * fps)) // 2)
-        keep = any_face[speech_idx] | (smoothed >= float(cfg.reject_similarity))
-
-    speaking = np.zeros((length, len(means)), dtype=bool)
-    speaking[speech_idx[keep], labels[keep]] = True
-    if bool(cfg.overlap_face) and num_onscreen:
-        speaking[:, :num_onscreen] |= face_strong
-    if bool(cfg.overlap_voice) and len(means) > 1:
-        order = np.argsort(-frame_sim, axis=1)
-        second = np.where(order[:, 0] == labels, order[:, 1], order[:, 0])
-        second_sim = frame_sim[np.arange(labels.size), second]
-        extra = keep & (second_sim >= float(cfg.overlap_min_similarity)) & \
-            (chosen_sim - second_sim <= float(cfg.overlap_margin))
-        speaking[speech_idx[extra], second[extra]] = True
-    return speaking_turns(speaking, face_active, track_at, fps, duration_s)
+    speaking = np.zeros((length, num_speakers), dtype=bool)
+    speaking[steps.frames, step_labels[steps.step_of_frame]] = True
+    if bool(cfg.overlap_face) and num_faces > 1:
+        together = faces.strong.sum(axis=1) >= 2
+        speaking[:, :num_faces] |= faces.strong & together[:, None]
+    if bool(cfg.audio_overlap) and num_speakers > 1:
+        kept = np.isin(np.arange(num_speakers), step_labels)
+        second = np.where(kept, result.gamma, -1.0)
+        second[np.arange(len(points)), step_labels] = -1.0
+        best = np.argmax(second, axis=1)
+        extra = second[np.arange(len(points)), best] >= float(cfg.audio_overlap_posterior)
+        on = extra[steps.step_of_frame]
+        speaking[steps.frames[on], best[steps.step_of_frame][on]] = True
+    return speaking_turns(speaking, faces.active, faces.track_at, fps, duration_s)
 
 
 def speaking_turns(speaking: np.ndarray, face_active: np.ndarray, track_at: np.ndarray, fps: float,
@@ -262,4 +294,5 @@ def speaking_turns(speaking: np.ndarray, face_active: np.ndarray, track_at: np.n
     return fuse.name_speakers(raw, fps, duration_s)
 
 
-__all__ = ["diarise_improved", "face_speakers", "kept_runs", "speakers_from_voice", "speaking_turns"]
+__all__ = ["FaceSpeakers", "Steps", "diarise_improved", "drop_small_speakers", "face_speakers", "initial_labels",
+           "kept_runs", "run_windows", "speaking_turns", "speech_steps", "step_shares"]

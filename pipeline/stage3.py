@@ -50,6 +50,7 @@ from pipeline.formats import (
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
 from pipeline.runtime import apply_threads
+from pipeline.speaker_backend import SpeakerBackend, find_backend
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
@@ -253,19 +254,30 @@ def diarise_settings(cfg: Section, speaker_model: str) -> Section:
     return Section({**cfg.diarise.to_dict(), **{k: own[k] for k in VOICE_THRESHOLD_KEYS}}, "diarise")
 
 
+def speaker_backend(cfg: Section, speaker_model: str | None, embeddings: np.ndarray,
+                    weights_dir: str | Path | None) -> SpeakerBackend:
+    """The improved rule's transform for ``speaker_model``'s embeddings: fitted (weights folder, then the
+    package) or the default, with a note once (``pipeline.speaker_backend.find_backend``)."""
+    dim = int(np.shape(embeddings)[-1]) if np.ndim(embeddings) == 2 else 0
+    return find_backend(speaker_model, dim, weights_dir)
+
+
 def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, embeddings: np.ndarray,
            hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping,
-           speaker_model: str | None = None) -> list[Turn]:
+           speaker_model: str | None = None, backend: SpeakerBackend | None = None) -> list[Turn]:
     """The turns by the configured fusion rule (``diarise.mode``) from stage 3's evidence; also what
     ``pipeline.simulate`` runs on simulated evidence. ``speaker_model`` (embeddings.pckl's ``model``) picks
-    the voice thresholds of the reference rules (``diarise_settings``) and the improved rule's similarity floor."""
+    the voice thresholds of the reference rules (``diarise_settings``) and, without ``backend``, the improved
+    rule's transform (``speaker_backend``, weights folder from the environment)."""
     mode = fusion_mode(cfg)
     if mode == "improved":
         from pipeline.fuse_improved import diarise_improved
 
+        if backend is None and np.ndim(embeddings) == 2 and np.shape(embeddings)[0]:
+            backend = speaker_backend(cfg, speaker_model, embeddings, None)
         return diarise_improved(evidence, audio_vad_s, embeddings, cfg.diarise, cfg.improved, str(sync["metric"]),
                                 hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync),
-                                speaker_model=speaker_model)
+                                backend=backend)
     cfg_diarise = diarise_settings(cfg, str(speaker_model or ""))
     if mode == "argmax":
         from pipeline.fuse_argmax import diarise_argmax
@@ -276,18 +288,23 @@ def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, 
 
 
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
-                        sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool) -> list[Turn]:
+                        sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool,
+                        weights_dir: str | Path | None = None) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
-    cfg_diarise = diarise_settings(cfg, str(embeddings.get("model", "")))
+    model = str(embeddings.get("model", ""))
+    cfg_diarise = diarise_settings(cfg, model)
     key = {"stage": STAGE, "diarise": cfg_diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
+    backend = None
     if fusion_mode(cfg) == "improved":  # the improved rule's own settings (absent from the other modes' keys)
+        backend = speaker_backend(cfg, model, embeddings["embeddings"], weights_dir)
         key["improved"] = cfg.improved.to_dict()
+        key["speaker_backend"] = backend.sha256 or backend.source
 
     def produce() -> list[tuple]:
         turns = decide(cfg, evidence, vad["audio"], embeddings["embeddings"], float(embeddings["hop_s"]),
                        int(media_info["num_frames"]), media_info.get("duration_s"), sync,
-                       speaker_model=str(embeddings.get("model", "")))
+                       speaker_model=model, backend=backend)
         return [tuple(turn) for turn in turns]
 
     rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
@@ -362,7 +379,7 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
         face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
         tracks = [*tracks, *extra]
     evidence = track_evidence(tracks, distances, vad, face_ids, curves)
-    turns = compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force)
+    turns = compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force, weights_dir)
     save_sync_curves(cache, cfg, distances, sync, force)
     return turns
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_reference_values.py", "tests/test_fuse.py", "tests/test_track_crop.py"]
+TESTS = ["tests/test_reference_values.py", "tests/test_fuse.py", "tests/test_track_crop.py",
+         "tests/test_fuse_improved.py"]
 
 # Issue 22's corpus and report bugs, with the fast tests that catch them (a few seconds, no video decoded).
 CORPUS_TESTS = ["tests/test_corpus.py", "-k", "reference_names or default_workers or faces or second_run or file_id"]
@@ -60,6 +61,11 @@ MUTATIONS = [
      PLOT_TESTS),
     ("pipeline/plots.py", "_thresholds(axes, thresholds if len(confidences) else ())", "_thresholds(axes, thresholds)",
      PLOT_TESTS),
+    # issue 19 / 22: the improved rule's face and minimum-speech lines
+    ("pipeline/fuse_improved.py", "seconds = np.bincount(labels, weights=step_s, minlength=gamma.shape[1])",
+     "seconds = np.bincount(labels, minlength=gamma.shape[1]).astype(float)"),  # windows, not seconds
+    ("pipeline/fuse_improved.py", "curves, max(thresholds), speech", "curves, min(thresholds), speech"),
+    ("pipeline/fuse_improved.py", "    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf", "    pass"),
 ]
 
 # Issue 22: bugs the whole suite missed, each with the tests that now catch it (file, find, replace, tests).
