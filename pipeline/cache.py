@@ -183,8 +183,6 @@ class Cache:
         for it gets a one-line ``BusyError``. Re-entrant within one process (a script that runs several
         stages, or a stage function called under a script's lock).
         """
-        import fcntl
-
         key = str(self.lock_path.resolve())
         if key in _HELD_LOCKS:
             _HELD_LOCKS[key][1] += 1
@@ -196,18 +194,9 @@ class Cache:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+", encoding="utf-8")
         try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip()
-                raise BusyError(f"another run is working on reference {self.reference!r} in {self.data_dir}"
-                                f"{f' ({holder})' if holder else ''}: wait for it to finish, or use another "
-                                f"--reference") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
+            claim_lock(handle, lambda holder: f"another run is working on reference {self.reference!r} in "
+                                              f"{self.data_dir}{holder}: wait for it to finish, or use another "
+                                              f"--reference")
             _HELD_LOCKS[key] = [handle, 1]
             try:
                 self.remove_stale_parts(extra_dirs)
@@ -406,6 +395,24 @@ class Cache:
 
 
 _HELD_LOCKS: dict[str, list] = {}  # lock file -> [open handle, depth], for re-entry in one process
+
+
+def claim_lock(handle, busy_message: Callable[[str], str]) -> None:
+    """Take ``fcntl.flock`` on the open lock file ``handle`` without waiting and write the holder's line in it
+    (``process N since T``); if another process holds it, a one-line BusyError whose text is
+    ``busy_message(" (process N since T)")`` (an empty argument when the holder wrote nothing)."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        raise BusyError(busy_message(f" ({holder})" if holder else "")) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BusyError, InputError, first_line
+from pipeline.errors import InputError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 SUMMARY_FIELDS = ("reference", "videofile", "status", "duration_s", "tracks", "speakers", "turns", "speech_s",
@@ -213,7 +213,7 @@ def out_dir_locked(out_dir: str | Path) -> Iterator[None]:
     however the run ends) for the block; a second corpus run on the same folder gets a one-line BusyError
     before it writes anything, so two runs never overwrite each other's summary and report. Re-entrant within
     one process."""
-    import fcntl
+    from pipeline.cache import claim_lock
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,17 +222,8 @@ def out_dir_locked(out_dir: str | Path) -> Iterator[None]:
         yield
         return
     with open(folder / CORPUS_LOCK, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            raise BusyError(f"another corpus run is writing to --out_dir {folder}{f' ({holder})' if holder else ''}: "
-                            f"wait for it to finish, or use another --out_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
+        claim_lock(handle, lambda holder: f"another corpus run is writing to --out_dir {folder}{holder}: wait for "
+                                          f"it to finish, or use another --out_dir")
         _HELD_OUT_DIRS.add(key)
         try:
             yield
