@@ -210,7 +210,9 @@ def test_corpus_speech_pattern_never_falls_back_to_the_vad(conversation, tmp_pat
     from pipeline.corpus import RunSettings, assign_references, diarise_one
 
     wav = conversation / "wav" / "talk.wav"
-    items, _ = assign_references([wav], None, str(tmp_path / "speech" / "{stem}.lab"))
+    items, _ = assign_references([wav], None, speech_pattern=str(tmp_path / "speech" / "{stem}.lab"))
     assert items[0].speech == tmp_path / "speech" / "talk.lab"
+    relative, _ = assign_references([wav], None, base=tmp_path, speech_pattern="speech/{stem}.lab")
+    assert relative[0].speech == items[0].speech  # relative to the corpus folder, as --faces
     summary = diarise_one(items[0], RunSettings(data_dir=str(tmp_path / "d"), out_dir=str(tmp_path / "o")))
     assert summary.status == "failed" and "--speech file not found" in summary.error
