@@ -15,12 +15,15 @@ the faces seen speaking.
    strong).
 3. Back-end (``pipeline.speaker_backend`` then ``pipeline.vbx``): the observations are projected (centring,
    LDA, length norm) and clustered by average linkage at the recording's own two-mode threshold plus
-   ``ahc_threshold`` (VBx's AHC). An AHC cluster whose anchored steps belong mostly to one face speaker is that
-   speaker; the others are voice-only speakers. The VB-HMM (``fa``, ``fb``, ``loop_prob`` over ``lda_dim``
-   PLDA dimensions; every speech run a fresh draw of speaker) then re-assigns every step, except that an
-   anchored step can only belong to its face speaker(s), which are fixed speakers of the model: a face seen
-   speaking is a speaker (whatever the voice says there: a 2 s window barely hears a short turn), a voice no
-   face claims is a speaker of its own.
+   ``ahc_threshold`` (VBx's AHC). An AHC cluster is a face speaker when that face has anchored steps in it and
+   AHC's own criterion would merge the face's voice with the cluster (the average similarity between the
+   cluster's points and those of all the face's anchored steps above the same threshold; of several such
+   faces, the one with most anchored steps there): a few stray anchored steps (a face syncing falsely while
+   an off-screen voice speaks) do not hand another voice to the face. The others are voice-only speakers.
+   The VB-HMM (``fa``, ``fb``, ``loop_prob`` over ``lda_dim`` PLDA dimensions; every speech run a fresh draw
+   of speaker) then re-assigns every step, except that an anchored step can only belong to its face
+   speaker(s), which are fixed speakers of the model: a face seen speaking is a speaker (whatever the voice
+   says there: a 2 s window barely hears a short turn), a voice no face claims is a speaker of its own.
 4. Each step takes its most probable speaker; a voice-only speaker with less than ``min_speaker_s`` seconds of
    speech gives its steps to their next most probable speaker (smallest first; the last speaker stays).
 5. Overlap only on evidence: a second speaker where two face speakers sync above the top vote threshold at once
@@ -42,7 +45,7 @@ import numpy as np
 from pipeline import fuse
 from pipeline.formats import Turn
 from pipeline.speaker_backend import SpeakerBackend, default_backend, recording_plda
-from pipeline.vbx import ahc_labels, chunk_points, initial_posteriors, unit_rows, vbx
+from pipeline.vbx import ahc_clusters, chunk_points, initial_posteriors, unit_rows, vbx
 
 
 def kept_runs(active: np.ndarray, min_frames: int) -> np.ndarray:
@@ -173,26 +176,44 @@ def step_shares(steps: Steps, per_frame: np.ndarray) -> np.ndarray:
 # ---- speakers ------------------------------------------------------------------------------------------------
 def initial_labels(points: np.ndarray, anchored: np.ndarray, run_starts: np.ndarray, cfg: Any) -> np.ndarray:
     """Initial speaker of each step: its face speaker where anchored (columns of ``anchored`` [T, C]); else its
-    AHC cluster, which is the face speaker holding most of the cluster's anchored steps, or a new voice-only
-    speaker (numbered from C)."""
+    AHC cluster, which is a face speaker when that face's voice is the cluster's voice (``claiming_face``), or
+    a new voice-only speaker (numbered from C)."""
     num_faces = anchored.shape[1]
     chunks, chunk_of = chunk_points(points, run_starts, int(cfg.max_ahc_points))
-    clusters = ahc_labels(chunks, float(cfg.ahc_threshold), int(cfg.max_threshold_scores))[chunk_of]
+    chunk_clusters, threshold = ahc_clusters(chunks, float(cfg.ahc_threshold), int(cfg.max_threshold_scores))
+    clusters = chunk_clusters[chunk_of]
     face_of = np.where(anchored.any(axis=1), np.argmax(anchored, axis=1), -1) if num_faces else \
         np.full(len(points), -1)
     labels = np.empty(len(points), dtype=np.int64)
     next_label = num_faces
     for k in np.unique(clusters):
         members = clusters == k
-        faces = face_of[members]
-        faces = faces[faces >= 0]
-        if faces.size:
-            labels[members] = int(np.bincount(faces).argmax())
+        face = claiming_face(chunks[chunk_of[members]], chunks[chunk_of], face_of, face_of[members], threshold)
+        if face >= 0:
+            labels[members] = face
         else:
             labels[members] = next_label
             next_label += 1
     labels[face_of >= 0] = face_of[face_of >= 0]
     return labels
+
+
+def claiming_face(cluster_points: np.ndarray, step_points: np.ndarray, face_of: np.ndarray,
+                  cluster_faces: np.ndarray, threshold: float) -> int:
+    """The face speaker an AHC cluster belongs to, or -1: among the faces anchored in the cluster
+    (``cluster_faces``, -1: none), the one with the most anchored steps there whose voice AHC would merge with
+    the cluster's (average-linkage similarity between the cluster's unit points and the points of every step
+    anchored to that face, ``step_points`` / ``face_of``, above AHC's ``threshold``). A stray anchored step
+    (a face active while another voice speaks) does not hand a whole cluster of that other voice to the
+    face."""
+    counts = np.bincount(cluster_faces[cluster_faces >= 0])
+    cluster_mean = cluster_points.mean(axis=0)
+    for face in np.argsort(-counts, kind="stable"):
+        if counts[face] == 0:
+            break
+        if float(cluster_mean @ step_points[face_of == face].mean(axis=0)) > threshold:
+            return int(face)
+    return -1
 
 
 def drop_small_speakers(gamma: np.ndarray, step_s: np.ndarray, num_faces: int, min_speaker_s: float) -> np.ndarray:
@@ -294,5 +315,5 @@ def speaking_turns(speaking: np.ndarray, face_active: np.ndarray, track_at: np.n
     return fuse.name_speakers(raw, fps, duration_s)
 
 
-__all__ = ["FaceSpeakers", "Steps", "diarise_improved", "drop_small_speakers", "face_speakers", "initial_labels",
+__all__ = ["FaceSpeakers", "Steps", "claiming_face", "diarise_improved", "drop_small_speakers", "face_speakers", "initial_labels",
            "kept_runs", "run_windows", "speaking_turns", "speech_steps", "step_shares"]

@@ -61,16 +61,22 @@ def ahc_labels(points: np.ndarray, threshold_offset: float, max_scores: int) -> 
     """Average-linkage clusters of unit ``points`` [n, d] on cosine similarity, merging while the average
     similarity exceeds the recording's own two-mode threshold plus ``threshold_offset`` (VBx's AHC), the
     threshold fitted on an evenly strided ``max_scores`` of the pair similarities at most: labels 0..k-1."""
+    return ahc_clusters(points, threshold_offset, max_scores)[0]
+
+
+def ahc_clusters(points: np.ndarray, threshold_offset: float, max_scores: int) -> tuple[np.ndarray, float]:
+    """``ahc_labels`` and the merge threshold it used (the average similarity above which two groups of
+    ``points`` are one voice; +inf with fewer than two points, where nothing is compared)."""
     n = len(points)
     if n <= 1:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=np.int64), float("inf")
     sims = np.clip(points @ points.T, -1.0, 1.0)
     upper = sims[np.triu_indices(n, k=1)]
     stride = max(1, -(-upper.size // max(int(max_scores), 1)))
     threshold = two_gaussian_threshold(upper[::stride]) + threshold_offset
     tree = linkage(1.0 - upper, method="average")  # condensed distances 1 - similarity
     tree[:, 2] = np.maximum(tree[:, 2], 0.0)
-    return fcluster(tree, t=1.0 - threshold, criterion="distance").astype(np.int64) - 1
+    return fcluster(tree, t=1.0 - threshold, criterion="distance").astype(np.int64) - 1, threshold
 
 
 def chunk_points(points: np.ndarray, run_starts: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,5 +193,5 @@ def initial_posteriors(labels: np.ndarray, num_states: int, smoothing: float) ->
     return softmax(onehot * smoothing, axis=1)
 
 
-__all__ = ["VbxResult", "ahc_labels", "chunk_points", "forward_backward", "initial_posteriors",
+__all__ = ["VbxResult", "ahc_clusters", "ahc_labels", "chunk_points", "forward_backward", "initial_posteriors",
            "two_gaussian_threshold", "unit_rows", "vbx"]

@@ -66,6 +66,8 @@ MUTATIONS = [
      "seconds = np.bincount(labels, minlength=gamma.shape[1]).astype(float)"),  # windows, not seconds
     ("pipeline/fuse_improved.py", "curves, max(thresholds), speech", "curves, min(thresholds), speech"),
     ("pipeline/fuse_improved.py", "    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf", "    pass"),
+    ("pipeline/fuse_improved.py", "if float(cluster_mean @ step_points[face_of == face].mean(axis=0)) > threshold:",
+     "if True:"),  # a stray anchored step hands a whole cluster to the face
 ]
 
 # Issue 22: bugs the whole suite missed, each with the tests that now catch it (file, find, replace, tests).
