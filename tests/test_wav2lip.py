@@ -449,7 +449,7 @@ def test_stage2_cache_reuse_model_switch_and_refusals(tmp_path, capsys, weights_
     script = _stage_script("run_syncnet")
     args = ["--data_dir", str(tmp_path / "data"), "--reference", "talk", "--weights_dir", str(weights)]
     assert run_main(script.main, script.build_parser(), args + ["--sync_model", "wav2lip"]) == 0
-    assert "Wav2Lip expert on 1 tracks" in capsys.readouterr().err
+    assert "Wav2Lip expert on 1 tracks" in capsys.readouterr().out  # the result goes to stdout (issue 22)
     sync = cache.load_pickle("sync.pckl")
     assert sync["model"] == "wav2lip" and sync["metric"] == "cosine_similarity"
     num_frames = len(cache.load_pickle("tracks.pckl")[0]["track"]["frame"])
