@@ -101,7 +101,6 @@ def test_rerun_resumes_from_the_cache_and_scores_zero_against_its_own_rttms(loca
             assert first[video["reference"]]["cached_stages"] == []
             for stage in ("stage1", "stage2", "stage3"):
                 assert video["stage_seconds"][stage] == first[video["reference"]]["stage_seconds"][stage]
-            assert video["stage_seconds"]["stage1"] > 0.5  # decoding, tracking and crops, not a cache hit
 
 
 def test_ray_gives_the_same_rttms(local_run, weights, tmp_path):
