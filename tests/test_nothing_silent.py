@@ -12,6 +12,7 @@ import torch
 from models.random_weights import write_random_checkpoints
 from pipeline.errors import CheckpointError
 from tests.conftest import REPO, clip
+from tests.test_detections import faststart_cut
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published")
 
@@ -319,27 +320,9 @@ def test_wav2lip_offset_search_longer_than_every_track_is_one_line(random_weight
 
 # --- 2. a truncated file is not read as a short one -----------------------------------------------------------
 
-def faststart_copy(source: Path, dest: Path) -> Path:
-    """``source`` remuxed (no re-encoding) with its index at the front, as ``ffmpeg -movflags +faststart``."""
-    import av
-
-    with av.open(str(source)) as inp, av.open(str(dest), "w", options={"movflags": "+faststart"}) as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
-        for packet in inp.demux():
-            if packet.dts is None or packet.stream.index not in streams:
-                continue
-            packet.stream = streams[packet.stream.index]
-            out.mux(packet)
-    return dest
-
-
 @pytest.mark.parametrize("fraction", [0.5, 0.95])
 def test_faststart_mp4_cut_short_is_one_line_and_nothing_written(tmp_path, fraction):
-    whole = faststart_copy(clip("retalking_talkinghead_5"), tmp_path / "whole.mp4")
-    data = whole.read_bytes()
-    assert data[4:8] == b"ftyp" and data.find(b"moov") < data.find(b"mdat")  # the index is at the front
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[:int(len(data) * fraction)])
+    cut = faststart_cut(clip("retalking_talkinghead_5"), tmp_path / "cut.mp4", fraction)  # index at the front
     out, data_dir = tmp_path / "out", tmp_path / "data"
     result = script("diarize", "--videofile", str(cut), "--data_dir", str(data_dir), "--out_dir", str(out),
                     "--weights_dir", str(tmp_path / "no_weights"), "--speaker_model", "resemblyzer", "--quiet")
