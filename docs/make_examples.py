@@ -3,7 +3,7 @@
 
 Two faces share the screen for 20 s. SyncNet distances are constructed so that the left face is in sync
 while it speaks (0.2-8 s) and the right one while it speaks (9-16 s); a third voice speaks off screen at
-17-19.5 s. Stage 3's fusion (pipeline.fuse.diarise) and stage 4's writers and plots then run unchanged.
+17-19.5 s. Stage 3's fusion (pipeline.fusion.voxconverse.diarise) and stage 4's writers and plots then run unchanged.
 
     python docs/make_examples.py   # writes docs/example.rttm, example_via.json, example_sync.png, example_timeline.png
 """
@@ -16,9 +16,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import fuse, plots  # noqa: E402
+from pipeline import plots  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.export import write_rttm, write_via_json  # noqa: E402
+from pipeline.fusion import voxconverse as fuse  # noqa: E402
 
 FPS, SECONDS, SHIFTS = 25, 20.0, 21
 SPEECH_S = {"left": (0.2, 8.0), "right": (9.0, 16.0), "off screen": (17.0, 19.5)}

@@ -57,7 +57,7 @@ def vote_thresholds(cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
     """The VoxConverse rule's confidence thresholds on the scale of the evidence's model."""
     if evidence_model(sync) in OWN_CURVE_MODELS:
         return tuple(float(v) for v in cfg[evidence_model(sync)].conf_thresholds)
-    from pipeline.fuse import conf_thresholds
+    from pipeline.fusion.voxconverse import conf_thresholds
 
     return conf_thresholds(cfg.diarise, str(sync["metric"]))
 

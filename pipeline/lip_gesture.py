@@ -121,7 +121,7 @@ def scale_map(values: np.ndarray, from_thresholds: Sequence[float], to_threshold
 
 def lip_curves_and_thresholds(cfg: Any, lips: Mapping[str, Any]) -> tuple[list[np.ndarray], tuple[float, ...]]:
     """Per face track the lip model's per-frame curve on its own scale, and that model's vote thresholds."""
-    from pipeline import fuse
+    from pipeline.fusion import voxconverse as fuse
 
     model, sync, distances = lips.get("model"), lips.get("sync"), lips.get("distances")
     if model not in LIP_MODELS[1:] or not isinstance(sync, Mapping) or not isinstance(distances, Sequence):

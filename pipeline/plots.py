@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.cache import atomic_path
 from pipeline.formats import Turn
-from pipeline.fuse import UNKNOWN_SPEAKER
+from pipeline.fusion.voxconverse import UNKNOWN_SPEAKER
 
 # matplotlib's tab10 without its grey (kept for faces that never speak and for 'unknown'), as RGB in [0, 1].
 PALETTE_RGB: tuple[tuple[float, float, float], ...] = (
@@ -237,8 +237,8 @@ def distinct_track_colours(labels: Sequence[str]) -> list[tuple[float, float, fl
 def argmax_spans(track_frames: Sequence[np.ndarray], curves: Sequence[np.ndarray],
                  num_frames: int) -> list[tuple[int, int, int]]:
     """``(start_frame, end_frame, track)`` runs where a track's curve is the highest (frames with none left out)."""
-    from pipeline.fuse import find_runs
-    from pipeline.fuse_argmax import NO_FACE, argmax_faces
+    from pipeline.fusion.argmax import NO_FACE, argmax_faces
+    from pipeline.fusion.voxconverse import find_runs
 
     firsts = [int(np.asarray(f)[0]) if len(f) else 0 for f in track_frames]
     usable = [np.asarray(c, dtype=float)[:len(f)] for c, f in zip(curves, track_frames)]

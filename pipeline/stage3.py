@@ -13,8 +13,8 @@ key still matches:
   digests of everything above plus stage 2's outputs.
 - ``sync_curves.pckl``: the confidence curves and thresholds the fusion used, for stage 4 to draw.
 
-The decisions themselves are ``pipeline.fuse.diarise`` (``diarise.mode: voxconverse``) or
-``pipeline.fuse_argmax.diarise_argmax`` (``argmax``) or ``pipeline.fuse_improved.diarise_improved``
+The decisions themselves are ``pipeline.fusion.voxconverse.diarise`` (``diarise.mode: voxconverse``) or
+``pipeline.fusion.argmax.diarise_argmax`` (``argmax``) or ``pipeline.fusion.improved.diarise_improved``
 (``improved``, with the ``improved`` config section); stage 2's evidence must come from ``sync.model``.
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from models.loader import checkpoint_path, find_network_checkpoint, resolve_weights_dir
-from pipeline import fuse
 from pipeline.cache import Cache, run_atomic_step, sha256_file
 from pipeline.config import Section
 from pipeline.errors import CacheError, CheckpointError, InputError
@@ -49,8 +48,10 @@ from pipeline.formats import (
 )
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
+from pipeline.fusion import FusionInputs, get_fusion_rule, uses_backend
+from pipeline.fusion import voxconverse as fuse
+from pipeline.fusion.speaker_backend import SpeakerBackend, find_backend
 from pipeline.runtime import apply_threads
-from pipeline.speaker_backend import SpeakerBackend, find_backend
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
@@ -257,7 +258,7 @@ def diarise_settings(cfg: Section, speaker_model: str) -> Section:
 def speaker_backend(cfg: Section, speaker_model: str | None, embeddings: np.ndarray,
                     weights_dir: str | Path | None) -> SpeakerBackend:
     """The improved rule's transform for ``speaker_model``'s embeddings: fitted (weights folder, then the
-    package) or the default, with a note once (``pipeline.speaker_backend.find_backend``)."""
+    package) or the default, with a note once (``pipeline.fusion.speaker_backend.find_backend``)."""
     dim = int(np.shape(embeddings)[-1]) if np.ndim(embeddings) == 2 else 0
     return find_backend(speaker_model, dim, weights_dir)
 
@@ -270,21 +271,13 @@ def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, 
     the voice thresholds of the reference rules (``diarise_settings``) and, without ``backend``, the improved
     rule's transform (``speaker_backend``, weights folder from the environment)."""
     mode = fusion_mode(cfg)
-    if mode == "improved":
-        from pipeline.fuse_improved import diarise_improved
-
-        if backend is None and np.ndim(embeddings) == 2 and np.shape(embeddings)[0]:
-            backend = speaker_backend(cfg, speaker_model, embeddings, None)
-        return diarise_improved(evidence, audio_vad_s, embeddings, cfg.diarise, cfg.improved, str(sync["metric"]),
-                                hop_s, num_frames, duration_s, thresholds=vote_thresholds(cfg, sync),
-                                backend=backend)
-    cfg_diarise = diarise_settings(cfg, str(speaker_model or ""))
-    if mode == "argmax":
-        from pipeline.fuse_argmax import diarise_argmax
-
-        return diarise_argmax(evidence, audio_vad_s, embeddings, cfg_diarise, hop_s, num_frames, duration_s)
-    return fuse.diarise(evidence, audio_vad_s, embeddings, cfg_diarise, str(sync["metric"]), hop_s, num_frames,
-                        duration_s, thresholds=vote_thresholds(cfg, sync))
+    if uses_backend(mode) and backend is None and np.ndim(embeddings) == 2 and np.shape(embeddings)[0]:
+        backend = speaker_backend(cfg, speaker_model, embeddings, None)
+    inputs = FusionInputs(tracks=evidence, audio_vad_s=audio_vad_s, embeddings=embeddings,
+                          cfg_diarise=diarise_settings(cfg, str(speaker_model or "")), cfg_diarise_base=cfg.diarise,
+                          cfg_improved=cfg.improved, metric=str(sync["metric"]), hop_s=hop_s, num_frames=num_frames,
+                          duration_s=duration_s, thresholds=vote_thresholds(cfg, sync), backend=backend)
+    return get_fusion_rule(mode)(inputs)
 
 
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
@@ -296,7 +289,7 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
     key = {"stage": STAGE, "diarise": cfg_diarise.to_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
     backend = None
-    if fusion_mode(cfg) == "improved":  # the improved rule's own settings (absent from the other modes' keys)
+    if uses_backend(fusion_mode(cfg)):  # the improved rule's own settings (absent from the other modes' keys)
         backend = speaker_backend(cfg, model, embeddings["embeddings"], weights_dir)
         key["improved"] = cfg.improved.to_dict()
         key["speaker_backend"] = backend.sha256 or backend.source

@@ -232,7 +232,7 @@ def bench_fusion(rttm_dir: str, hours: float, cfg, modes: tuple[str, ...] = ("vo
     timer = Timer(duration_s)
     timer.add(f"simulate {duration_s / 3600:.2f} h of evidence", time.perf_counter() - start)
     print(f"benchmark: {len(sim.tracks)} face tracks, {len({spk for _, _, spk in segments})} speakers")
-    import pipeline.fuse_improved as improved_rule
+    import pipeline.fusion.improved as improved_rule
 
     vb_seconds = [0.0]
     plain_vbx = improved_rule.vbx

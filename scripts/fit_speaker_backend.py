@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fit the improved mode's speaker back-end (centring, LDA, two-covariance PLDA; pipeline/speaker_backend.py)
+"""Fit the improved mode's speaker back-end (centring, LDA, two-covariance PLDA; pipeline/fusion/speaker_backend.py)
 for one speaker model from single-speaker recordings, and write it to the weights folder as
 backend_<model>.npz with its sha256 beside it, where stage 3 finds it.
 
@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     if len(speakers) < 3:
         raise InputError(f"fitting needs recordings of at least 3 speakers, found {len(speakers)} in {args.audio_dir}")
     from models.loader import resolve_weights_dir
-    from pipeline.speaker_backend import backend_file
+    from pipeline.fusion.speaker_backend import backend_file
 
     out = Path(args.out) if args.out else resolve_weights_dir(args.weights_dir) / backend_file(model_name)
     writable_dir(str(out.parent), "--out")
@@ -95,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pipeline.embed import load_speaker_model, sliding_embeddings
+    from pipeline.fusion.speaker_backend import fit_backend, save_backend
     from pipeline.media import decode_audio
-    from pipeline.speaker_backend import fit_backend, save_backend
 
     rate = int(cfg.media.sample_rate_hz)
     model = load_speaker_model(cfg.embed, args.weights_dir, resolve_device(args.device), name=model_name)

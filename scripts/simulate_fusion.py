@@ -6,7 +6,7 @@
 
 For every reference file, pipeline/simulate.py draws the evidence stages 1-3 would have cached for its
 video (the formats of pipeline/formats.py), runs each mode through stage 3's own decision
-(``pipeline.stage3.decide``: ``pipeline.fuse`` and the improved rule) and scores the turns with
+(``pipeline.stage3.decide``: ``pipeline.fusion.voxconverse`` and the improved rule) and scores the turns with
 ``pipeline.score`` (VoxConverse convention: 0.25 s collar each side, overlap scored). Prints one row per mode:
 DER, missed speech, false alarm, confusion, JER (percent of scored speech), plus the DER on files with at
 most one and with two or more off-screen speakers, and any file where a mode raised.

@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if (out_dir / LAST_FILE).exists() and not (args.resume or args.force):
         raise InputError(f"{out_dir} holds a training run already: --resume continues it, --force starts over "
                          f"(overwriting its checkpoints)")
-    from pipeline.train_sync import train_sync_model
+    from pipeline.train.trainer import train_sync_model
 
     bar = Bar(enabled=not args.quiet)
     try:

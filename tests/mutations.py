@@ -24,9 +24,9 @@ PLOT_TESTS = ["tests/test_plots_legible.py"]
 
 # (file, text to find, replacement[, tests to run instead of TESTS])
 MUTATIONS = [
-    ("pipeline/fuse.py", "votes[confidence > threshold] += 1", "votes[confidence >= threshold] += 1"),
-    ("pipeline/fuse.py", "if v > 0 and n > min_utterance_frames", "if v > 0 and n >= min_utterance_frames"),
-    ("pipeline/fuse.py", "np.where(best >= min_similarity,", "np.where(best > min_similarity,"),
+    ("pipeline/fusion/voxconverse.py", "votes[confidence > threshold] += 1", "votes[confidence >= threshold] += 1"),
+    ("pipeline/fusion/voxconverse.py", "if v > 0 and n > min_utterance_frames", "if v > 0 and n >= min_utterance_frames"),
+    ("pipeline/fusion/voxconverse.py", "np.where(best >= min_similarity,", "np.where(best > min_similarity,"),
     ("pipeline/track.py", 'box_iou(det["bbox"], track[-1]["bbox"]) > iou_threshold',
      'box_iou(det["bbox"], track[-1]["bbox"]) >= iou_threshold'),
     ("configs/default.yaml", "iou_threshold: 0.5 ", "iou_threshold: 0.7 "),
@@ -62,18 +62,18 @@ MUTATIONS = [
     ("pipeline/plots.py", "_thresholds(axes, thresholds if len(confidences) else ())", "_thresholds(axes, thresholds)",
      PLOT_TESTS),
     # issue 19 / 22: the improved rule's face and minimum-speech lines
-    ("pipeline/fuse_improved.py", "seconds = np.bincount(labels, weights=step_s, minlength=gamma.shape[1])",
+    ("pipeline/fusion/improved.py", "seconds = np.bincount(labels, weights=step_s, minlength=gamma.shape[1])",
      "seconds = np.bincount(labels, minlength=gamma.shape[1]).astype(float)"),  # windows, not seconds
-    ("pipeline/fuse_improved.py", "curves, max(thresholds), speech", "curves, min(thresholds), speech"),
-    ("pipeline/fuse_improved.py", "    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf", "    pass"),
-    ("pipeline/fuse_improved.py", "if float(cluster_mean @ step_points[face_of == face].mean(axis=0)) > threshold:",
+    ("pipeline/fusion/improved.py", "curves, max(thresholds), speech", "curves, min(thresholds), speech"),
+    ("pipeline/fusion/improved.py", "    bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf", "    pass"),
+    ("pipeline/fusion/improved.py", "if float(cluster_mean @ step_points[face_of == face].mean(axis=0)) > threshold:",
      "if True:"),  # a stray anchored step hands a whole cluster to the face
 ]
 
 # Issue 22: bugs the whole suite missed, each with the tests that now catch it (file, find, replace, tests).
 SILENT = "tests/test_nothing_silent.py"
 MUTATIONS_22 = [
-    ("pipeline/fuse_argmax.py", "turns_from_activities(tracks, activities, 0,",  # a minimum length on won runs
+    ("pipeline/fusion/argmax.py", "turns_from_activities(tracks, activities, 0,",  # a minimum length on won runs
      "turns_from_activities(tracks, activities, int(cfg_diarise.min_utterance_frames),", ["tests/test_fuse_argmax.py"]),
     ("pipeline/config.py", "            raise _unknown_key(base, key, where)",  # an unknown key ignored
      "            continue", [SILENT + "::test_misspelt_config_key_is_one_line_naming_the_closest_key"]),

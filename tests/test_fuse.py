@@ -1,4 +1,4 @@
-"""The diarisation rules (pipeline/fuse.py) on constructed inputs whose answers are worked out by hand.
+"""The diarisation rules (pipeline/fusion/voxconverse.py) on constructed inputs whose answers are worked out by hand.
 
 Conventions of the constructed inputs, with the default ``diarise`` config (25 fps, pad 3, median filter 25,
 thresholds 0.5/0.9 cosine and 1.5/3.0 Euclidean, 2 votes, closing 12, utterances > 15 frames, off-screen
@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import fuse
 from pipeline.config import load_config
 from pipeline.errors import CacheError
 from pipeline.formats import Turn
+from pipeline.fusion import voxconverse as fuse
 
 CFG = load_config().diarise
 HOP_S = 0.2

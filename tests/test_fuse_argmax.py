@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline import evidence, fuse
+from pipeline import evidence
 from pipeline.config import load_config
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import Turn
-from pipeline.fuse_argmax import NO_FACE, argmax_faces, diarise_argmax
+from pipeline.fusion import voxconverse as fuse
+from pipeline.fusion.argmax import NO_FACE, argmax_faces, diarise_argmax
 from pipeline.plots import argmax_spans
 
 CFG = load_config().diarise

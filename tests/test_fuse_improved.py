@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import fuse
 from pipeline.config import load_config
-from pipeline.fuse_improved import diarise_improved, kept_runs, run_windows
+from pipeline.fusion import voxconverse as fuse
+from pipeline.fusion.improved import diarise_improved, kept_runs, run_windows
 from pipeline.score import load_rttms, score
 from pipeline.simulate import PROFILES, run_mode, run_modes, simulate_file
 
@@ -277,7 +277,7 @@ def test_simulator_is_deterministic():
 
 
 def test_voxconverse_mode_on_simulated_evidence_is_fuse_diarise():
-    """stage3.decide in voxconverse mode is exactly pipeline.fuse.diarise on the same evidence."""
+    """stage3.decide in voxconverse mode is exactly pipeline.fusion.voxconverse.diarise on the same evidence."""
     from pipeline.stage3 import track_evidence
 
     reference = _two_short_files()

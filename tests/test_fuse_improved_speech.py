@@ -118,8 +118,8 @@ def test_given_speech_is_respected_and_runs_end_turns(two_speakers):
     import pickle
 
     from pipeline.config import load_config
-    from pipeline.fuse_improved import diarise_improved
-    from pipeline.speaker_backend import find_backend
+    from pipeline.fusion.improved import diarise_improved
+    from pipeline.fusion.speaker_backend import find_backend
 
     wav, truth, _, data_dir = two_speakers
     emb = pickle.load(open(data_dir / "pywork" / wav.stem / "embeddings.pckl", "rb"))["embeddings"]

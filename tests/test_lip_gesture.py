@@ -12,11 +12,12 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import evidence, fuse
+from pipeline import evidence
 from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import Turn
+from pipeline.fusion import voxconverse as fuse
 from pipeline.lip_gesture import choose_curves, scale_map
 from tests.conftest import DETECTIONS, clip
 from tests.test_fuse_argmax import expert_track, steps, voices

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import fuse
 from pipeline.config import load_config
+from pipeline.fusion import voxconverse as fuse
 from pipeline.track import box_iou, link_detections
 
 CFG = load_config()

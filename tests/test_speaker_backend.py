@@ -10,8 +10,8 @@ import pytest
 from scipy.special import logsumexp
 
 from models.errors import CheckpointError
-from pipeline import speaker_backend
-from pipeline.speaker_backend import (
+from pipeline.fusion import speaker_backend
+from pipeline.fusion.speaker_backend import (
     backend_file,
     find_backend,
     fit_backend,
@@ -19,7 +19,7 @@ from pipeline.speaker_backend import (
     recording_plda,
     save_backend,
 )
-from pipeline.vbx import ahc_labels, forward_backward, two_gaussian_threshold, unit_rows, vbx
+from pipeline.fusion.vbx import ahc_labels, forward_backward, two_gaussian_threshold, unit_rows, vbx
 from tests.conftest import REPO
 
 

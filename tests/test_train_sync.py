@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.stage2 import run_stage2
 from pipeline.stage3 import run_cluster
-from pipeline.train_sync import LAST_FILE, train_sync_model
+from pipeline.train.trainer import LAST_FILE, train_sync_model
 from tests import fakeweights
 from tests import talkingfaces as tf
 from tests.conftest import REPO
@@ -228,7 +228,7 @@ def test_init_fine_tunes_from_a_published_checkpoint(synthetic, tmp_path):
 
 
 def test_losses_on_hand_computed_cases():
-    from pipeline.sync_adapters import bce_on_cosine, contrastive_loss
+    from pipeline.train.adapters import bce_on_cosine, contrastive_loss
 
     lip = torch.tensor([[0.0, 0.0]])
     audio = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 3.0]]])

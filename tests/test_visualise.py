@@ -170,7 +170,7 @@ def test_stage4_draws_what_stage3_decided_whatever_its_own_diarise_config(cache_
     first = {k: p.read_bytes() for k, p in visualise(cache_dir, REF, cfg, video=True).items() if k != "via"}
     second = {k: p.read_bytes() for k, p in visualise(cache_dir, REF, other, video=True).items() if k != "via"}
     assert first.keys() == {"rttm", "sync_plot", "timeline_plot", "video"} and first == second  # via: a timestamp
-    from pipeline.fuse import track_confidence
+    from pipeline.fusion.voxconverse import track_confidence
 
     dists = Cache(cache_dir, REF, create=False).load_pickle("activesd.pckl")
     for run in drawn:

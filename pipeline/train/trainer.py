@@ -1,8 +1,8 @@
 """Train or fine-tune a sync model on the stage-1 crops of cached videos (``scripts/train_sync.py``).
 
 Steps: pick the references, split them by video into training and validation, load their tracks, then
-repeat: draw a batch of lip windows with aligned and shifted audio (pipeline/train_data.py), compute the
-model's loss through its adapter (pipeline/sync_adapters.py), step the optimiser. Every
+repeat: draw a batch of lip windows with aligned and shifted audio (pipeline/train/data.py), compute the
+model's loss through its adapter (pipeline/train/adapters.py), step the optimiser. Every
 ``val_every_steps`` the fixed validation set is scored; the best model by validation loss is written in the
 published format under the file name stage 2 loads (``RUN/syncnet.model``), so ``run_syncnet.py
 --weights_dir RUN`` uses it unchanged. ``RUN/last.pt`` holds everything needed to ``--resume`` (weights,
@@ -31,8 +31,8 @@ from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import CheckpointError, InputError, first_line
 from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
 from pipeline.runtime import apply_threads
-from pipeline.sync_adapters import make_adapter
-from pipeline.train_data import (
+from pipeline.train.adapters import make_adapter
+from pipeline.train.data import (
     SamplingSettings,
     TrackData,
     WindowBatch,

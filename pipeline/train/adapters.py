@@ -28,7 +28,7 @@ from models.loader import load_strict, read_state_dict
 from pipeline.cache import Cache
 from pipeline.errors import InputError
 from pipeline.sync import SyncSettings, compute_mfcc, count_windows, lip_windows, mfcc_windows
-from pipeline.train_data import TrackData, WindowBatch, decode_crops
+from pipeline.train.data import TrackData, WindowBatch, decode_crops
 
 
 def balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.formats import Turn
-from pipeline.fuse import TrackActivity, TrackEvidence, track_curve, turns_from_activities, vad_frame_counts
+from pipeline.fusion.voxconverse import TrackActivity, TrackEvidence, track_curve, turns_from_activities, vad_frame_counts
 
 NO_FACE = -1
 

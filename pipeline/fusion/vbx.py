@@ -1,7 +1,7 @@
 """Bayesian HMM clustering of a speaker-embedding sequence (VBx: Landini, Profant, Diez, Burget, "Bayesian HMM
 clustering of x-vector sequences (VBx) in speaker diarization", Computer Speech & Language 2022; written from
 BUTSpeechFIT/VBx's ``VBx.py`` and ``vbhmm.py``). Pure numpy, no I/O; the model-specific transform it runs on is
-``pipeline.speaker_backend``.
+``pipeline.fusion.speaker_backend``.
 
 The model: each observation x_t (an embedding window after the backend's LDA and PLDA diagonalisation, so the
 within-speaker covariance is the identity and the across-speaker covariance ``phi`` is diagonal) is drawn from

@@ -1,4 +1,4 @@
-"""The speaker-model-specific transform the improved mode's clustering back-end (``pipeline.vbx``) runs on, as
+"""The speaker-model-specific transform the improved mode's clustering back-end (``pipeline.fusion.vbx``) runs on, as
 VBx's recipe prepares x-vectors: centring, length normalisation, LDA, centring and length normalisation
 again (the vectors AHC compares by cosine), then a two-covariance PLDA diagonalised so that the within-speaker
 covariance is the identity and the across-speaker covariance the diagonal ``plda_psi`` (what the VB-HMM sees).

@@ -13,7 +13,7 @@ the faces seen speaking.
    at least ``anchor_share`` of its frames; where some face syncs above the top vote threshold (strong) in that
    share, only the strong faces anchor it (a face between the two thresholds speaks only where no face is
    strong).
-3. Back-end (``pipeline.speaker_backend`` then ``pipeline.vbx``): the observations are projected (centring,
+3. Back-end (``pipeline.fusion.speaker_backend`` then ``pipeline.fusion.vbx``): the observations are projected (centring,
    LDA, length norm) and clustered by average linkage at the recording's own two-mode threshold plus
    ``ahc_threshold`` (VBx's AHC). An AHC cluster is a face speaker when that face has anchored steps in it and
    AHC's own criterion would merge the face's voice with the cluster (the average similarity between the
@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import fuse
 from pipeline.formats import Turn
-from pipeline.speaker_backend import SpeakerBackend, default_backend, recording_plda
-from pipeline.vbx import ahc_clusters, chunk_points, initial_posteriors, unit_rows, vbx
+from pipeline.fusion import voxconverse as fuse
+from pipeline.fusion.speaker_backend import SpeakerBackend, default_backend, recording_plda
+from pipeline.fusion.vbx import ahc_clusters, chunk_points, initial_posteriors, unit_rows, vbx
 
 
 def kept_runs(active: np.ndarray, min_frames: int) -> np.ndarray:
