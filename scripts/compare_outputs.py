@@ -39,8 +39,8 @@ CONFIGS: dict[str, list[str]] = {
     "gestsync": ["--sync_model", "gestsync"],
     "gestsync_lips": ["--sync_model", "gestsync", "--set", "gestsync.lip_model=syncnet"],
 }
-# two faces in two shots at 29.97 fps with GestSync's person boxes; one frontal face at 25 fps. About 1 min per run
-# on a loaded 2-core machine, 16 runs in all.
+# 29.97 fps, two shots, one haar face track and three GestSync person tracks without a face; one frontal face at
+# 25 fps. 16 runs in all, about 7 CPU minutes.
 DEFAULT_CLIPS = ("gestsync_asd2spk_b", "retalking_talkinghead_5")
 THREADS = "1"  # torch's CPU threads, the same in both trees (a different count may change float sums)
 RUN_TIMEOUT_S = 1800

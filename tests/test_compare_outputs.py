@@ -1,0 +1,76 @@
+"""scripts/compare_outputs.py's own logic: which differences count, and bad input in one line (no diarize.py run)."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "scripts" / "compare_outputs.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("compare_outputs_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_outputs = _load()
+
+VIA = '{\n "project": {\n  "pname": "x diarisation",\n  "created": %d,\n  "vid_list": []\n },\n "metadata": {}\n}'
+
+
+def test_only_the_via_run_time_may_differ(tmp_path):
+    base, current = tmp_path / "base", tmp_path / "current"
+    base.mkdir()
+    current.mkdir()
+    (base / "x_via.json").write_text(VIA % 1796606506643)
+    (current / "x_via.json").write_text(VIA % 1796606999999)
+    assert compare_outputs.first_difference(base / "x_via.json", current / "x_via.json") is None
+    (current / "x_via.json").write_text((VIA % 1).replace("x diarisation", "y diarisation"))
+    assert compare_outputs.first_difference(base / "x_via.json", current / "x_via.json") == (
+        "x_via.json line 3: base '  \"pname\": \"x diarisation\",' current '  \"pname\": \"y diarisation\",'")
+    for name in ("x.rttm", "offsets.txt"):  # the run-time rule is the VIA's alone
+        (base / name).write_text('  "created": 1,\n')
+        (current / name).write_text('  "created": 2,\n')
+        assert compare_outputs.first_difference(base / name, current / name).startswith(f"{name} line 1:")
+
+
+def test_a_missing_or_shorter_file_is_a_difference(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "b" / "offsets.txt").write_text("# header\n00000\t-7\t0.995\t0.000\n")
+    (tmp_path / "c" / "offsets.txt").write_text("# header\n")
+    assert compare_outputs.first_difference(tmp_path / "b" / "offsets.txt", tmp_path / "c" / "offsets.txt") == (
+        "offsets.txt: current ends at line 1 of 2")
+    assert compare_outputs.first_difference(tmp_path / "b" / "x.rttm", tmp_path / "c" / "x.rttm") == (
+        "x.rttm: missing in base")
+
+
+def test_a_failed_run_is_a_difference(tmp_path, capsys):
+    (tmp_path / "base" / "syncnet" / "clip").mkdir(parents=True)
+    (tmp_path / "current" / "syncnet" / "clip").mkdir(parents=True)
+    for tree in ("base", "current"):
+        for name in compare_outputs.outputs("clip"):
+            (tmp_path / tree / "syncnet" / "clip" / name).write_text("same\n")
+    jobs = [("syncnet", "clip")]
+    assert compare_outputs.compare(jobs, tmp_path / "base", tmp_path / "current", {}, {}) == 0
+    failed = {("syncnet", "clip"): "diarize.py exit 1: boom"}
+    assert compare_outputs.compare(jobs, tmp_path / "base", tmp_path / "current", {}, failed) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("DIFFERENT (run failed: current diarize.py exit 1: boom)")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give --base COMMIT, or --reuse_base DIR"),
+    (["--base", "no-such-commit"], "--base no-such-commit: not a commit of this repository"),
+    (["--base", "HEAD", "--clips", "nope"], "--clips: unknown nope; choose from"),
+    (["--base", "HEAD", "--configs", "syncnet,nope"], "--configs: unknown nope; choose from syncnet,"),
+])
+def test_bad_input_is_one_line(args, message):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
