@@ -11,6 +11,7 @@ project's ``created`` field, which is the wall-clock time of the run (``pipeline
     python scripts/compare_outputs.py --base 151dab7                # exit 0: all identical, 1: a difference
     python scripts/compare_outputs.py --base 151dab7 --keep DIR     # also keep both trees' outputs in DIR
     python scripts/compare_outputs.py --reuse_base DIR              # compare with the base outputs kept in DIR
+    python scripts/compare_outputs.py --reuse_base DIR --tree ../wt-x   # another working tree against them
 
 Results made with random weights mean nothing as diarisation; they only pin the computation down.
 """
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", type=Path, help="keep the base's and this tree's outputs here (for --reuse_base)")
     parser.add_argument("--reuse_base", type=Path, help="compare with base outputs an earlier --keep wrote here "
                         "instead of running the base again")
+    parser.add_argument("--tree", type=Path, default=REPO, help="the working tree to check against the base "
+                        "(default: the one holding this script)")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2), help="trees run side by side (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no per-run timings on stderr")
     return parser
@@ -253,6 +256,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --base COMMIT, or --reuse_base DIR from an earlier --keep")
     if not (SHARED_DATA / "videos").is_dir() or not (SHARED_DATA / "detections").is_dir():
         raise UserError(f"shared data not found at {SHARED_DATA} (expected videos/ and detections/ there)")
+    tree = args.tree.resolve()
+    if not (tree / "scripts" / "diarize.py").is_file():
+        raise UserError(f"--tree {args.tree}: no scripts/diarize.py there")
     commit = resolve_commit(args.base) if args.base else None
     known_clips = sorted(p.name[:-len("_haar_faces.pckl")] for p in (SHARED_DATA / "detections").glob("*_haar_faces.pckl")
                          if (SHARED_DATA / "videos" / (p.name[:-len("_haar_faces.pckl")] + ".mp4")).is_file())
@@ -271,11 +277,11 @@ def run(args: argparse.Namespace) -> int:
             commit = meta["base_commit"]
             base_results = args.reuse_base / "base"
             base_failures = {tuple(key.split("/")): why for key, why in meta["base_failures"].items()}
-            trees = [(REPO, "current")]
+            trees = [(tree, "current")]
         else:
             base_results, base_failures = results / "base", {}
-            trees = [(export_tree(commit, scratch / "base_tree"), "base"), (REPO, "current")]
-        print(f"comparing {REPO} with {commit[:12]}: {len(configs)} configurations x {len(clips)} clips", flush=True)
+            trees = [(export_tree(commit, scratch / "base_tree"), "base"), (tree, "current")]
+        print(f"comparing {tree} with {commit[:12]}: {len(configs)} configurations x {len(clips)} clips", flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = {label: pool.submit(run_tree, tree, label, jobs, scratch / "weights", scratch, results,
                                           not args.quiet) for tree, label in trees}
@@ -285,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         if args.keep is not None:
             if args.reuse_base is not None:
                 shutil.copytree(base_results, results / "base")
-            keep(args.keep, results, {"base_commit": commit, "current": str(REPO), "clips": clips, "configs": CONFIGS,
+            keep(args.keep, results, {"base_commit": commit, "current": str(tree), "clips": clips, "configs": CONFIGS,
                                       "threads": THREADS, "weights_sha256": weights_sha,
                                       "base_failures": {f"{c}/{k}": v for (c, k), v in base_failures.items() if v}})
     print(f"{len(jobs) - differences} of {len(jobs)} identical, {differences} different "

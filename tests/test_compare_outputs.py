@@ -69,6 +69,7 @@ def test_a_failed_run_is_a_difference(tmp_path, capsys):
     (["--base", "no-such-commit"], "--base no-such-commit: not a commit of this repository"),
     (["--base", "HEAD", "--clips", "nope"], "--clips: unknown nope; choose from"),
     (["--base", "HEAD", "--configs", "syncnet,nope"], "--configs: unknown nope; choose from syncnet,"),
+    (["--base", "HEAD", "--tree", str(REPO / "tests")], "no scripts/diarize.py there"),
 ])
 def test_bad_input_is_one_line(args, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
