@@ -103,7 +103,7 @@ def import_graph(repo: Path = REPO, roots: tuple[str, ...] = GRAPH_ROOTS) -> dic
         edges: dict[str, list[int]] = defaultdict(list)
         for node in ast.walk(parse(path)):
             for target in _import_targets(node, package, files):
-                if target in files:
+                if target in files and node.lineno not in edges[target]:
                     edges[target].append(node.lineno)
         graph[name] = dict(edges)
     return graph
