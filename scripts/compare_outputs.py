@@ -188,7 +188,7 @@ def compare(jobs: list[tuple[str, str]], base: Path, current: Path, base_failure
     return differences
 
 
-def load_kept(folder: Path, commit: str | None, clips: list[str], weights_sha: dict[str, str]) -> dict:
+def load_kept(folder: Path, commit: str | None, jobs: list[tuple[str, str]]) -> dict:
     """The meta of base outputs kept by an earlier ``--keep``, checked against this run's inputs."""
     try:
         meta = json.loads((folder / META).read_text())
@@ -196,13 +196,12 @@ def load_kept(folder: Path, commit: str | None, clips: list[str], weights_sha: d
         raise UserError(f"--reuse_base {folder}: no readable {META} ({err})") from None
     if commit is not None and meta["base_commit"] != commit:
         raise UserError(f"--reuse_base {folder} holds outputs of {meta['base_commit'][:12]}, not of --base {commit[:12]}")
-    missing = [clip for clip in clips if clip not in meta["clips"]]
+    missing = [f"{config}/{clip}" for config, clip in jobs
+               if not (folder / "base" / config / clip).is_dir() and f"{config}/{clip}" not in meta["base_failures"]]
     if missing:
-        raise UserError(f"--reuse_base {folder} has no outputs for clip(s) {', '.join(missing)}")
+        raise UserError(f"--reuse_base {folder} has no base outputs for {', '.join(missing)}")
     if meta["configs"] != CONFIGS or meta["threads"] != THREADS:
         raise UserError(f"--reuse_base {folder} was made with other diarize.py arguments; rerun without --reuse_base")
-    if meta["weights_sha256"] != weights_sha:
-        raise UserError(f"--reuse_base {folder} was made with other random weights; rerun without --reuse_base")
     return meta
 
 
@@ -268,12 +267,15 @@ def run(args: argparse.Namespace) -> int:
     if args.reuse_base is not None and not (args.reuse_base / "base").is_dir():
         raise UserError(f"--reuse_base {args.reuse_base}: no base/ folder of kept outputs there")
 
+    meta = load_kept(args.reuse_base, commit, jobs) if args.reuse_base is not None else None
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="compare_outputs_") as tmp:
         scratch, results = Path(tmp), Path(tmp) / "results"
         weights_sha = write_weights(scratch / "weights")
-        if args.reuse_base is not None:
-            meta = load_kept(args.reuse_base, commit, clips, weights_sha)
+        if meta is not None:
+            if meta["weights_sha256"] != weights_sha:
+                raise UserError(f"--reuse_base {args.reuse_base} was made with other random weights; "
+                                "rerun without --reuse_base")
             commit = meta["base_commit"]
             base_results = args.reuse_base / "base"
             base_failures = {tuple(key.split("/")): why for key, why in meta["base_failures"].items()}

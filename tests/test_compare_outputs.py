@@ -75,3 +75,22 @@ def test_bad_input_is_one_line(args, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_reused_base_outputs_must_cover_every_run(tmp_path):
+    """--reuse_base refuses, in one line, a kept folder without outputs for a requested run or of another commit."""
+    import json
+
+    kept = tmp_path / "kept"
+    (kept / "base" / "syncnet" / "retalking_talkinghead_5").mkdir(parents=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (kept / "meta.json").write_text(json.dumps({
+        "base_commit": commit, "clips": ["retalking_talkinghead_5"], "configs": compare_outputs.CONFIGS,
+        "threads": compare_outputs.THREADS, "weights_sha256": {}, "base_failures": {}}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--reuse_base", str(kept), "--clips", "retalking_talkinghead_5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "has no base outputs for wav2lip_argmax/retalking_talkinghead_5, gestsync/" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--reuse_base", str(kept), "--base", "HEAD~1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"holds outputs of {commit[:12]}, not of --base" in proc.stderr
