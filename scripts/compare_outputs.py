@@ -5,7 +5,8 @@ face boxes (``detections/<clip>_haar_faces.pckl`` as the cache's ``faces.pckl``;
 person boxes, ``detections/<clip>_faces.pckl``, also as ``persons.pckl``), the same seeded random weights in the
 published file formats (written once into a temporary folder that both trees read) and the same settings, for each
 sync-model configuration in ``CONFIGS``. Every (configuration, clip) runs in a fresh cache folder, so no run reuses
-another's stages. The RTTM, the VIA JSON and ``offsets.txt`` are then compared byte for byte, except the VIA
+another's stages. The RTTM, the VIA JSON, ``offsets.txt`` and a dump of ``sync_curves.pckl`` (every track's
+per-frame sync confidence at full precision, ``dump_curves``) are then compared byte for byte, except the VIA
 project's ``created`` field, which is the wall-clock time of the run (``pipeline/export.py``).
 
     python scripts/compare_outputs.py --base 151dab7                # exit 0: all identical, 1: a difference
@@ -53,9 +54,39 @@ class UserError(Exception):
     """A bad input, said in one line."""
 
 
+CURVES_DUMP = "sync_curves.txt"
+
+
+def dump_curves(pywork: Path, dest: Path) -> None:
+    """``sync_curves.pckl`` (the per-frame sync confidence every track's fusion decided from, stage 3) as text:
+    per track its source, length and the sha256 of its float64 values, so that the comparison pins the sync
+    numbers down at full precision (with random weights the RTTM rarely depends on them, and offsets.txt has
+    three decimals)."""
+    import pickle
+
+    import numpy as np
+
+    path = pywork / "sync_curves.pckl"
+    if not path.is_file():
+        return
+    with open(path, "rb") as handle:
+        curves = pickle.load(handle)
+    lines = [f"metric {curves.get('metric')} model {curves.get('model')} mode {curves.get('mode')} "
+             f"frame_rate_hz {float(curves.get('frame_rate_hz', 0.0))!r}",
+             "thresholds " + " ".join(repr(float(t)) for t in curves.get("thresholds", []))]
+    sources = list(curves.get("sources") or [])
+    for index, values in enumerate(curves.get("confidence", [])):
+        values = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+        source = sources[index] if index < len(sources) else "?"
+        head = " ".join(repr(float(v)) for v in values[:3])
+        lines.append(f"track {index} {source} frames {len(values)} nan {int(np.isnan(values).sum())} "
+                     f"sha256 {hashlib.sha256(values.tobytes()).hexdigest()[:20]} first {head}")
+    (dest / CURVES_DUMP).write_text("\n".join(lines) + "\n")
+
+
 def outputs(clip: str) -> tuple[str, ...]:
     """The compared files of one run, as stored under ``<tree>/<config>/<clip>/``."""
-    return (f"{clip}.rttm", f"{clip}_via.json", "offsets.txt")
+    return (f"{clip}.rttm", f"{clip}_via.json", "offsets.txt", CURVES_DUMP)
 
 
 def git(*args: str) -> str:
@@ -129,10 +160,11 @@ def run_one(tree: Path, config: str, clip: str, weights: Path, scratch: Path, re
         return f"diarize.py exit {proc.returncode}: {last}"
     dest = results / config / clip
     dest.mkdir(parents=True)
-    rttm, via, offsets = outputs(clip)
+    rttm, via, offsets, _ = outputs(clip)
     for src, name in ((work / "out" / rttm, rttm), (work / "out" / via, via), (pywork / offsets, offsets)):
         if src.is_file():
             shutil.copy(src, dest / name)
+    dump_curves(pywork, dest)
     shutil.rmtree(work, ignore_errors=True)
     return None
 

@@ -94,3 +94,28 @@ def test_reused_base_outputs_must_cover_every_run(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--reuse_base", str(kept), "--base", "HEAD~1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"holds outputs of {commit[:12]}, not of --base" in proc.stderr
+
+
+def test_the_curves_dump_pins_every_value_at_full_precision(tmp_path):
+    """A change in the last bit of one frame's confidence changes the dump (offsets.txt's three decimals and a
+    one-speaker RTTM would not see it); NaN frames are counted."""
+    import pickle
+
+    import numpy as np
+
+    def dump(values: list[float]) -> str:
+        pywork, dest = tmp_path / "pywork", tmp_path / "dest"
+        pywork.mkdir(exist_ok=True)
+        dest.mkdir(exist_ok=True)
+        curves = {"metric": "cosine", "model": "syncnet", "mode": "voxconverse", "frame_rate_hz": 25.0,
+                  "thresholds": [0.5, 0.9], "sources": ["syncnet", "syncnet"],
+                  "confidence": [np.array(values), np.array([1.0, np.nan])]}
+        (pywork / "sync_curves.pckl").write_bytes(pickle.dumps(curves))
+        compare_outputs.dump_curves(pywork, dest)
+        return (dest / compare_outputs.CURVES_DUMP).read_text()
+
+    first = dump([0.25, 0.5, 0.75])
+    assert "track 1 syncnet frames 2 nan 1" in first
+    assert "thresholds 0.5 0.9" in first
+    assert dump([0.25, 0.5, 0.75]) == first
+    assert dump([0.25, float(np.nextafter(0.5, 1.0)), 0.75]) != first
