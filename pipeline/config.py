@@ -185,9 +185,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def with_overrides(cfg: Section, overrides: Iterable[str] = ()) -> Config:
-    """``cfg`` with ``section.key=value`` overrides applied and checked as ``load_config`` checks them."""
+    """``cfg`` with ``section.key=value`` overrides applied and checked as ``load_config`` checks them (a
+    hand-made ``cfg`` may hold only some keys: the others keep their defaults)."""
     defaults = _read_yaml(DEFAULT_CONFIG_PATH)
-    values = cfg.to_dict()
+    values = _merge(copy.deepcopy(defaults), cfg.to_dict(), "")
     for text in overrides:
         _merge(values, _parse_assignment(text), "")
     checked = validate(values, defaults)

@@ -225,3 +225,14 @@ def test_command_line_values_are_checked_by_the_same_rules():
                            ({"min_shift_frames": 16}, "train.min_shift_frames (16) must not exceed")]:
         with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             config.replace_checked(train, **change)
+
+
+def test_with_overrides_types_a_hand_made_section():
+    """pipeline.api accepts a config object: one made by hand is typed and checked like a loaded one."""
+    from pipeline.config import Section, with_overrides
+
+    cfg = with_overrides(Section({"detect": {"batch_size": 3}}))
+    assert isinstance(cfg.detect, SECTIONS["detect"]) and cfg.detect.batch_size == 3
+    assert cfg.detect.image_scale == load_config().detect.image_scale
+    with pytest.raises(InputError, match="detect.batch_size must be >= 1"):
+        with_overrides(Section({"detect": {"batch_size": 0}}))
