@@ -201,10 +201,10 @@ def _encode_all(container, frames: Iterator[np.ndarray], overlays: Mapping[int, 
     height, width = _even(first).shape[:2]
     rate = Fraction(frame_rate_hz).limit_denominator(1001)
     try:
-        video = container.add_stream(str(cfg_visualise.video_codec), rate=rate,
+        video = container.add_stream(cfg_visualise.video_codec, rate=rate,
                                      options={"crf": str(cfg_visualise.video_crf)})
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        audio = _AudioWriter(container, audio_path, str(cfg_visualise.audio_codec)) if audio_path is not None else None
+        audio = _AudioWriter(container, audio_path, cfg_visualise.audio_codec) if audio_path is not None else None
     except (ValueError, av.FFmpegError) as err:
         raise InputError(f"cannot encode with visualise.video_codec {cfg_visualise.video_codec!r} and "
                          f"visualise.audio_codec {cfg_visualise.audio_codec!r}: {err}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cache import Cache
-from pipeline.config import Section, load_config, with_overrides
+from pipeline.config import Config, Section, load_config, with_overrides
 from pipeline.errors import InputError
 from pipeline.formats import Turn
 
@@ -43,13 +43,14 @@ class DiarizeResult:
         return list(dict.fromkeys(turn.speaker for turn in self.turns))
 
 
-def _config(config: Section | str | Path | None, overrides: Iterable[str] | Mapping[str, Any] | None) -> Section:
-    """The run's config: a loaded one or a YAML path (None: the defaults), with the overrides applied."""
+def _config(config: Section | str | Path | None, overrides: Iterable[str] | Mapping[str, Any] | None) -> Config:
+    """The run's config, typed and checked: a loaded one or a YAML path (None: the defaults), with the
+    overrides applied."""
     if isinstance(overrides, Mapping):
         overrides = [f"{key}={value}" for key, value in overrides.items()]
     overrides = list(overrides or ())
     if isinstance(config, Section):
-        return with_overrides(config, overrides) if overrides else config
+        return with_overrides(config, overrides)  # also types and checks a hand-made Section
     return load_config(config, overrides)
 
 
@@ -90,7 +91,7 @@ def diarize(videofile: str | Path, data_dir: str | Path, *, reference: str | Non
         from pipeline.media import probe
         from pipeline.speech import read_speech
 
-        read_speech(speech, reference, probe(videofile).duration_s, float(cfg.vad.given_speech_tolerance_s))
+        read_speech(speech, reference, probe(videofile).duration_s, cfg.vad.given_speech_tolerance_s)
     cache = Cache(data_dir, reference)
     with cache.locked(extra_dirs=[Path(out_dir)] if out_dir else []):
         return _run_stages(videofile, cache, cfg, out_dir=out_dir, weights_dir=weights_dir,

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.config import Section, load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import CacheError, InputError, PipelineError, first_line
 
 
@@ -57,7 +57,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, ignored: Sequence[str] = (
                                                    "choice); recorded in each intermediate's manifest"))
 
 
-def config_from_args(args: argparse.Namespace) -> Section:
+def config_from_args(args: argparse.Namespace) -> Config:
     """The run's config from --config, --set and --threads (``runtime.threads``)."""
     overrides = list(getattr(args, "overrides", ()))
     if getattr(args, "threads", None) is not None:

@@ -37,6 +37,7 @@ import numpy as np
 from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.errors import InputError
 from pipeline.export import to_rttm
+from pipeline.settings import ConversationsConfig
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".m4a", ".opus")
 _STREAM_PLAN, _STREAM_TURNS, _STREAM_NOISE = 1, 2, 3  # rng purposes
@@ -140,10 +141,10 @@ def speech_frames(samples: np.ndarray, frame_len: int, silence_db: float) -> np.
     return levels >= np.percentile(levels, 95) - silence_db
 
 
-def cut_phrases(samples: np.ndarray, cfg: Any, sample_rate_hz: int) -> list[tuple[int, int, int]]:
+def cut_phrases(samples: np.ndarray, cfg: ConversationsConfig, sample_rate_hz: int) -> list[tuple[int, int, int]]:
     """Phrases of one recording as ``(start, end, pause_after)`` samples (pause -1 after the last)."""
     frame_len = int(round(cfg.frame_s * sample_rate_hz))
-    voiced = speech_frames(samples, frame_len, float(cfg.silence_db))
+    voiced = speech_frames(samples, frame_len, cfg.silence_db)
     min_pause = int(math.ceil(cfg.min_pause_s / cfg.frame_s - 1e-9))
     spans: list[list[int]] = []  # [first_frame, end_frame) of voiced frames, short pauses bridged
     for idx in np.flatnonzero(voiced):
@@ -160,7 +161,7 @@ def cut_phrases(samples: np.ndarray, cfg: Any, sample_rate_hz: int) -> list[tupl
     return phrases
 
 
-def load_voice(speaker: str, paths: Sequence[Path], cfg: Any, sample_rate_hz: int, level_db: float) -> Voice:
+def load_voice(speaker: str, paths: Sequence[Path], cfg: ConversationsConfig, sample_rate_hz: int, level_db: float) -> Voice:
     """A speaker's recordings decoded to mono float at ``sample_rate_hz``, scaled so their phrases'
     mean power is ``level_db`` dBFS, and cut into phrases."""
     from pipeline.media import decode_audio
@@ -184,7 +185,7 @@ def _uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
     return float(rng.uniform(float(bounds[0]), float(bounds[1])))
 
 
-def take_turn(voice: Voice, rng: np.random.Generator, cfg: Any, rate: int) -> list[tuple[Piece, int]]:
+def take_turn(voice: Voice, rng: np.random.Generator, cfg: ConversationsConfig, rate: int) -> list[tuple[Piece, int]]:
     """Consecutive phrases of ``voice`` up to a drawn turn length: ``(phrase, offset from the turn start)``."""
     target = _uniform(rng, cfg.turn_s) * rate
     max_pause = int(round(cfg.max_inner_pause_s * rate))
@@ -202,7 +203,7 @@ def take_turn(voice: Voice, rng: np.random.Generator, cfg: Any, rate: int) -> li
         offset += min(pause, max_pause)
 
 
-def backchannel(voice: Voice, rng: np.random.Generator, cfg: Any, rate: int) -> Piece | None:
+def backchannel(voice: Voice, rng: np.random.Generator, cfg: ConversationsConfig, rate: int) -> Piece | None:
     """A 0.3-1 s excerpt of one of ``voice``'s phrases, trimmed to its speech frames by the energy rule."""
     low, high = (int(round(v * rate)) for v in cfg.backchannel_s)
     candidates = [p for p in voice.phrases if p.length >= low]
@@ -217,7 +218,7 @@ def backchannel(voice: Voice, rng: np.random.Generator, cfg: Any, rate: int) -> 
     # the same rule as the phrases: frames within silence_db of the whole recording's loud level
     loud = np.percentile(frame_levels_db(audio, frame_len), 95)
     levels = frame_levels_db(audio[first:first + length], frame_len)
-    voiced = np.flatnonzero(levels >= loud - float(cfg.silence_db))
+    voiced = np.flatnonzero(levels >= loud - cfg.silence_db)
     if voiced.size == 0:
         return None
     start, end = first + int(voiced[0]) * frame_len, first + (int(voiced[-1]) + 1) * frame_len
@@ -235,12 +236,12 @@ def _speaker_order(rng: np.random.Generator, num_speakers: int, weights: np.ndar
     return int(rng.choice(num_speakers, p=p / p.sum()))
 
 
-def place_turns(voices: list[Voice], rng: np.random.Generator, cfg: Any, rate: int, overlap: bool,
+def place_turns(voices: list[Voice], rng: np.random.Generator, cfg: ConversationsConfig, rate: int, overlap: bool,
                 duration_s: float) -> tuple[list[Placement], int]:
     """Turns, gaps, overlaps and back-channels until ``duration_s`` (a turn that would end after the upper end
     of ``cfg.duration_s`` ends the conversation instead); returns placements and the total length in samples."""
     n = len(voices)
-    weights = rng.uniform(float(cfg.speaker_weight[0]), float(cfg.speaker_weight[1]), size=n)
+    weights = rng.uniform(*cfg.speaker_weight, size=n)
     first_round = [int(i) for i in rng.permutation(n)]
     grid = int(round(cfg.frame_s * rate))
 
@@ -251,7 +252,7 @@ def place_turns(voices: list[Voice], rng: np.random.Generator, cfg: Any, rate: i
     free_at = [0] * n  # a voice never overlaps itself: its next piece starts after its last one
     now = snap(cfg.edge_silence_s)  # where the next turn may start (after the last placed sample)
     target = snap(duration_s - cfg.edge_silence_s)
-    limit = snap(float(cfg.duration_s[1]) - cfg.edge_silence_s)  # no turn past the longest allowed length
+    limit = snap(cfg.duration_s[1] - cfg.edge_silence_s)  # no turn past the longest allowed length
     previous, turn_index = -1, 0
     while now < target or turn_index < n:
         who = _speaker_order(rng, n, weights, previous, turn_index, first_round)
@@ -275,7 +276,7 @@ def place_turns(voices: list[Voice], rng: np.random.Generator, cfg: Any, rate: i
     return placements, now + snap(cfg.edge_silence_s)
 
 
-def _add_backchannel(voices: list[Voice], who: int, rng: np.random.Generator, cfg: Any, rate: int, overlap: bool,
+def _add_backchannel(voices: list[Voice], who: int, rng: np.random.Generator, cfg: ConversationsConfig, rate: int, overlap: bool,
                      turn: list[Placement], placements: list[Placement], now: int, snap, free_at: list[int]) -> int:
     """One listener's back-channel: inside the turn (overlap files) or in a gap after it; returns ``now``."""
     listener = int(rng.choice([i for i in range(len(voices)) if i != who]))
@@ -315,7 +316,7 @@ def snr_db(speech: np.ndarray, noise: np.ndarray, mask: np.ndarray) -> float:
     return 10.0 * math.log10(np.mean(speech[mask] ** 2) / np.mean(noise ** 2))
 
 
-def mix(voices: list[Voice], placements: list[Placement], total: int, cfg: Any, rate: int) -> np.ndarray:
+def mix(voices: list[Voice], placements: list[Placement], total: int, cfg: ConversationsConfig, rate: int) -> np.ndarray:
     """The clean mixture: each placed piece with ``fade_s`` raised-cosine fades inside its own samples."""
     out = np.zeros(total, dtype=np.float64)
     by_speaker = {v.speaker: v for v in voices}
@@ -397,7 +398,7 @@ def choose_speakers(plans: Sequence[FilePlan], speakers: Sequence[str], seed: in
 
 
 def make_conversation(name: str, plan: FilePlan, recordings: Mapping[str, Sequence[Path]], speakers: list[str],
-                      cfg: Any, rate: int, seed: int) -> Conversation:
+                      cfg: ConversationsConfig, rate: int, seed: int) -> Conversation:
     """One conversation of ``speakers`` as ``plan`` says."""
     rng = np.random.default_rng([seed, plan.index, _STREAM_TURNS])
     voices = [load_voice(s, recordings[s], cfg, rate, _uniform(rng, cfg.level_dbfs)) for s in speakers]

@@ -117,7 +117,7 @@ def postprocess_frame(
     if scores.size == 0:
         return EMPTY_DETECTIONS.copy()
     keep = greedy_nms(boxes_rel, np.arange(len(scores)), cfg_detect["prior_nms_overlap"], union_style="ssd")
-    keep = keep[: int(cfg_detect["max_detections"])]
+    keep = keep[: cfg_detect["max_detections"]]
     boxes_px = boxes_rel[keep] * np.array([width_px, height_px, width_px, height_px], dtype=np.float32)
     dets = np.concatenate([boxes_px, scores[keep, None]], axis=1).astype(np.float64)  # [K, 5], as the reference
     final = greedy_nms(dets[:, :4], dets[:, 4].argsort()[::-1], cfg_detect["nms_overlap"], union_style="frcnn")
@@ -134,8 +134,8 @@ def detections_from_network(
     each frame's (width, height). Only the ranked candidates are decoded, in one call, then copied to the CPU.
     """
     ranked = [
-        rank_candidates(face_prob[b], float(cfg_detect["prior_conf_threshold"]), float(cfg_detect["conf_threshold"]),
-                        int(cfg_detect["prior_nms_top_k"]))
+        rank_candidates(face_prob[b], cfg_detect["prior_conf_threshold"], cfg_detect["conf_threshold"],
+                        cfg_detect["prior_nms_top_k"])
         for b in range(face_prob.shape[0])
     ]
     frame_idx = torch.cat([torch.full_like(anchors, b) for b, anchors in enumerate(ranked)])
@@ -181,7 +181,7 @@ class FaceDetector:
             if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise InputError(f"frame {index} is not a uint8 [H, W, 3] BGR image")
             by_shape.setdefault(frame.shape, []).append(index)
-        batch_size = max(1, int(self.cfg["batch_size"]))
+        batch_size = max(1, self.cfg["batch_size"])
         for indices in by_shape.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
@@ -191,7 +191,7 @@ class FaceDetector:
 
     def _detect_same_size(self, frames_bgr: list[np.ndarray]) -> list[np.ndarray]:
         height_px, width_px = frames_bgr[0].shape[:2]
-        small = resize_frames(frames_bgr, float(self.cfg["image_scale"]))
+        small = resize_frames(frames_bgr, self.cfg["image_scale"])
         priors = self.priors(small.shape[1], small.shape[2])
         loc, face_prob = self.net(frames_to_input(small, self.device))
         if loc.shape[1] != priors.shape[0]:

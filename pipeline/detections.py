@@ -32,8 +32,8 @@ def drop_unusable(faces: Sequence[Sequence[dict]], width_px: int, height_px: int
                   cfg_detections: Mapping) -> tuple[list[list[dict]], Counter]:
     """Faces without unusable boxes and with at most ``max_per_frame`` boxes (highest ``conf``) per frame, and
     how many boxes were dropped for each reason."""
-    max_per_frame = int(cfg_detections["max_per_frame"])
-    max_side_ratio = float(cfg_detections["max_box_side_ratio"])
+    max_per_frame = cfg_detections["max_per_frame"]
+    max_side_ratio = cfg_detections["max_box_side_ratio"]
     dropped: Counter = Counter()
     kept_faces: list[list[dict]] = []
     for dets in faces:

@@ -124,7 +124,7 @@ def load_speaker_model(cfg_embed: Any, weights_dir: str | Path | None, device: s
         from models.resnetse34v2 import load_resnetse34
 
         module = load_resnetse34(weights_dir, cfg_embed.resnetse34_checkpoint)
-        return ResNetSE34Model(module, device, str(cfg_embed.cpu_precision))
+        return ResNetSE34Model(module, device, cfg_embed.cpu_precision)
     if name == "ecapa":
         return EcapaModel(load_ecapa(resolve_weights_dir(weights_dir) / cfg_embed.ecapa_dir, device), device)
     if name == "resemblyzer":
@@ -241,9 +241,9 @@ def sliding_embeddings(model: SpeakerModel, audio: np.ndarray, sample_rate_hz: i
                        progress: ProgressHook | None = None) -> np.ndarray:
     """float32 ``[num_windows, dim]``: window k covers ``[k * hop_s, k * hop_s + window_s)`` of ``audio``."""
     samples = _float_audio(audio, sample_rate_hz)
-    window = int(round(float(cfg_embed.window_s) * sample_rate_hz))
-    hop = int(round(float(cfg_embed.hop_s) * sample_rate_hz))
-    batch_size = int(cfg_embed.batch_size)
+    window = int(round(cfg_embed.window_s * sample_rate_hz))
+    hop = int(round(cfg_embed.hop_s * sample_rate_hz))
+    batch_size = cfg_embed.batch_size
     if batch_size < 1:
         raise InputError(f"embed.batch_size must be at least 1, got {cfg_embed.batch_size}")
     starts = window_starts(samples.numel(), window, hop)

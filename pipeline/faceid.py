@@ -102,7 +102,7 @@ def _decode_at(path: Path, times: list[int], keyframes: list[int], indices: Sequ
 def face_input(frames_bgr: Sequence[np.ndarray], cfg_faces: Any) -> torch.Tensor:
     """The network input ``[N, 3, S, S]`` float32 of BGR crops: the reference's sub-crop, resized, 0-255."""
     x1, y1, x2, y2 = (int(v) for v in cfg_faces.crop_box_px)
-    size = int(cfg_faces.input_size_px)
+    size = cfg_faces.input_size_px
     images = []
     for frame in frames_bgr:
         part = np.ascontiguousarray(frame[y1:y2, x1:x2])
@@ -118,7 +118,7 @@ def track_face_embeddings(model: torch.nn.Module, crop_paths: Sequence[Path], cf
                           device: str | torch.device) -> list[np.ndarray]:
     """Per track, float32 ``[frames_per_track, 2048]`` VGGFace2 features of the frames the reference samples."""
     device = torch.device(device)
-    frames_per_track = int(cfg_faces.frames_per_track)
+    frames_per_track = cfg_faces.frames_per_track
     if frames_per_track < 1:
         raise InputError(f"faces.frames_per_track must be at least 1, got {cfg_faces.frames_per_track}")
     features = []
@@ -141,7 +141,7 @@ def assign_face_identities(track_features: Sequence[np.ndarray], track_frames: S
     """Face identity per track (0, 1, ... in order of first appearance), av-diarization's FaceCluster rule."""
     if len(track_features) != len(track_frames):
         raise InputError(f"{len(track_features)} track features for {len(track_frames)} tracks")
-    max_distance = float(cfg_faces.max_cosine_distance)
+    max_distance = cfg_faces.max_cosine_distance
     group_frames: list[set[int]] = []
     group_feats: list[np.ndarray] = []
     identities: list[int] = []

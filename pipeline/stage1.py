@@ -19,7 +19,7 @@ from scipy.io import wavfile
 
 from pipeline import media
 from pipeline.cache import Cache, atomic_path, content_identity, sha256_file, write_bytes_atomic
-from pipeline.config import Section
+from pipeline.config import Config
 from pipeline.crop import smooth_track, write_track_crops
 from pipeline.detections import drop_note, drop_unusable, sanitize_faces
 from pipeline.errors import InputError
@@ -57,13 +57,13 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
         wavfile.write(tmp, sample_rate_hz, samples.astype(np.int16, copy=False))
 
 
-def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
+def normalise_audio(videofile: Path, cache: Cache, cfg: Config, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
     """16 kHz mono audio of the video at pyavi/REF/audio.wav; (samples, reused)."""
-    key = {"input": identity, "media": cfg.media.to_dict()}
+    key = {"input": identity, "media": cfg.media.key_dict()}
     if not force and cache.is_valid("audio.wav", key):
         return read_wav(cache.audio_wav, cfg.media.sample_rate_hz), True
     cache.invalidate("audio.wav")
-    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
+    samples = media.decode_audio(videofile, cfg.media.sample_rate_hz, max_missing_s=cfg.input.max_missing_s)
     if samples.size == 0:
         raise InputError(f"{videofile} has an audio stream with no decodable samples")
     write_wav(cache.audio_wav, samples, cfg.media.sample_rate_hz)
@@ -72,6 +72,17 @@ def normalise_audio(videofile: Path, cache: Cache, cfg: Section, identity: dict,
 
 
 # ---- faces and shots ---------------------------------------------------------------------------
+def _media_key(cfg: Config, identity: dict) -> dict:
+    """What media.pckl and scene.pckl are made from (every setting but the speed-only ones, as every key)."""
+    return {"input": identity, "media": cfg.media.key_dict(), "scenes": cfg.scenes.key_dict()}
+
+
+def _detect_key(cfg: Config, identity: dict) -> dict:
+    """What faces.pckl is made from; it holds what the ``detections`` limits keep."""
+    return {"input": identity, "media": cfg.media.key_dict(), "detect": cfg.detect.key_dict(),
+            "detections": cfg.detections.key_dict()}
+
+
 # Beside faces.pckl's manifest: the sha256 of the last faces.pckl the pipeline wrote, written before the file.
 # A faces.pckl with no valid manifest is the user's unless it is that file (a run killed after writing it,
 # or during a --force rerun that had dropped its manifest), so S3FD is never skipped for our own detections.
@@ -138,7 +149,7 @@ def _fit_faces(faces: list[list[dict]], num_frames: int, notes: list[str]) -> li
     return [[dict(det, frame=idx) for det in dets] for idx, dets in enumerate(faces)]
 
 
-def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
+def scan_video(videofile: Path, cfg: Config, detector, progress: Progress
                ) -> tuple[int, int, int, list, list, str | None]:
     """One pass over the 25 fps frames: shots, and detections when ``detector`` is given.
 
@@ -149,7 +160,7 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
     shots = ShotDetector(cfg.media.frame_rate_hz, cfg.scenes.content_threshold, cfg.scenes.min_scene_len_frames)
     faces: list[list[dict]] = []
     batch: list[np.ndarray] = []
-    batch_size = max(1, int(cfg.detect.batch_size))
+    batch_size = max(1, cfg.detect.batch_size)
     width = height = 0
     dropped: Counter = Counter()
 
@@ -163,7 +174,7 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
         batch.clear()
 
     num_frames = 0
-    frames = media.iter_frames(videofile, cfg.media.frame_rate_hz, max_missing_s=float(cfg.input.max_missing_s))
+    frames = media.iter_frames(videofile, cfg.media.frame_rate_hz, max_missing_s=cfg.input.max_missing_s)
     for frame in prefetch(frames, depth=2 * batch_size):
         height, width = frame.shape[:2]
         shots.push(frame)
@@ -180,12 +191,11 @@ def scan_video(videofile: Path, cfg: Section, detector, progress: Progress
     return num_frames, width, height, shots.finish(), faces, drop_note(dropped)
 
 
-def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict, weights_dir, device,
+def faces_and_shots(videofile: Path, cache: Cache, cfg: Config, identity: dict, weights_dir, device,
                     force: bool, progress: Progress, result: Stage1Result) -> tuple[dict, list, list]:
     """media.pckl, faces.pckl and scene.pckl, reused where valid; (media_info, faces, shots)."""
-    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
-    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict(),
-                  "detections": cfg.detections.to_dict()}  # faces.pckl holds what these limits keep
+    media_key = _media_key(cfg, identity)
+    detect_key = _detect_key(cfg, identity)
     info = None if force else cache.load_valid("media.pckl", media_key)
     shots = None if force else cache.load_valid("scene.pckl", media_key)
     faces = None if force else cache.load_valid("faces.pckl", detect_key)
@@ -235,13 +245,21 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Section, identity: dict,
 
 
 # ---- tracks and crops --------------------------------------------------------------------------
-def build_tracks(cache: Cache, cfg: Section, faces: list, shots: list, force: bool) -> tuple[list[dict], bool]:
+def _track_settings(cfg: Config) -> dict:
+    """The settings tracks.pckl is made from (its key also holds the digests of faces.pckl and scene.pckl)."""
+    return {"track": cfg.track.key_dict(), "crop": cfg.crop.key_dict(), "detections": cfg.detections.key_dict()}
+
+
+def _crop_settings(cfg: Config) -> dict:
+    """The settings the crops are made from (their key also holds the input and the digests they are cut from)."""
+    return {"crop": cfg.crop.key_dict(), "media": cfg.media.key_dict()}
+
+
+def build_tracks(cache: Cache, cfg: Config, faces: list, shots: list, force: bool) -> tuple[list[dict], bool]:
     """tracks.pckl in syncnet_python's layout; (tracks, reused)."""
     key = {
         "upstream": {"faces.pckl": cache.digest("faces.pckl"), "scene.pckl": cache.digest("scene.pckl")},
-        "track": cfg.track.to_dict(),
-        "crop": cfg.crop.to_dict(),
-        "detections": cfg.detections.to_dict(),
+        **_track_settings(cfg),
     }
     if not force:
         tracks = cache.load_valid("tracks.pckl", key)
@@ -261,20 +279,19 @@ def _remove_old_crops(cache: Cache) -> None:
             path.unlink()
 
 
-def write_crops(videofile: Path, cache: Cache, cfg: Section, tracks: list[dict], audio: np.ndarray,
+def write_crops(videofile: Path, cache: Cache, cfg: Config, tracks: list[dict], audio: np.ndarray,
                 identity: dict, force: bool, progress: Progress) -> bool:
     """Crops of every track (pycrop/REF/%05d.{mkv,avi,wav}) under the 'crops' manifest; True if reused."""
     key = {
         "input": identity,
         "upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "audio.wav": cache.digest("audio.wav")},
-        "crop": cfg.crop.to_dict(),
-        "media": cfg.media.to_dict(),
+        **_crop_settings(cfg),
     }
     if not force and cache.is_valid("crops", key):
         return True
     cache.invalidate("crops")
     _remove_old_crops(cache)
-    rate_hz, sr_hz = int(cfg.media.frame_rate_hz), int(cfg.media.sample_rate_hz)
+    rate_hz, sr_hz = cfg.media.frame_rate_hz, cfg.media.sample_rate_hz
     per_frame = sr_hz // rate_hz
     files: list[Path] = []
     for idx, track in enumerate(tracks):
@@ -292,11 +309,11 @@ def write_crops(videofile: Path, cache: Cache, cfg: Section, tracks: list[dict],
     return False
 
 
-def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=None, device="cpu",
+def run_pipeline(videofile: str | Path, cache: Cache, cfg: Config, weights_dir=None, device="cpu",
                  force: bool = False, progress: Progress | None = None) -> Stage1Result:
     """Stage 1 on one video: audio.wav, media/faces/scene/tracks pickles and crops in ``cache``."""
     progress = progress or _noop
-    apply_threads(int(cfg.runtime.threads))
+    apply_threads(cfg.runtime.threads)
     videofile = Path(videofile)
     probed = media.check_video_input(videofile, need_audio=True, allow_audio_only=True)
     identity = content_identity(videofile)  # by content: a moved or touched video keeps its cache
@@ -309,8 +326,8 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     if not probed.has_video:
         return audio_only_outputs(videofile, cache, cfg, identity, audio, force, result)
     info, faces, shots = faces_and_shots(videofile, cache, cfg, identity, weights_dir, device, force, progress, result)
-    info = dict(info, num_samples=int(audio.size), sample_rate_hz=int(cfg.media.sample_rate_hz), has_audio=True)
-    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
+    info = dict(info, num_samples=int(audio.size), sample_rate_hz=cfg.media.sample_rate_hz, has_audio=True)
+    media_key = _media_key(cfg, identity)
     if cache.load_valid("media.pckl", media_key) != info:
         cache.save_pickle("media.pckl", info, STAGE, media_key)
     if info["duration_s"] - audio.size / cfg.media.sample_rate_hz > cfg.media.audio_short_note_s:
@@ -328,21 +345,20 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Section, weights_dir=
     return result
 
 
-def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Section, identity: dict, audio: np.ndarray, force: bool,
+def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Config, identity: dict, audio: np.ndarray, force: bool,
                        result: Stage1Result) -> Stage1Result:
     """Stage 1 of an input without a video stream (a wav): a video without faces as long as the audio.
 
     media.pckl (``has_video`` False, no picture size), one shot, no detections, no tracks and no crops, written
     under the same keys as for a video, so stage 3 runs its audio-only fallback on the whole audio.
     """
-    fps = float(cfg.media.frame_rate_hz)
+    fps = cfg.media.frame_rate_hz
     num_frames = max(1, int(round(audio.size * fps / cfg.media.sample_rate_hz)))
     info = {"source": identity, "num_frames": num_frames, "frame_rate_hz": cfg.media.frame_rate_hz, "width": 0,
             "height": 0, "duration_s": num_frames / fps, "num_samples": int(audio.size),
-            "sample_rate_hz": int(cfg.media.sample_rate_hz), "has_audio": True, "has_video": False}
-    media_key = {"input": identity, "media": cfg.media.to_dict(), "scenes": cfg.scenes.to_dict()}
-    detect_key = {"input": identity, "media": cfg.media.to_dict(), "detect": cfg.detect.to_dict(),
-                  "detections": cfg.detections.to_dict()}  # faces.pckl holds what these limits keep
+            "sample_rate_hz": cfg.media.sample_rate_hz, "has_audio": True, "has_video": False}
+    media_key = _media_key(cfg, identity)
+    detect_key = _detect_key(cfg, identity)
     shots = [(0, num_frames)]
     faces: list[list[dict]] = [[] for _ in range(num_frames)]
     if cache.load_valid("media.pckl", media_key) != info:

@@ -19,6 +19,7 @@ The decisions themselves are ``pipeline.fusion.voxconverse.diarise`` (``diarise.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from models.loader import checkpoint_path, find_network_checkpoint, resolve_weights_dir
 from pipeline.cache import Cache, run_atomic_step, sha256_file
-from pipeline.config import Section
+from pipeline.config import Config, Section
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.evidence import (
     check_evidence_model,
@@ -52,6 +53,7 @@ from pipeline.fusion import FusionInputs, get_fusion_rule, uses_backend
 from pipeline.fusion import voxconverse as fuse
 from pipeline.fusion.speaker_backend import SpeakerBackend, find_backend
 from pipeline.runtime import apply_threads
+from pipeline.settings import DiariseConfig
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
@@ -120,7 +122,7 @@ def checkpoint_identity(network: str, file: str, weights_dir: str | Path | None)
 
 def _speaker_checkpoint(cfg_embed: Any, weights_dir: str | Path | None, name: str) -> dict[str, str] | None:
     if name == "ecapa":
-        return checkpoint_identity("ecapa", str(cfg_embed.ecapa_dir), weights_dir)
+        return checkpoint_identity("ecapa", cfg_embed.ecapa_dir, weights_dir)
     if name == "resemblyzer":
         from models.ge2e import find_weights
 
@@ -128,7 +130,7 @@ def _speaker_checkpoint(cfg_embed: Any, weights_dir: str | Path | None, name: st
             return _weights_identity(find_weights(weights_dir))
         except CheckpointError:
             return None
-    return checkpoint_identity("resnetse34", str(cfg_embed.resnetse34_checkpoint), weights_dir)
+    return checkpoint_identity("resnetse34", cfg_embed.resnetse34_checkpoint, weights_dir)
 
 
 # ---- the four steps ------------------------------------------------------------------------------
@@ -139,9 +141,8 @@ def _upstream(cache: Cache, *names: str) -> dict[str, str | None]:
 def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audio_id: str, num_tracks: int,
                 force: bool, progress: ProgressHook) -> dict:
     """``vad.pckl``: speech segments of the whole audio and of each track's audio."""
-    rate = int(cfg.media.sample_rate_hz)
-    settings = {k: v for k, v in cfg.vad.to_dict().items() if k != "given_speech_tolerance_s"}  # --speech only
-    key = {"stage": STAGE, "vad": {**settings, "method": method}, "sample_rate_hz": rate,
+    rate = cfg.media.sample_rate_hz
+    key = {"stage": STAGE, "vad": {**cfg.vad.key_dict(), "method": method}, "sample_rate_hz": rate,
            "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
 
     def produce() -> dict:
@@ -164,7 +165,7 @@ def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict]
               force: bool) -> dict:
     """``vad.pckl`` from given speech: its regions for the whole audio, and each track's share of them in
     seconds from the track's first frame (the span of its crop's audio)."""
-    rate_hz, frame_rate_hz = int(cfg.media.sample_rate_hz), int(cfg.media.frame_rate_hz)
+    rate_hz, frame_rate_hz = cfg.media.sample_rate_hz, cfg.media.frame_rate_hz
     per_frame = rate_hz // frame_rate_hz  # stage 1 cuts a track's audio at whole frames of this many samples
     key = {"stage": STAGE, "speech": given.key(), "sample_rate_hz": rate_hz, "frame_rate_hz": frame_rate_hz,
            "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
@@ -181,16 +182,15 @@ def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict]
 
 def load_given_speech(speech: str | Path, reference: str, num_samples: int, cfg: Section) -> GivenSpeech:
     """``speech``'s regions checked against the audio's length (``vad.given_speech_tolerance_s``)."""
-    return read_speech(speech, reference, num_samples / int(cfg.media.sample_rate_hz),
-                       float(cfg.vad.given_speech_tolerance_s))
+    return read_speech(speech, reference, num_samples / cfg.media.sample_rate_hz,
+                       cfg.vad.given_speech_tolerance_s)
 
 
 def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, name: str,
                        audio: np.ndarray, audio_id: str, force: bool, progress: ProgressHook) -> dict:
     """``embeddings.pckl``: sliding speaker embeddings of the whole audio."""
-    rate = int(cfg.media.sample_rate_hz)
-    settings = {k: v for k, v in cfg.embed.to_dict().items() if k != "batch_size"}  # batch size: speed only
-    key = {"stage": STAGE, "embed": {**settings, "speaker_model": name}, "sample_rate_hz": rate,
+    rate = cfg.media.sample_rate_hz
+    key = {"stage": STAGE, "embed": {**cfg.embed.key_dict(), "speaker_model": name}, "sample_rate_hz": rate,
            "checkpoint": _speaker_checkpoint(cfg.embed, weights_dir, name), "audio_sha256": audio_id,
            "upstream": _upstream(cache, "media.pckl")}
 
@@ -199,7 +199,7 @@ def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | Non
 
         model = load_speaker_model(cfg.embed, weights_dir, device, name=name)
         feats = np.asarray(sliding_embeddings(model, audio, rate, cfg.embed, progress=progress), dtype=np.float32)
-        return {"model": model.name, "window_s": float(cfg.embed.window_s), "hop_s": float(cfg.embed.hop_s),
+        return {"model": model.name, "window_s": cfg.embed.window_s, "hop_s": cfg.embed.hop_s,
                 "embeddings": feats}
 
     return run_atomic_step(cache, "embeddings.pckl", produce, STAGE, key, force)[0]
@@ -208,8 +208,8 @@ def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | Non
 def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, tracks: list[dict],
                      force: bool, progress: ProgressHook) -> list[int]:
     """``faceid.pckl``: one face identity per track."""
-    checkpoint = checkpoint_identity("vggface2", str(cfg.faces.checkpoint), weights_dir) if tracks else None
-    key = {"stage": STAGE, "faces": cfg.faces.to_dict(), "checkpoint": checkpoint,
+    checkpoint = checkpoint_identity("vggface2", cfg.faces.checkpoint, weights_dir) if tracks else None
+    key = {"stage": STAGE, "faces": cfg.faces.key_dict(), "checkpoint": checkpoint,
            "upstream": _upstream(cache, "tracks.pckl", "crops")}
 
     def produce() -> list[int]:
@@ -246,13 +246,13 @@ def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping
     ]
 
 
-def diarise_settings(cfg: Section, speaker_model: str) -> Section:
+def diarise_settings(cfg: Config, speaker_model: str) -> DiariseConfig:
     """``cfg.diarise`` with the voice thresholds of ``speaker_model`` where it has its own config section
     (``resemblyzer:``); the ResNetSE34V2-tuned values otherwise."""
     own = cfg.get(speaker_model) if speaker_model in VOICE_THRESHOLD_SECTIONS else None
     if own is None:
         return cfg.diarise
-    return Section({**cfg.diarise.to_dict(), **{k: own[k] for k in VOICE_THRESHOLD_KEYS}}, "diarise")
+    return dataclasses.replace(cfg.diarise, **{k: own[k] for k in VOICE_THRESHOLD_KEYS})
 
 
 def speaker_backend(cfg: Section, speaker_model: str | None, embeddings: np.ndarray,
@@ -286,12 +286,12 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
     """``diarization.pckl``: the turns, stored as plain tuples."""
     model = str(embeddings.get("model", ""))
     cfg_diarise = diarise_settings(cfg, model)
-    key = {"stage": STAGE, "diarise": cfg_diarise.to_dict(), **diarisation_key_extra(cfg, sync),
+    key = {"stage": STAGE, "diarise": cfg_diarise.key_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
     backend = None
     if uses_backend(fusion_mode(cfg)):  # the improved rule's own settings (absent from the other modes' keys)
         backend = speaker_backend(cfg, model, embeddings["embeddings"], weights_dir)
-        key["improved"] = cfg.improved.to_dict()
+        key["improved"] = cfg.improved.key_dict()
         key["speaker_backend"] = backend.sha256 or backend.source
 
     def produce() -> list[tuple]:
@@ -308,7 +308,7 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
                      force: bool = False) -> dict:
     """``sync_curves.pckl``: the per-frame confidence of every track and the voting thresholds the fusion
     used, so that stage 4 draws exactly what was decided whatever its own config says."""
-    key = {"stage": STAGE, "diarise": cfg.diarise.to_dict(), **diarisation_key_extra(cfg, sync),
+    key = {"stage": STAGE, "diarise": cfg.diarise.key_dict(), **diarisation_key_extra(cfg, sync),
            "upstream": _upstream(cache, *SYNC_CURVES_UPSTREAM)}
 
     def produce() -> dict:
@@ -341,11 +341,11 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     for a missing or unusable checkpoint, InputError for an unknown VAD method or speaker model.
     """
     progress = progress or _no_progress
-    apply_threads(int(cfg.runtime.threads))
-    method = vad_method or str(cfg.vad.method)
+    apply_threads(cfg.runtime.threads)
+    method = vad_method or cfg.vad.method
     if method not in VAD_METHODS:
         raise InputError(f"unknown VAD method {method!r}: choose one of {', '.join(VAD_METHODS)}")
-    model_name = speaker_model or str(cfg.embed.speaker_model)
+    model_name = speaker_model or cfg.embed.speaker_model
     if model_name not in SPEAKER_MODELS:
         raise InputError(f"unknown speaker model {model_name!r}: choose one of {', '.join(SPEAKER_MODELS)}")
 
@@ -355,7 +355,7 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     fusion_mode(cfg)
     vote_thresholds(cfg, sync)  # an unknown metric fails before any work
     curves, _ = fusion_curves(cfg, sync, len(distances))
-    audio, audio_id = _whole_audio(cache, int(cfg.media.sample_rate_hz))
+    audio, audio_id = _whole_audio(cache, cfg.media.sample_rate_hz)
     if speech is not None:
         given = load_given_speech(speech, cache.reference, len(audio), cfg)
         vad = given_vad(cache, cfg, given, tracks, audio_id, force)

@@ -20,15 +20,15 @@ import torch
 from pipeline.errors import CheckpointError, InputError
 from pipeline.formats import VAD_METHODS
 from pipeline.runtime import keep_threads
+from pipeline.settings import VadConfig
 
 METHODS = VAD_METHODS
 _WEBRTC_RATES_HZ = (8000, 16000, 32000, 48000)
-_WEBRTC_FRAME_MS = (10, 20, 30)
 _SILERO_RATES_HZ = (8000, 16000)
 _INT16_SCALE = 32768.0
 
 
-def speech_segments(audio: np.ndarray, sample_rate_hz: int, cfg_vad: Any,
+def speech_segments(audio: np.ndarray, sample_rate_hz: int, cfg_vad: VadConfig,
                     method: str | None = None) -> list[tuple[float, float]]:
     """Speech of mono ``audio`` (int16, or float in [-1, 1]) as sorted ``(start_s, end_s)`` pairs.
 
@@ -73,18 +73,13 @@ def to_float32(samples: np.ndarray) -> np.ndarray:
 
 
 # ---- webrtcvad -----------------------------------------------------------------------------------
-def webrtc_frame_flags(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> np.ndarray:
+def webrtc_frame_flags(samples: np.ndarray, sample_rate_hz: int, cfg_vad: VadConfig) -> np.ndarray:
     """webrtcvad's speech decision per frame (bool ``[num_frames]``), frames as py-webrtcvad's frame_generator."""
     import webrtcvad
 
     if sample_rate_hz not in _WEBRTC_RATES_HZ:
         raise InputError(f"webrtcvad needs audio at 8, 16, 32 or 48 kHz, got {sample_rate_hz} Hz")
-    frame_ms = int(cfg_vad.webrtc_frame_ms)
-    if frame_ms not in _WEBRTC_FRAME_MS:
-        raise InputError(f"vad.webrtc_frame_ms must be 10, 20 or 30, got {cfg_vad.webrtc_frame_ms}")
-    mode = int(cfg_vad.webrtc_aggressiveness)
-    if not 0 <= mode <= 3:
-        raise InputError(f"vad.webrtc_aggressiveness must be 0..3, got {cfg_vad.webrtc_aggressiveness}")
+    frame_ms, mode = cfg_vad.webrtc_frame_ms, cfg_vad.webrtc_aggressiveness  # in range: VadConfig's rules
     frame_len = sample_rate_hz * frame_ms // 1000
     # frame_generator yields a frame only while it ends strictly before the end of the audio
     num_frames = max(0, (samples.size - 1) // frame_len)
@@ -118,15 +113,15 @@ def collect_voiced(flags: np.ndarray, padding_frames: int, trigger_ratio: float,
     return segments
 
 
-def webrtc_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> list[tuple[float, float]]:
+def webrtc_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: VadConfig) -> list[tuple[float, float]]:
     """av-diarization's webrtcvad segments of int16 ``samples``."""
     flags = webrtc_frame_flags(samples, sample_rate_hz, cfg_vad)
-    frame_ms = int(cfg_vad.webrtc_frame_ms)
-    padding_frames = int(cfg_vad.webrtc_padding_ms) // frame_ms
+    frame_ms = cfg_vad.webrtc_frame_ms
+    padding_frames = cfg_vad.webrtc_padding_ms // frame_ms
     if padding_frames < 1:
         raise InputError(f"vad.webrtc_padding_ms must be at least one frame ({frame_ms} ms)")
-    runs = collect_voiced(flags, padding_frames, float(cfg_vad.webrtc_trigger_ratio),
-                          float(cfg_vad.webrtc_release_ratio))
+    runs = collect_voiced(flags, padding_frames, cfg_vad.webrtc_trigger_ratio,
+                          cfg_vad.webrtc_release_ratio)
     return webrtc_times(runs, sample_rate_hz * frame_ms // 1000, sample_rate_hz, frame_ms)
 
 
@@ -165,7 +160,7 @@ def _silero_model() -> Any:
         raise CheckpointError(f"cannot load the silero-vad model bundled in the silero-vad package: {err}") from None
 
 
-def silero_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> list[tuple[float, float]]:
+def silero_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: VadConfig) -> list[tuple[float, float]]:
     """silero-vad segments of float32 ``samples`` in [-1, 1], thresholds from ``cfg_vad``."""
     with keep_threads():
         from silero_vad import get_speech_timestamps
@@ -177,11 +172,11 @@ def silero_segments(samples: np.ndarray, sample_rate_hz: int, cfg_vad: Any) -> l
         stamps = get_speech_timestamps(
             torch.from_numpy(np.ascontiguousarray(samples)),
             model,
-            threshold=float(cfg_vad.silero_threshold),
+            threshold=cfg_vad.silero_threshold,
             sampling_rate=sample_rate_hz,
-            min_speech_duration_ms=int(cfg_vad.silero_min_speech_ms),
-            min_silence_duration_ms=int(cfg_vad.silero_min_silence_ms),
-            speech_pad_ms=int(cfg_vad.silero_speech_pad_ms),
+            min_speech_duration_ms=cfg_vad.silero_min_speech_ms,
+            min_silence_duration_ms=cfg_vad.silero_min_silence_ms,
+            speech_pad_ms=cfg_vad.silero_speech_pad_ms,
             return_seconds=False,
         )
     return [(stamp["start"] / sample_rate_hz, stamp["end"] / sample_rate_hz) for stamp in stamps]

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
 
     sync_name = {"wav2lip": "Wav2Lip's lip-sync expert on the face tracks",
                  "gestsync": "GestSync on the face tracks' (or persons.pckl's) people"}.get(
-        str(cfg.sync.model), "SyncNet on the face tracks")
+        cfg.sync.model, "SyncNet on the face tracks")
     messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {sync_name}",
                 "stage3": "[3/4] voice activity, speaker embeddings and clustering", "stage4": "[4/4] exports and plots"}
     progress = Progress(enabled=not args.quiet)

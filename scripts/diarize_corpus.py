@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, cfg, items, notes: list[str]) -> int:
     progress = _progress(len(items), args.quiet)
     summaries, paths = run_corpus(items, settings, workers=workers, use_ray=args.ray is not None,
                                   ray_address=args.ray or None, ref_dir=args.ref_dir,
-                                  collar_s=float(cfg.score.collar_s), skip_overlap=bool(cfg.score.skip_overlap),
+                                  collar_s=cfg.score.collar_s, skip_overlap=cfg.score.skip_overlap,
                                   notes=notes, on_done=progress)
     progress.close()
     failed = [s for s in summaries if s.status != "done"]

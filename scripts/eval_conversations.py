@@ -117,7 +117,7 @@ def score_set(rows: list[dict], set_dir: Path, rttm_dir: Path, cfg) -> list[dict
     hypothesis = load_rttms(rttm_dir, "hypothesis")
     names = [row["file"] for row in rows]
     report = score({n: reference[n] for n in names}, {n: hypothesis.get(n, []) for n in names},
-                   collar_s=float(cfg.score.collar_s), skip_overlap=bool(cfg.score.skip_overlap))
+                   collar_s=cfg.score.collar_s, skip_overlap=cfg.score.skip_overlap)
     by_name = {f.file_id: f for f in report.files}
     scores = []
     for row in rows:

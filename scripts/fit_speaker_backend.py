@@ -75,7 +75,7 @@ def recordings(audio_dir: Path, listed: Path | None, prefix_sep: str) -> list[tu
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    model_name = args.speaker_model or str(cfg.embed.speaker_model)
+    model_name = args.speaker_model or cfg.embed.speaker_model
     from pipeline.formats import SPEAKER_MODELS
 
     if model_name not in SPEAKER_MODELS:
@@ -98,12 +98,12 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.fusion.speaker_backend import fit_backend, save_backend
     from pipeline.media import decode_audio
 
-    rate = int(cfg.media.sample_rate_hz)
+    rate = cfg.media.sample_rate_hz
     model = load_speaker_model(cfg.embed, args.weights_dir, resolve_device(args.device), name=model_name)
     windows, labels = [], []
     for n, (speaker, path) in enumerate(pairs):
         audio = decode_audio(path, rate)
-        if audio.size < float(cfg.embed.window_s) * rate:
+        if audio.size < cfg.embed.window_s * rate:
             raise InputError(f"{path} is shorter than one {cfg.embed.window_s} s embedding window")
         emb = sliding_embeddings(model, audio, rate, cfg.embed)
         windows.append(emb)

@@ -82,9 +82,9 @@ def main(args: argparse.Namespace) -> int:
     if args.list is not None:
         allowed = input_file(args.list, "file list").read_text(encoding="utf-8").splitlines()
     recordings = list_recordings(args.audio_dir, allowed)
-    plans = plan_set(args.num_files, cfg.speakers, float(cfg.overlap_files), float(cfg.noisy_files), args.seed)
+    plans = plan_set(args.num_files, cfg.speakers, cfg.overlap_files, cfg.noisy_files, args.seed)
     chosen = choose_speakers(plans, sorted(recordings), args.seed)
-    rate = int(cfg.sample_rate_hz)
+    rate = cfg.sample_rate_hz
     conversations = []
     for plan in sorted(plans, key=lambda p: p.index):
         name = f"{args.name}_{plan.index:03d}"

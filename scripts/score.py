@@ -44,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.score import format_report, score_paths  # pyannote: only after the arguments pass
 
     collar_s = cfg.collar_s if args.collar is None else args.collar
-    skip_overlap = bool(cfg.skip_overlap if args.skip_overlap is None else args.skip_overlap)
-    report = score_paths(args.ref, args.hyp, collar_s=float(collar_s), skip_overlap=skip_overlap, uem_path=args.uem)
+    skip_overlap = cfg.skip_overlap if args.skip_overlap is None else args.skip_overlap
+    report = score_paths(args.ref, args.hyp, collar_s=collar_s, skip_overlap=skip_overlap, uem_path=args.uem)
     print(format_report(report))
     return 0
 

@@ -99,9 +99,9 @@ def main(args: argparse.Namespace) -> int:
     cfgs = {mode: with_overrides(cfg, [f"diarise.mode={mode}"]) for mode in modes}
     start = time.perf_counter()
     hyps, offscreen, failures = run_modes(reference, PROFILES[args.profile], args.seed, cfgs,
-                                          int(cfg.syncnet.vshift_frames))
+                                          cfg.syncnet.vshift_frames)
     elapsed = time.perf_counter() - start
-    collar = float(cfg.score.collar_s)
+    collar = cfg.score.collar_s
     few = {k: v for k, v in reference.items() if offscreen[k] <= 1}
     many = {k: v for k, v in reference.items() if offscreen[k] >= 2}
     print(f"# {len(reference)} files from {args.rttm_dir}, profile {args.profile}, seed {args.seed}; "
@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'mode':<12} {'DER%':>7} {'miss%':>7} {'FA%':>7} {'conf%':>7} {'JER%':>7} "
           f"{'DER<=1off%':>11} {'DER>=2off%':>11}")
     for mode in modes:
-        report = score(reference, hyps[mode], collar_s=collar, skip_overlap=bool(cfg.score.skip_overlap))
+        report = score(reference, hyps[mode], collar_s=collar, skip_overlap=cfg.score.skip_overlap)
         o = report.overall
         parts = [100 * o.der, 100 * o.missed_s / o.scored_s, 100 * o.false_alarm_s / o.scored_s,
                  100 * o.confusion_s / o.scored_s, 100 * o.jer]

@@ -1,8 +1,10 @@
 """The config loader checks every value's type and range when the config is read, with one line naming the key."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import yaml
 from pipeline import config
 from pipeline.config import RANGE_RULES, load_config
 from pipeline.errors import InputError
+from pipeline.settings import SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,3 +134,105 @@ def test_cli_refuses_a_bad_value_before_any_work(tmp_path, override, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diarize.py: error: config value " + needle), result.stderr
     assert not data_dir.exists()  # nothing written, let alone trusted
+
+
+# ---- typed sections (pipeline/settings.py) -------------------------------------------------------
+def _yaml_sections() -> dict:
+    return yaml.safe_load(config.DEFAULT_CONFIG_PATH.read_text())
+
+
+def _field_type_name(hint: object) -> str:
+    return hint.__name__ if isinstance(hint, type) else "tuple"
+
+
+def test_every_yaml_key_has_a_typed_field_of_its_defaults_type_and_back():
+    cfg = load_config()
+    assert set(_yaml_sections()) == set(SECTIONS)
+    for name, values in _yaml_sections().items():
+        section = cfg[name]
+        assert isinstance(section, SECTIONS[name])
+        hints = typing.get_type_hints(SECTIONS[name])
+        assert set(values) == {f.name for f in dataclasses.fields(SECTIONS[name])}, name
+        for key, default in values.items():
+            expected = "tuple" if isinstance(default, list) else type(default).__name__
+            assert _field_type_name(hints[key]) == expected, f"{name}.{key}"
+            assert type(section[key]).__name__ == expected, f"{name}.{key}"
+
+
+def test_sections_are_frozen_and_keep_the_mapping_interface():
+    cfg = load_config()
+    assert cfg.detect.batch_size == cfg["detect"]["batch_size"] == cfg.detect.get("batch_size") == 16
+    assert list(cfg.faces) == list(_yaml_sections()["faces"])
+    assert cfg.faces.crop_box_px == (32, 0, 192, 160)
+    assert cfg.faces.to_dict()["crop_box_px"] == [32, 0, 192, 160]  # as default.yaml spells it: keys unchanged
+    assert cfg.to_dict() == _yaml_sections()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.detect.batch_size = 3
+    with pytest.raises(AttributeError, match="config has no value detect.batchsize"):
+        cfg.detect.batchsize  # noqa: B018
+
+
+def test_range_rules_are_the_fields_metadata():
+    """The rules are stated once, on the fields; RANGE_RULES only collects them, and each one refuses a bad
+    --set."""
+    stated = {f"{name}.{f.name}" for name, section in SECTIONS.items() for f in dataclasses.fields(section)
+              if f.metadata.get("rule") is not None}
+    assert stated == set(RANGE_RULES)
+    field = next(f for f in dataclasses.fields(SECTIONS["improved"]) if f.name == "loop_prob")
+    assert field.metadata["rule"] is RANGE_RULES["improved.loop_prob"]
+    assert "improved.loop_prob must be in [0, 1]" in refused("improved.loop_prob=2")
+
+
+def _changed(value: object) -> object:
+    """Another valid-typed value (the range does not matter to a key)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return tuple(_changed(v) for v in value)
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_the_key_holds_every_field_but_the_speed_only_ones(section):
+    """Changing any field that can change a result changes the section's key; a speed-only one does not.
+    Parametrised over every field of every section, so a new field is covered with no edit here."""
+    values = load_config()[section]
+    speed_only = set(values.speed_only_fields())
+    assert set(values.key_dict()) == set(values) - speed_only
+    for name in values:
+        other = dataclasses.replace(values, **{name: _changed(values[name])})
+        if name in speed_only:
+            assert other.key_dict() == values.key_dict(), f"{section}.{name}"
+        else:
+            assert other.key_dict() != values.key_dict(), f"{section}.{name}"
+
+
+def test_speed_only_fields_are_the_ones_results_do_not_depend_on():
+    marked = {f"{name}.{field}" for name, section in SECTIONS.items() for field in section.speed_only_fields()}
+    assert marked == {"runtime.threads", "input.max_missing_s", "detect.batch_size", "syncnet.batch_size",
+                      "syncnet.parallel_tracks", "vad.given_speech_tolerance_s", "embed.batch_size",
+                      "wav2lip.batch_size", "gestsync.batch_size"}
+
+
+def test_command_line_values_are_checked_by_the_same_rules():
+    """scripts/train_sync.py's --steps and --model replace config values and are refused like a --set."""
+    train = load_config().train
+    assert config.replace_checked(train, steps=3).steps == 3
+    for change, needle in [({"steps": 0}, "train.steps must be >= 1"), ({"model": "x"}, "train.model must be one of"),
+                           ({"lr": "a"}, "train.lr must be a finite number"),
+                           ({"min_shift_frames": 16}, "train.min_shift_frames (16) must not exceed")]:
+        with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            config.replace_checked(train, **change)
+
+
+def test_with_overrides_types_a_hand_made_section():
+    """pipeline.api accepts a config object: one made by hand is typed and checked like a loaded one."""
+    from pipeline.config import Section, with_overrides
+
+    cfg = with_overrides(Section({"detect": {"batch_size": 3}}))
+    assert isinstance(cfg.detect, SECTIONS["detect"]) and cfg.detect.batch_size == 3
+    assert cfg.detect.image_scale == load_config().detect.image_scale
+    with pytest.raises(InputError, match="detect.batch_size must be >= 1"):
+        with_overrides(Section({"detect": {"batch_size": 0}}))

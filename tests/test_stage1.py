@@ -268,3 +268,39 @@ def test_ctrl_c_is_one_line_and_keeps_only_finished_work(tmp_path, weights_dir):
     cache = Cache(tmp_path, "c")
     assert cache.read_manifest("faces.pckl") is None and cache.read_manifest("tracks.pckl") is None
     assert cache.is_valid("audio.wav", cache.read_manifest("audio.wav")["key"])
+
+
+def _another(value: object) -> object:
+    """A different value of the same type (ranges do not matter to a key)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return tuple(_another(v) for v in value)
+
+
+@pytest.mark.parametrize("section", ["media", "scenes", "detect", "detections", "track", "crop"])
+def test_stage1_keys_hold_every_setting_but_the_speed_only_ones(section):
+    """Every field of the sections stage 1 reads is in the key of something it writes, and a speed-only one
+    (detect.batch_size) is in none, so a changed setting is never served a stale cache and a faster batch size
+    reuses the detections. Parametrised over the fields, so a new field is covered with no edit here."""
+    import dataclasses
+
+    from pipeline.config import Config
+    from pipeline.stage1 import _crop_settings, _detect_key, _media_key, _track_settings
+
+    cfg = load_config()
+
+    def keys(config: Config) -> tuple:
+        return _media_key(config, {}), _detect_key(config, {}), _track_settings(config), _crop_settings(config)
+
+    base = keys(cfg)
+    for name in cfg[section]:
+        changed = dataclasses.replace(cfg[section], **{name: _another(cfg[section][name])})
+        other = keys(Config({**{k: cfg[k] for k in cfg}, section: changed}))
+        if name in cfg[section].speed_only_fields():
+            assert other == base, f"{section}.{name}"
+        else:
+            assert other != base, f"{section}.{name}"

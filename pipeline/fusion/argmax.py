@@ -12,12 +12,12 @@ face on screen wins (no face there) labelled by voice, the same output.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from pipeline.formats import Turn
 from pipeline.fusion.voxconverse import TrackActivity, TrackEvidence, track_curve, turns_from_activities, vad_frame_counts
+from pipeline.settings import DiariseConfig
 
 NO_FACE = -1
 
@@ -59,10 +59,10 @@ def argmax_activities(tracks: Sequence[TrackEvidence], curves: Sequence[np.ndarr
 
 
 def diarise_argmax(tracks: Sequence[TrackEvidence], audio_vad_s: Sequence[tuple[float, float]],
-                   embeddings: np.ndarray, cfg_diarise: Any, hop_s: float, num_frames: int,
+                   embeddings: np.ndarray, cfg_diarise: DiariseConfig, hop_s: float, num_frames: int,
                    duration_s: float | None = None) -> list[Turn]:
     """Speaker turns by the argmax rule (same inputs and output as ``fuse.diarise``)."""
-    fps = float(cfg_diarise.frame_rate_hz)
+    fps = cfg_diarise.frame_rate_hz
     curves = [track_curve(t, cfg_diarise) if len(t.frames) else np.zeros(0) for t in tracks]
     ends = [int(num_frames)] + [int(end_s * fps) for _, end_s in audio_vad_s]
     ends += [t.first_frame + len(c) for t, c in zip(tracks, curves) if len(t.frames)]

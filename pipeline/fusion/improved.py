@@ -79,7 +79,7 @@ def face_speakers(tracks: Sequence[fuse.TrackEvidence], activities: Sequence[fus
                   voices: np.ndarray, windows: np.ndarray, cfg_diarise: Any, cfg: Any) -> FaceSpeakers:
     """Face identities that speak (within ``speech``), merged by voice (``voices``: unit projected windows)."""
     length = speech.size
-    kept = {a.track_idx: kept_runs(a.active, int(cfg.min_face_run_frames)) for a in activities}
+    kept = {a.track_idx: kept_runs(a.active, cfg.min_face_run_frames) for a in activities}
     id_frames: dict[int, np.ndarray] = {}
     for a in activities:
         start, stop, part = _place(length, a.first_frame, kept[a.track_idx])
@@ -92,7 +92,7 @@ def face_speakers(tracks: Sequence[fuse.TrackEvidence], activities: Sequence[fus
     if len(voices):
         id_voice = unit_rows(np.stack([voices[np.unique(windows[id_frames[k]])].mean(axis=0) for k in identities]))
         labels = fuse.cluster_identities(id_voice, fuse.identity_cooccurrence(tracks, identities),
-                                         float(cfg.identity_merge_distance), float(cfg_diarise.cooccur_penalty))
+                                         cfg.identity_merge_distance, cfg_diarise.cooccur_penalty)
     else:
         labels = np.arange(len(identities))
     label_of = dict(zip(identities, labels.tolist()))
@@ -179,8 +179,8 @@ def initial_labels(points: np.ndarray, anchored: np.ndarray, run_starts: np.ndar
     AHC cluster, which is a face speaker when that face's voice is the cluster's voice (``claiming_face``), or
     a new voice-only speaker (numbered from C)."""
     num_faces = anchored.shape[1]
-    chunks, chunk_of = chunk_points(points, run_starts, int(cfg.max_ahc_points))
-    chunk_clusters, threshold = ahc_clusters(chunks, float(cfg.ahc_threshold), int(cfg.max_threshold_scores))
+    chunks, chunk_of = chunk_points(points, run_starts, cfg.max_ahc_points)
+    chunk_clusters, threshold = ahc_clusters(chunks, cfg.ahc_threshold, cfg.max_threshold_scores)
     clusters = chunk_clusters[chunk_of]
     face_of = np.where(anchored.any(axis=1), np.argmax(anchored, axis=1), -1) if num_faces else \
         np.full(len(points), -1)
@@ -237,14 +237,14 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
                      thresholds: Sequence[float] | None = None, backend: SpeakerBackend | None = None) -> list[Turn]:
     """Speaker turns by the improved rule (same inputs and output as ``fuse.diarise``, plus the ``improved``
     config section ``cfg`` and the speaker model's back-end transform; None: the default transform)."""
-    fps = float(cfg_diarise.frame_rate_hz)
+    fps = cfg_diarise.frame_rate_hz
     thresholds = fuse.conf_thresholds(cfg_diarise, metric) if thresholds is None else tuple(thresholds)
     present = [(i, t) for i, t in enumerate(tracks) if len(t.frames)]
     curves = {i: fuse.track_curve(t, cfg_diarise) for i, t in present}
     activities = [fuse.track_activity(i, t, cfg_diarise, thresholds) for i, t in present]
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        return fuse.turns_from_activities(tracks, activities, int(cfg.min_face_run_frames), audio_vad_s,
+        return fuse.turns_from_activities(tracks, activities, cfg.min_face_run_frames, audio_vad_s,
                                           np.zeros((0, 0)), cfg_diarise, hop_s, num_frames, duration_s)
     if backend is None:
         backend = default_backend("unnamed", embeddings.shape[1])
@@ -253,44 +253,44 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     speech = fuse.vad_frame_counts(audio_vad_s, length, fps) > 0
     if not speech.any():
         return []
-    window_s = 2.0 * float(cfg_diarise.embedding_offset_s)  # the window is centred offset_s after its start
-    steps = speech_steps(speech, int(cfg.decode_step_frames), len(embeddings), fps, float(hop_s), window_s)
+    window_s = 2.0 * cfg_diarise.embedding_offset_s  # the window is centred offset_s after its start
+    steps = speech_steps(speech, cfg.decode_step_frames, len(embeddings), fps, float(hop_s), window_s)
     voices = backend.project(embeddings)
-    timeline = fuse.EmbeddingTimeline(len(embeddings), float(hop_s), float(cfg_diarise.embedding_offset_s), fps)
+    timeline = fuse.EmbeddingTimeline(len(embeddings), float(hop_s), cfg_diarise.embedding_offset_s, fps)
     faces = face_speakers(tracks, activities, curves, max(thresholds), speech, voices,
                           timeline.at_frames(np.arange(length)), cfg_diarise, cfg)
     num_faces = faces.active.shape[1]
-    anchored = step_shares(steps, faces.active) >= float(cfg.anchor_share)
-    strong = step_shares(steps, faces.strong) >= float(cfg.anchor_share)
+    anchored = step_shares(steps, faces.active) >= cfg.anchor_share
+    strong = step_shares(steps, faces.strong) >= cfg.anchor_share
     anchored = np.where(strong.any(axis=1, keepdims=True), strong, anchored)  # strong sync outranks a vote
 
     points = voices[steps.windows]
     labels = initial_labels(points, anchored, steps.run_starts, cfg)
     num_speakers = max(int(labels.max()) + 1, num_faces)
     if backend.fitted:
-        features, phi = backend.plda_features(points, int(cfg.lda_dim))
+        features, phi = backend.plda_features(points, cfg.lda_dim)
     else:  # windows one window length apart do not overlap
-        features, phi = recording_plda(points, int(round(window_s * fps / int(cfg.decode_step_frames))))
+        features, phi = recording_plda(points, int(round(window_s * fps / cfg.decode_step_frames)))
     bias = np.zeros((len(points), num_speakers))  # anchored steps belong to their face speaker(s) only
     bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf
     bias[:, :num_faces][anchored] = 0.0
-    result = vbx(features, phi, initial_posteriors(labels, num_speakers, float(cfg.init_smoothing)),
-                 float(cfg.loop_prob), float(cfg.fa), float(cfg.fb), steps.run_starts, bias,
-                 int(cfg.max_iterations), float(cfg.epsilon), float(cfg.drop_share))
+    result = vbx(features, phi, initial_posteriors(labels, num_speakers, cfg.init_smoothing),
+                 cfg.loop_prob, cfg.fa, cfg.fb, steps.run_starts, bias,
+                 cfg.max_iterations, cfg.epsilon, cfg.drop_share)
     step_s = np.bincount(steps.step_of_frame, minlength=len(points)) / fps
-    step_labels = drop_small_speakers(result.gamma, step_s, num_faces, float(cfg.min_speaker_s))
+    step_labels = drop_small_speakers(result.gamma, step_s, num_faces, cfg.min_speaker_s)
 
     speaking = np.zeros((length, num_speakers), dtype=bool)
     speaking[steps.frames, step_labels[steps.step_of_frame]] = True
-    if bool(cfg.overlap_face) and num_faces > 1:
+    if cfg.overlap_face and num_faces > 1:
         together = faces.strong.sum(axis=1) >= 2
         speaking[:, :num_faces] |= faces.strong & together[:, None]
-    if bool(cfg.audio_overlap) and num_speakers > 1:
+    if cfg.audio_overlap and num_speakers > 1:
         kept = np.isin(np.arange(num_speakers), step_labels)
         second = np.where(kept, result.gamma, -1.0)
         second[np.arange(len(points)), step_labels] = -1.0
         best = np.argmax(second, axis=1)
-        extra = second[np.arange(len(points)), best] >= float(cfg.audio_overlap_posterior)
+        extra = second[np.arange(len(points)), best] >= cfg.audio_overlap_posterior
         on = extra[steps.step_of_frame]
         speaking[steps.frames[on], best[steps.step_of_frame][on]] = True
     return speaking_turns(speaking, faces.active, faces.track_at, fps, duration_s)

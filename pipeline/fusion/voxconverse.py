@@ -40,6 +40,7 @@ from scipy.ndimage import binary_closing
 
 from pipeline.errors import CacheError
 from pipeline.formats import RUN_SYNCNET, Turn
+from pipeline.settings import DiariseConfig
 
 UNKNOWN_SPEAKER = "unknown"
 UNKNOWN_LABEL = -1
@@ -124,7 +125,7 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a_unit @ b_unit.T
 
 
-def conf_thresholds(cfg_diarise: Any, metric: str) -> tuple[float, ...]:
+def conf_thresholds(cfg_diarise: DiariseConfig, metric: str) -> tuple[float, ...]:
     """The confidence thresholds for the scale of the SyncNet distance stage 2 recorded."""
     if metric == "cosine":
         return tuple(float(v) for v in cfg_diarise.conf_thresholds_cosine)
@@ -184,11 +185,11 @@ def sync_confidence(dists: np.ndarray, pad_frames: int, pad_value: float, medfil
 
 def track_confidence(dists: np.ndarray, cfg_diarise) -> np.ndarray:
     """``sync_confidence`` with the config's padding and filter: the smoothed per-frame confidence of a track."""
-    return sync_confidence(dists, int(cfg_diarise.conf_pad_frames), float(cfg_diarise.conf_pad_value),
-                           int(cfg_diarise.conf_medfilt_frames))
+    return sync_confidence(dists, cfg_diarise.conf_pad_frames, cfg_diarise.conf_pad_value,
+                           cfg_diarise.conf_medfilt_frames)
 
 
-def track_curve(track: TrackEvidence, cfg_diarise: Any) -> np.ndarray:
+def track_curve(track: TrackEvidence, cfg_diarise: DiariseConfig) -> np.ndarray:
     """The per-frame confidence the rules vote on: the sync model's own curve when stage 2 gave one
     (Wav2Lip's smoothed score), else SyncNet's from the distances (``track_confidence``)."""
     if track.confidence is not None:
@@ -220,13 +221,13 @@ def active_speaker_frames(confidence: np.ndarray, vad_counts: np.ndarray, thresh
     return binary_closing(active, structure=np.ones(closing_frames)).astype(np.int64)
 
 
-def track_activity(track_idx: int, track: TrackEvidence, cfg_diarise: Any,
+def track_activity(track_idx: int, track: TrackEvidence, cfg_diarise: DiariseConfig,
                    thresholds: Sequence[float]) -> TrackActivity:
     """One track's active-speech frames from its sync confidence and its own VAD."""
     confidence = track_curve(track, cfg_diarise)
-    vad_counts = vad_frame_counts(track.vad_s, confidence.size, float(cfg_diarise.frame_rate_hz))
-    active = active_speaker_frames(confidence, vad_counts, thresholds, int(cfg_diarise.min_votes),
-                                   int(cfg_diarise.closing_frames))
+    vad_counts = vad_frame_counts(track.vad_s, confidence.size, cfg_diarise.frame_rate_hz)
+    active = active_speaker_frames(confidence, vad_counts, thresholds, cfg_diarise.min_votes,
+                                   cfg_diarise.closing_frames)
     return TrackActivity(track_idx, int(track.identity), track.first_frame, active)
 
 
@@ -393,7 +394,7 @@ def timeline_frames(num_frames: int, audio_vad_s: Sequence[tuple[float, float]],
 
 
 def diarise(tracks: Sequence[TrackEvidence], audio_vad_s: Sequence[tuple[float, float]], embeddings: np.ndarray,
-            cfg_diarise: Any, metric: str, hop_s: float, num_frames: int,
+            cfg_diarise: DiariseConfig, metric: str, hop_s: float, num_frames: int,
             duration_s: float | None = None, thresholds: Sequence[float] | None = None) -> list[Turn]:
     """Speaker turns of one video from its face tracks, whole-audio VAD and sliding speaker embeddings.
 
@@ -403,35 +404,35 @@ def diarise(tracks: Sequence[TrackEvidence], audio_vad_s: Sequence[tuple[float, 
     """
     thresholds = conf_thresholds(cfg_diarise, metric) if thresholds is None else tuple(thresholds)
     activities = [track_activity(i, t, cfg_diarise, thresholds) for i, t in enumerate(tracks) if len(t.frames)]
-    return turns_from_activities(tracks, activities, int(cfg_diarise.min_utterance_frames), audio_vad_s,
+    return turns_from_activities(tracks, activities, cfg_diarise.min_utterance_frames, audio_vad_s,
                                  embeddings, cfg_diarise, hop_s, num_frames, duration_s)
 
 
 def turns_from_activities(tracks: Sequence[TrackEvidence], activities: Sequence[TrackActivity],
                           min_utterance_frames: int, audio_vad_s: Sequence[tuple[float, float]],
-                          embeddings: np.ndarray, cfg_diarise: Any, hop_s: float, num_frames: int,
+                          embeddings: np.ndarray, cfg_diarise: DiariseConfig, hop_s: float, num_frames: int,
                           duration_s: float | None = None) -> list[Turn]:
     """Steps 2 and 3 from every track's active frames (step 1, whichever rule made them): the turns."""
-    fps = float(cfg_diarise.frame_rate_hz)
+    fps = cfg_diarise.frame_rate_hz
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2:
         embeddings = embeddings.reshape(-1, embeddings.shape[-1]) if embeddings.size else np.zeros((0, 0))
-    timeline = EmbeddingTimeline(len(embeddings), float(hop_s), float(cfg_diarise.embedding_offset_s), fps)
+    timeline = EmbeddingTimeline(len(embeddings), float(hop_s), cfg_diarise.embedding_offset_s, fps)
 
     utterances = [u for a in activities for u in face_utterances(a, min_utterance_frames)]
     length = timeline_frames(num_frames, audio_vad_s, activities, fps)
     uncovered = uncovered_speech(vad_frame_counts(audio_vad_s, length, fps), activities)
-    runs = speech_runs(uncovered, int(cfg_diarise.min_offscreen_frames))
+    runs = speech_runs(uncovered, cfg_diarise.min_offscreen_frames)
 
     if not utterances:
         raw = [(s, e, label, "audio", ()) for s, e, label in
-               audio_only_turns(runs, embeddings, timeline, float(cfg_diarise.merge_distance))]
+               audio_only_turns(runs, embeddings, timeline, cfg_diarise.merge_distance)]
         return name_speakers(raw, fps, duration_s)
 
     if timeline.num_embeddings:
         identities, id_embs = identity_embeddings(utterances, embeddings, timeline, fps)
         id_labels = cluster_identities(id_embs, identity_cooccurrence(tracks, identities),
-                                       float(cfg_diarise.merge_distance), float(cfg_diarise.cooccur_penalty))
+                                       cfg_diarise.merge_distance, cfg_diarise.cooccur_penalty)
     else:  # no voice to compare: every face identity is its own speaker
         identities = sorted({u.identity for u in utterances})
         id_embs, id_labels = np.zeros((0, 0)), np.arange(len(identities))
@@ -440,7 +441,7 @@ def turns_from_activities(tracks: Sequence[TrackEvidence], activities: Sequence[
     raw = [(u.start_frame, u.end_frame, label_of[u.identity], "av", (u.track_idx,)) for u in utterances]
     for start_f, end_f in runs:
         for s, e, label in label_offscreen_run(start_f, end_f, embeddings, timeline, id_embs, id_labels,
-                                               float(cfg_diarise.offscreen_min_similarity),
-                                               int(cfg_diarise.majority_filter_frames)):
+                                               cfg_diarise.offscreen_min_similarity,
+                                               cfg_diarise.majority_filter_frames):
             raw.append((s, e, label, "audio", ()))
     return name_speakers(raw, fps, duration_s)

@@ -54,7 +54,7 @@ class SyncNetAdapter:
 
     def __init__(self, cfg: Any) -> None:
         self.settings = SyncSettings.from_config(cfg)
-        self.margin = float(cfg.train.margin)
+        self.margin = cfg.train.margin
         self._mfcc: dict[int, torch.Tensor] = {}
         self._features: dict[tuple[str, int, int], torch.Tensor] | None = None  # frozen trunks: (stream, track, start)
 
@@ -164,7 +164,7 @@ class Wav2LipAdapter:
         from pipeline.sync_wav2lip import ExpertSettings
 
         self.settings = ExpertSettings.from_config(cfg)
-        self.checkpoint_file = str(cfg.wav2lip.checkpoint)  # the name stage 2 loads (lipsync_expert.pth)
+        self.checkpoint_file = cfg.wav2lip.checkpoint  # the name stage 2 loads (lipsync_expert.pth)
         self._mels: dict[int, np.ndarray] = {}
 
     @property

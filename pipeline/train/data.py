@@ -23,6 +23,7 @@ from pipeline import media
 from pipeline.cache import Cache
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import RUN_PIPELINE
+from pipeline.settings import TrainConfig
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
 
 
@@ -43,24 +44,18 @@ class TrackData:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How windows are drawn (config section ``train``)."""
+    """How windows are drawn (config section ``train``; its ranges are checked when the config is read,
+    pipeline/settings.py ``TrainConfig``)."""
 
     min_shift_frames: int
     max_shift_frames: int
     negatives_per_window: int
     other_track_negatives: int
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_shift_frames <= self.max_shift_frames:
-            raise InputError(f"train shifts need 1 <= min_shift_frames <= max_shift_frames, got "
-                             f"{self.min_shift_frames} and {self.max_shift_frames}")
-        if self.negatives_per_window < 1 or self.other_track_negatives < 0:
-            raise InputError("train.negatives_per_window must be >= 1 and train.other_track_negatives >= 0")
-
     @classmethod
-    def from_config(cls, cfg_train) -> SamplingSettings:
-        return cls(int(cfg_train.min_shift_frames), int(cfg_train.max_shift_frames),
-                   int(cfg_train.negatives_per_window), int(cfg_train.other_track_negatives))
+    def from_config(cls, cfg_train: TrainConfig) -> SamplingSettings:
+        return cls(cfg_train.min_shift_frames, cfg_train.max_shift_frames,
+                   cfg_train.negatives_per_window, cfg_train.other_track_negatives)
 
 
 @dataclass

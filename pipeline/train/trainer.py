@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import atomic_path, write_bytes_atomic
+from pipeline.config import Config, replace_checked
 from pipeline.errors import CheckpointError, InputError, first_line
 from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
 from pipeline.runtime import apply_threads
@@ -70,7 +71,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The optimisation settings (config section ``train``, with command-line overrides)."""
+    """The optimisation settings (config section ``train``, with command-line overrides checked by the config's
+    rules, pipeline/settings.py ``TrainConfig``)."""
 
     model: str
     steps: int
@@ -88,40 +90,16 @@ class TrainSettings:
     seed: int
     cuda_precision: str
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError(f"--steps and --batch_size must be >= 1, got {self.steps} and {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (self.lr > 0 and self.lr_final > 0):
-            raise InputError("train.lr and train.lr_final must be > 0")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"train.val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.val_windows < 1 or self.val_every_steps < 1 or self.bn_recalibration_windows < 1:
-            raise InputError("train.val_windows, val_every_steps and bn_recalibration_windows must be >= 1")
-        if self.cuda_precision not in PRECISIONS:
-            raise InputError(f"train.cuda_precision must be one of {', '.join(PRECISIONS)}")
-
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> TrainSettings:
-        values = {name: cfg.train[name] for name in cls.__dataclass_fields__}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        casts = {"float": float, "int": int, "str": str, "bool": _as_bool}
-        try:
-            return cls(**{k: casts[cls.__dataclass_fields__[k].type](v) for k, v in values.items()})
-        except (TypeError, ValueError) as err:
-            raise InputError(f"bad train setting: {err}") from None
+    def from_config(cls, cfg: Config, **overrides: Any) -> TrainSettings:
+        """``cfg.train`` with ``overrides`` (None: not given), each refused as a bad ``--set train.NAME`` is."""
+        train = replace_checked(cfg.train, **{k: v for k, v in overrides.items() if v is not None})
+        return cls(**{name: train[name] for name in cls.__dataclass_fields__})
 
     def lr_at(self, step: int) -> float:
         """Log-linear from ``lr`` at step 0 to ``lr_final`` at the last step."""
         frac = step / max(1, self.steps - 1)
         return float(math.exp(math.log(self.lr) + frac * (math.log(self.lr_final) - math.log(self.lr))))
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"expected true or false, got {value!r}")
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -304,7 +282,7 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
     ``overrides``: ``steps``, ``batch_size``, ``model``... replacing config values. Ctrl-C saves ``last.pt``
     and re-raises KeyboardInterrupt. InputError for too little data, CheckpointError for a bad ``init``.
     """
-    apply_threads(int(cfg.runtime.threads))
+    apply_threads(cfg.runtime.threads)
     settings = TrainSettings.from_config(cfg, **overrides)
     sampling = SamplingSettings.from_config(cfg.train)
     adapter = make_adapter(settings.model, cfg)
