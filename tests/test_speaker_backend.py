@@ -171,3 +171,36 @@ def test_fit_script_bad_input_is_one_line(tmp_path, capsys, make, message):
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_fit_script_reuses_cached_embeddings_only_for_the_same_recordings(tmp_path, monkeypatch):
+    """--embeddings: a cache made from the same recordings, model and windows is read without the network; one
+    made from other recordings (a file changed size) is recomputed, never trusted."""
+    import argparse
+
+    import pipeline.embed
+    from pipeline.config import load_config
+
+    module = _fit_script()
+    pairs = []
+    for name in ("a-1.wav", "b-1.wav"):
+        (tmp_path / name).write_bytes(b"0" * 10)
+        pairs.append((name[0], tmp_path / name))
+    cfg = load_config()
+    key = np.array(["resemblyzer", str(cfg.embed.window_s), str(cfg.embed.hop_s)]
+                   + [f"{s}|{p.name}|{p.stat().st_size}" for s, p in pairs])
+    cache = tmp_path / "emb.npz"
+    np.savez(cache, key=key, windows=np.arange(6.0).reshape(3, 2), labels=np.array(["a", "a", "b"]))
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("the speaker model was loaded")
+
+    monkeypatch.setattr(pipeline.embed, "load_speaker_model", no_network)
+    args = argparse.Namespace(quiet=True, weights_dir=None, device="cpu")
+    windows, labels = module.window_embeddings(pairs, "resemblyzer", cfg, args, cache)
+    assert windows.tolist() == [[0, 1], [2, 3], [4, 5]] and labels.tolist() == ["a", "a", "b"]
+    (tmp_path / "b-1.wav").write_bytes(b"0" * 11)
+    with pytest.raises(RuntimeError, match="was loaded"):
+        module.window_embeddings(pairs, "resemblyzer", cfg, args, cache)
+    with pytest.raises(RuntimeError, match="was loaded"):
+        module.window_embeddings(pairs, "ecapa", cfg, args, cache)
