@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in a flat folder, the speaker is the file name up to this separator (default: -)")
     parser.add_argument("--lda_dim", type=int, default=64,
                         help="LDA dimensions kept (at most speakers - 1; default 64)")
+    parser.add_argument("--calibration", choices=("recording", "fitted"), default="recording",
+                        help="recording (default): keep the fit's centring, LDA and PLDA directions, calibrate the "
+                             "PLDA's variances on each recording; fitted: the fit's variances too (VBx's recipe; "
+                             "worse for Resemblyzer on the development conversations, README 'Improved fusion')")
     parser.add_argument("--embeddings", default=None, metavar="NPZ",
                         help="cache of the windows' embeddings: read from NPZ when it exists and was made from the "
                              "same recordings and model, else computed and written there (refitting then takes "
@@ -141,10 +145,10 @@ def main(args: argparse.Namespace) -> int:
 
     windows, labels = window_embeddings(pairs, model_name, cfg, args,
                                         Path(args.embeddings) if args.embeddings else None)
-    backend = fit_backend(windows, labels, model_name, args.lda_dim)
+    backend = fit_backend(windows, labels, model_name, args.lda_dim, calibration=args.calibration)
     digest = save_backend(backend, out)
     print(f"{out} ({model_name}, {len(speakers)} speakers, {len(labels)} windows, {backend.lda.shape[1]} "
-          f"dimensions) sha256 {digest}")
+          f"dimensions, {args.calibration} calibration) sha256 {digest}")
     return 0
 
 

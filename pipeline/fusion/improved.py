@@ -44,7 +44,7 @@ import numpy as np
 
 from pipeline.formats import Turn
 from pipeline.fusion import voxconverse as fuse
-from pipeline.fusion.speaker_backend import SpeakerBackend, default_backend, recording_plda
+from pipeline.fusion.speaker_backend import SpeakerBackend, default_backend
 from pipeline.fusion.vbx import ahc_clusters, chunk_points, initial_posteriors, unit_rows, vbx
 
 
@@ -267,10 +267,8 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     points = voices[steps.windows]
     labels = initial_labels(points, anchored, steps.run_starts, cfg)
     num_speakers = max(int(labels.max()) + 1, num_faces)
-    if backend.fitted:
-        features, phi = backend.plda_features(points, int(cfg.lda_dim))
-    else:  # windows one window length apart do not overlap
-        features, phi = recording_plda(points, int(round(window_s * fps / int(cfg.decode_step_frames))))
+    lag = int(round(window_s * fps / int(cfg.decode_step_frames)))  # steps one window length apart do not overlap
+    features, phi = backend.vb_features(embeddings[steps.windows], points, int(cfg.lda_dim), lag)
     bias = np.zeros((len(points), num_speakers))  # anchored steps belong to their face speaker(s) only
     bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf
     bias[:, :num_faces][anchored] = 0.0
