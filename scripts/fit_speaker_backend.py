@@ -7,6 +7,8 @@ The recordings are a folder with one sub-folder per speaker, or a flat folder wh
 speaker's name up to --prefix_sep (LibriSpeech: 103-1240-0000.flac is speaker 103). Any audio PyAV decodes
 (wav, flac, mp3, video files). Every 2 s window of every recording (the embedding windows stage 3 uses) is one
 sample of its speaker, so a recording of 10 s or more per speaker is enough; at least 3 speakers.
+--calibration recording (the default) keeps the fit's directions and calibrates the PLDA's variances on each
+recording (what ships for Resemblyzer: models/backends/); --embeddings caches the windows' embeddings.
 """
 from __future__ import annotations
 
