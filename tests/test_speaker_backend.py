@@ -123,6 +123,48 @@ def test_bad_transform_files_are_one_line(tmp_path):
         load_backend(path, "ecapa", 6)
 
 
+
+def test_recording_calibration_keeps_the_fitted_directions_and_calibrates_on_the_recording(tmp_path):
+    """A transform of ``recording`` calibration: AHC compares the length-normalised embeddings, the VB-HMM sees
+    the first ``dim`` fitted PLDA directions, length-normalised, calibrated by ``recording_plda``; the
+    calibration survives save/load, a file without one (older) is ``fitted``, an unknown one is one line."""
+    x, labels = _speakers(12)
+    fitted = fit_backend(x, labels, "ecapa", lda_dim=8)
+    backend = fit_backend(x, labels, "ecapa", lda_dim=8, calibration="recording")
+    assert np.allclose(backend.project(x), unit_rows(x)) and fitted.project(x).shape == (len(x), 8)
+    directions = (fitted.lda_project(x) - fitted.plda_mu) @ fitted.plda_tr[:5].T
+    expected = recording_plda(unit_rows(directions), 10)
+    got = backend.vb_features(x, backend.project(x), 5, 10)
+    assert np.allclose(got[0], expected[0]) and np.allclose(got[1], expected[1]) and got[0].shape == (len(x), 5)
+    assert np.allclose(fitted.vb_features(x, fitted.project(x), 5, 10)[1], fitted.plda_psi[:5])
+    path = tmp_path / backend_file("ecapa")
+    save_backend(backend, path)
+    assert load_backend(path, "ecapa", 16).calibration == "recording"
+    import io
+
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "calibration"}
+    for value, check in ((None, "fitted"), ("prior", "unknown calibration 'prior'")):
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, **({} if value is None else {"calibration": np.array(value)}))
+        path.write_bytes(buffer.getvalue())
+        (tmp_path / f"{path.name}.sha256").write_text(f"{speaker_backend._digest(buffer.getvalue())}  {path.name}\n")
+        if value is None:
+            assert load_backend(path, "ecapa", 16).calibration == check
+        else:
+            with pytest.raises(CheckpointError, match=check):
+                load_backend(path, "ecapa", 16)
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        fit_backend(x, labels, "ecapa", lda_dim=8, calibration="prior")
+
+
+def test_the_package_ships_resemblyzers_transform_fitted_on_the_fit_speakers():
+    """models/backends/backend_resemblyzer.npz: checksum-verified, GE2E's 256 dimensions, recording
+    calibration, what stage 3 finds for --speaker_model resemblyzer without a user's own fit."""
+    shipped = load_backend(speaker_backend.PACKAGED_DIR / backend_file("resemblyzer"), "resemblyzer", 256)
+    assert shipped.calibration == "recording" and shipped.lda.shape == (256, 64)
+    assert find_backend("resemblyzer", 256, REPO / "no-such-weights-folder").sha256 == shipped.sha256
+
 def test_package_folder_is_searched_after_the_weights_folder_and_others_get_the_default_once(tmp_path, capsys,
                                                                                               monkeypatch):
     """A transform in the package folder is found when the weights folder has none, the weights folder's first
@@ -171,3 +213,36 @@ def test_fit_script_bad_input_is_one_line(tmp_path, capsys, make, message):
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_fit_script_reuses_cached_embeddings_only_for_the_same_recordings(tmp_path, monkeypatch):
+    """--embeddings: a cache made from the same recordings, model and windows is read without the network; one
+    made from other recordings (a file changed size) is recomputed, never trusted."""
+    import argparse
+
+    import pipeline.embed
+    from pipeline.config import load_config
+
+    module = _fit_script()
+    pairs = []
+    for name in ("a-1.wav", "b-1.wav"):
+        (tmp_path / name).write_bytes(b"0" * 10)
+        pairs.append((name[0], tmp_path / name))
+    cfg = load_config()
+    key = np.array(["resemblyzer", str(cfg.embed.window_s), str(cfg.embed.hop_s)]
+                   + [f"{s}|{p.name}|{p.stat().st_size}" for s, p in pairs])
+    cache = tmp_path / "emb.npz"
+    np.savez(cache, key=key, windows=np.arange(6.0).reshape(3, 2), labels=np.array(["a", "a", "b"]))
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("the speaker model was loaded")
+
+    monkeypatch.setattr(pipeline.embed, "load_speaker_model", no_network)
+    args = argparse.Namespace(quiet=True, weights_dir=None, device="cpu")
+    windows, labels = module.window_embeddings(pairs, "resemblyzer", cfg, args, cache)
+    assert windows.tolist() == [[0, 1], [2, 3], [4, 5]] and labels.tolist() == ["a", "a", "b"]
+    (tmp_path / "b-1.wav").write_bytes(b"0" * 11)
+    with pytest.raises(RuntimeError, match="was loaded"):
+        module.window_embeddings(pairs, "resemblyzer", cfg, args, cache)
+    with pytest.raises(RuntimeError, match="was loaded"):
+        module.window_embeddings(pairs, "ecapa", cfg, args, cache)

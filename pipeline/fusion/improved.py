@@ -14,14 +14,15 @@ the faces seen speaking.
    share, only the strong faces anchor it (a face between the two thresholds speaks only where no face is
    strong).
 3. Back-end (``pipeline.fusion.speaker_backend`` then ``pipeline.fusion.vbx``): the observations are projected (centring,
-   LDA, length norm) and clustered by average linkage at the recording's own two-mode threshold plus
-   ``ahc_threshold`` (VBx's AHC). An AHC cluster is a face speaker when that face has anchored steps in it and
-   AHC's own criterion would merge the face's voice with the cluster (the average similarity between the
+   LDA, length norm; with the default transform or a fitted one of ``recording`` calibration, such as the
+   shipped GE2E one, length norm alone) and clustered by average linkage at the recording's own two-mode
+   threshold plus ``ahc_threshold`` (VBx's AHC). An AHC cluster is a face speaker when that face has anchored
+   steps in it and AHC's own criterion would merge the face's voice with the cluster (the average similarity between the
    cluster's points and those of all the face's anchored steps above the same threshold; of several such
    faces, the one with most anchored steps there): a few stray anchored steps (a face syncing falsely while
    an off-screen voice speaks) do not hand another voice to the face. The others are voice-only speakers.
-   The VB-HMM (``fa``, ``fb``, ``loop_prob`` over ``lda_dim`` PLDA dimensions; every speech run a fresh draw
-   of speaker) then re-assigns every step, except that an anchored step can only belong to its face
+   The VB-HMM (``fa``, ``fb``, ``loop_prob`` over ``lda_dim`` PLDA dimensions, ``SpeakerBackend.vb_features``;
+   every speech run a fresh draw of speaker) then re-assigns every step, except that an anchored step can only belong to its face
    speaker(s), which are fixed speakers of the model: a face seen speaking is a speaker (whatever the voice
    says there: a 2 s window barely hears a short turn), a voice no face claims is a speaker of its own.
 4. Each step takes its most probable speaker; a voice-only speaker with less than ``min_speaker_s`` seconds of
@@ -44,7 +45,7 @@ import numpy as np
 
 from pipeline.formats import Turn
 from pipeline.fusion import voxconverse as fuse
-from pipeline.fusion.speaker_backend import SpeakerBackend, default_backend, recording_plda
+from pipeline.fusion.speaker_backend import SpeakerBackend, default_backend
 from pipeline.fusion.vbx import ahc_clusters, chunk_points, initial_posteriors, unit_rows, vbx
 
 
@@ -267,10 +268,8 @@ def diarise_improved(tracks: Sequence[fuse.TrackEvidence], audio_vad_s: Sequence
     points = voices[steps.windows]
     labels = initial_labels(points, anchored, steps.run_starts, cfg)
     num_speakers = max(int(labels.max()) + 1, num_faces)
-    if backend.fitted:
-        features, phi = backend.plda_features(points, cfg.lda_dim)
-    else:  # windows one window length apart do not overlap
-        features, phi = recording_plda(points, int(round(window_s * fps / cfg.decode_step_frames)))
+    lag = int(round(window_s * fps / cfg.decode_step_frames))  # steps one window length apart do not overlap
+    features, phi = backend.vb_features(embeddings[steps.windows], points, cfg.lda_dim, lag)
     bias = np.zeros((len(points), num_speakers))  # anchored steps belong to their face speaker(s) only
     bias[np.flatnonzero(anchored.any(axis=1)), :] = -np.inf
     bias[:, :num_faces][anchored] = 0.0

@@ -3,6 +3,14 @@ VBx's recipe prepares x-vectors: centring, length normalisation, LDA, centring a
 again (the vectors AHC compares by cosine), then a two-covariance PLDA diagonalised so that the within-speaker
 covariance is the identity and the across-speaker covariance the diagonal ``plda_psi`` (what the VB-HMM sees).
 
+Its ``calibration`` says where the PLDA's variances come from: ``fitted``, the fit's own (VBx's recipe), or
+``recording``: only the fit's directions are kept (the first ``lda_dim`` PLDA directions, length-normalised),
+their within- and across-speaker variances are calibrated on each recording as the default transform does
+(``recording_plda``), and AHC and the faces' voices compare the length-normalised embeddings themselves. With
+one utterance per fit speaker (Resemblyzer's ALLOWED LibriSpeech files) the fitted variances come from windows
+of one recording and the VB-HMM misjudges the speakers of a conversation; the fitted directions still help
+(README, "Improved fusion").
+
 ``fit_backend`` estimates it from windows of single-speaker recordings (``scripts/fit_speaker_backend.py``);
 ``save_backend`` writes ``backend_<model>.npz`` with a ``.sha256`` beside it; ``find_backend`` looks in the
 weights folder first (a user's own fit), then in the package (``models/backends/``: Resemblyzer's GE2E), and
@@ -24,8 +32,9 @@ from scipy.linalg import eigh
 from models.errors import CheckpointError
 from models.loader import resolve_weights_dir
 
-PACKAGED_DIR = Path(__file__).resolve().parent.parent / "models" / "backends"
+PACKAGED_DIR = Path(__file__).resolve().parents[2] / "models" / "backends"  # the models package's folder
 _FIELDS = ("mean1", "lda", "mean2", "plda_mu", "plda_tr", "plda_psi")
+CALIBRATIONS = ("fitted", "recording")
 _noted: set[str] = set()
 
 
@@ -48,20 +57,41 @@ class SpeakerBackend:
     plda_psi: np.ndarray  # [k]: across-speaker variance along each direction (within: 1)
     source: str  # the file it came from, or "default"
     sha256: str | None = None
+    calibration: str = "fitted"  # one of CALIBRATIONS: the PLDA's variances from the fit or from each recording
 
     @property
     def fitted(self) -> bool:
         return self.source != "default"
 
-    def project(self, embeddings: np.ndarray) -> np.ndarray:
-        """Unit vectors [n, k] after centring, length norm, LDA, centring and length norm (AHC's space)."""
+    def lda_project(self, embeddings: np.ndarray) -> np.ndarray:
+        """Unit vectors [n, k] after centring, length norm, LDA, centring and length norm (VBx's AHC space)."""
         x = _unit(np.asarray(embeddings, dtype=np.float64) - self.mean1) @ self.lda
         return _unit(x - self.mean2)
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        """The unit vectors AHC and the faces' voices compare: ``lda_project``'s, or with a fitted transform of
+        ``recording`` calibration the length-normalised embeddings themselves."""
+        if self.fitted and self.calibration == "recording":
+            return _unit(np.asarray(embeddings, dtype=np.float64))
+        return self.lda_project(embeddings)
 
     def plda_features(self, projected: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``dim`` PLDA coordinates of projected vectors and their across-speaker variances."""
         dim = min(int(dim), len(self.plda_psi))
         return (projected - self.plda_mu) @ self.plda_tr[:dim].T, self.plda_psi[:dim]
+
+    def vb_features(self, embeddings: np.ndarray, points: np.ndarray, dim: int,
+                    lag: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the VB-HMM sees of one recording's observations: (features [n, d] with identity within-speaker
+        covariance, across-speaker variances [d]). ``embeddings`` [n, dim_in] are the observations' windows,
+        ``points`` their ``project``-ions, ``dim`` the PLDA dimensions a fitted transform keeps, ``lag`` the
+        observations between two windows that do not overlap (``recording_plda``)."""
+        if not self.fitted:  # the default: every dimension, calibrated on the recording
+            return recording_plda(points, lag)
+        if self.calibration == "fitted":
+            return self.plda_features(points, dim)
+        directions, _ = self.plda_features(self.lda_project(embeddings), dim)
+        return recording_plda(_unit(directions), lag)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -106,10 +136,13 @@ def _scatter(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def fit_backend(embeddings: np.ndarray, labels: np.ndarray, model: str, lda_dim: int,
-                regularisation: float = 1e-6) -> SpeakerBackend:
+                regularisation: float = 1e-6, calibration: str = "fitted") -> SpeakerBackend:
     """The transform from windows ``embeddings`` [n, dim] of single-speaker recordings, ``labels`` [n] naming
     each window's speaker: LDA to ``lda_dim`` (at most speakers - 1) dimensions, then the two-covariance
-    PLDA simultaneously diagonalised (as VBx's ``vbhmm.py`` does with Kaldi's PLDA)."""
+    PLDA simultaneously diagonalised (as VBx's ``vbhmm.py`` does with Kaldi's PLDA); ``calibration``, one of
+    ``CALIBRATIONS``, is stored with it."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels)
     num_speakers = len(np.unique(labels))
@@ -131,7 +164,7 @@ def fit_backend(embeddings: np.ndarray, labels: np.ndarray, model: str, lda_dim:
     psi, directions = eigh(across, within + ridge)  # directions.T @ within @ directions = I
     order = np.argsort(-psi)
     return SpeakerBackend(model, x.shape[1], mean1, lda, mean2, plda_mu, directions[:, order].T,
-                          np.maximum(psi[order], 0.0), "fitted")
+                          np.maximum(psi[order], 0.0), "fitted", calibration=calibration)
 
 
 # ---- files -------------------------------------------------------------------------------------------
@@ -143,7 +176,7 @@ def save_backend(backend: SpeakerBackend, path: Path) -> str:
     """Write ``backend`` to ``path`` (npz) and its sha256 to ``path.sha256``, each atomically; the digest."""
     buffer = io.BytesIO()
     np.savez(buffer, model=np.array(backend.model), dim=np.array(backend.dim),
-             **{k: getattr(backend, k) for k in _FIELDS})
+             calibration=np.array(backend.calibration), **{k: getattr(backend, k) for k in _FIELDS})
     data = buffer.getvalue()
     digest = _digest(data)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +206,7 @@ def load_backend(path: Path, model: str, dim: int) -> SpeakerBackend:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             stored = {k: np.asarray(npz[k], dtype=np.float64) for k in _FIELDS}
             stored_model, stored_dim = str(npz["model"]), int(npz["dim"])
+            calibration = str(npz["calibration"]) if "calibration" in npz.files else "fitted"  # older files
     except Exception as err:  # noqa: BLE001 - any unreadable npz is the same one-line error
         raise CheckpointError(f"speaker back-end {path} is damaged ({type(err).__name__}): fit it again with "
                               f"scripts/fit_speaker_backend.py") from None
@@ -183,11 +217,14 @@ def load_backend(path: Path, model: str, dim: int) -> SpeakerBackend:
     shapes_ok = (stored["mean1"].shape == (dim,) and stored["lda"].shape == (dim, k) and stored["mean2"].shape == (k,)
                  and stored["plda_mu"].shape == (k,) and stored["plda_tr"].shape == (k, k)
                  and stored["plda_psi"].shape == (k,))
+    if calibration not in CALIBRATIONS:
+        raise CheckpointError(f"speaker back-end {path} names an unknown calibration {calibration!r} (known: "
+                              f"{', '.join(CALIBRATIONS)}): fit it again with scripts/fit_speaker_backend.py")
     if not shapes_ok or not all(np.isfinite(v).all() for v in stored.values()) or (stored["plda_psi"] < 0).any():
         raise CheckpointError(f"speaker back-end {path} holds arrays of the wrong shape or non-finite values: fit it "
                               f"again with scripts/fit_speaker_backend.py")
     return SpeakerBackend(model, dim, stored["mean1"], stored["lda"], stored["mean2"], stored["plda_mu"],
-                          stored["plda_tr"], stored["plda_psi"], str(path), digest)
+                          stored["plda_tr"], stored["plda_psi"], str(path), digest, calibration)
 
 
 def find_backend(model: str | None, dim: int, weights_dir: str | Path | None) -> SpeakerBackend:
@@ -207,5 +244,5 @@ def find_backend(model: str | None, dim: int, weights_dir: str | Path | None) ->
     return default_backend(model or "unnamed", dim)
 
 
-__all__ = ["PACKAGED_DIR", "SpeakerBackend", "backend_file", "default_backend", "find_backend", "fit_backend",
+__all__ = ["CALIBRATIONS", "PACKAGED_DIR", "SpeakerBackend", "backend_file", "default_backend", "find_backend", "fit_backend",
            "load_backend", "recording_plda", "save_backend"]
