@@ -146,6 +146,18 @@ def fmt(value: float, spec: str) -> str:
     return "nan" if not math.isfinite(value) else format(value, spec)
 
 
+def offsets_table(header: str, score_name: str, sync: Mapping[str, Any],
+                  extra: tuple[str, Callable[[int], str]] | None = None) -> str:
+    """``offsets.txt``: a '#' header line, a '#' column line, then per track ``track offset_frames <score_name>
+    confidence`` (and ``extra``'s column), tab-separated; ``score_name`` is also the ``sync.pckl`` list read."""
+    columns = ["track", "offset_frames", score_name, "confidence"] + ([extra[0]] if extra else [])
+    lines = [header, "# " + "\t".join(columns)]
+    for idx, (off, score, conf) in enumerate(zip(sync["offset_frames"], sync[score_name], sync["confidence"])):
+        row = [f"{idx:05d}", fmt(off, ".0f"), fmt(score, ".3f"), fmt(conf, ".3f")] + ([extra[1](idx)] if extra else [])
+        lines.append("\t".join(row))
+    return "\n".join(lines) + "\n"
+
+
 def demo_report(offset_frames: float, score_label: str, score: float, confidence: float) -> str:
     """The three lines syncnet_python's demo prints (``score_label``: 'Min dist' or 'Best score')."""
     offset = "nan" if not math.isfinite(offset_frames) else f"{int(offset_frames):d}"
@@ -196,4 +208,4 @@ def extra_vad(audio_vad_s: Sequence[tuple[float, float]], track: Mapping[str, An
 
 
 __all__ = ["ClipReport", "Evidence", "Network", "STAGE", "SyncModel", "demo_report", "extra_identities", "extra_vad",
-           "fmt", "own_curves", "silent_note", "source_video"]
+           "fmt", "offsets_table", "own_curves", "silent_note", "source_video"]

@@ -61,7 +61,7 @@ from pipeline.sync.base import (
     ProgressHook,
     SyncModel,
     demo_report,
-    fmt,
+    offsets_table,
     own_curves,
     silent_note,
     source_video,
@@ -474,14 +474,11 @@ def summarise(results: Sequence[GestSyncResult], regions: Sequence[np.ndarray], 
 
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence region`` per line."""
-    lines = [f"# model gestsync, {sync['metric']} x logits_scale {sync['logits_scale']:.4g}, offsets up to "
-             f"+-{sync['max_offset_frames']} frames in steps of {sync['offset_stride_frames']} (SyncNet's sign); "
-             f"regions: {sync['persons']}; nan: too short or silent",
-             "# track\toffset_frames\tbest_score\tconfidence\tperson_box_frames"]
-    for idx, (off, best, conf) in enumerate(zip(sync["offset_frames"], sync["best_score"], sync["confidence"])):
-        person = int(np.sum(sync["region_from_person"][idx]))
-        lines.append(f"{idx:05d}\t{fmt(off, '.0f')}\t{fmt(best, '.3f')}\t{fmt(conf, '.3f')}\t{person}")
-    return "\n".join(lines) + "\n"
+    header = (f"# model gestsync, {sync['metric']} x logits_scale {sync['logits_scale']:.4g}, offsets up to "
+              f"+-{sync['max_offset_frames']} frames in steps of {sync['offset_stride_frames']} (SyncNet's sign); "
+              f"regions: {sync['persons']}; nan: too short or silent")
+    return offsets_table(header, "best_score", sync,
+                         ("person_box_frames", lambda idx: str(int(np.sum(sync["region_from_person"][idx])))))
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------

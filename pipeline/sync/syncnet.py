@@ -57,7 +57,7 @@ from pipeline.sync.base import (
     ProgressHook,
     SyncModel,
     demo_report,
-    fmt,
+    offsets_table,
     silent_note,
 )
 
@@ -364,11 +364,8 @@ def _map_tracks(work: Callable[[int], SyncResult], num_tracks: int, workers: int
 
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames min_dist confidence`` per line, tab-separated."""
-    lines = [f"# metric {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
-             "# track\toffset_frames\tmin_dist\tconfidence"]
-    for idx, (off, dist, conf) in enumerate(zip(sync["offset_frames"], sync["min_dist"], sync["confidence"])):
-        lines.append(f"{idx:05d}\t{fmt(off, '.0f')}\t{fmt(dist, '.3f')}\t{fmt(conf, '.3f')}")
-    return "\n".join(lines) + "\n"
+    return offsets_table(f"# metric {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
+                         "min_dist", sync)
 
 
 def syncnet_evidence(cache: Cache, cfg: Any, num_tracks: int, ckpt_file: str | None,

@@ -53,7 +53,7 @@ from pipeline.sync.base import (
     ProgressHook,
     SyncModel,
     demo_report,
-    fmt,
+    offsets_table,
     own_curves,
     silent_note,
     source_video,
@@ -372,11 +372,8 @@ def summarise(results: Sequence[ExpertResult], settings: ExpertSettings, checkpo
 
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence`` per line."""
-    lines = [f"# model wav2lip, {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
-             "# track\toffset_frames\tbest_score\tconfidence"]
-    for idx, (off, best, conf) in enumerate(zip(sync["offset_frames"], sync["best_score"], sync["confidence"])):
-        lines.append(f"{idx:05d}\t{fmt(off, '.0f')}\t{fmt(best, '.3f')}\t{fmt(conf, '.3f')}")
-    return "\n".join(lines) + "\n"
+    return offsets_table(f"# model wav2lip, {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short "
+                         "or silent", "best_score", sync)
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
