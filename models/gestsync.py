@@ -6,7 +6,7 @@ Module names match Sindhu-Hegde/gestsync ``sync_models/gestsync_models.py`` and 
 sit under ``state_dict`` (``models.loader`` unwraps it); copies saved from ``DataParallel`` prefix every key
 with ``module.`` (stripped here, as the reference's ``load_checkpoint`` does).
 
-Inputs, as ``inference_syncoffset.py`` forms them (``pipeline.gestsync_frontend`` builds both):
+Inputs, as ``inference_syncoffset.py`` forms them (``pipeline.sync.gestsync_frontend`` builds both):
 
 - video: ``[N, 3, 25, 270, 480]`` float32 RGB in [0, 1]: 25 consecutive upper-body frames, face masked out;
 - audio: ``[N, 1, 80, 100]`` float32 log-mel filterbanks, 100 frames (4 per video frame) of 80 bands.

@@ -35,7 +35,7 @@ Stage 2, ``run_syncnet``:
 - ``offsets.txt``: two ``#`` header lines, then ``track offset_frames min_dist confidence`` per line
   (``nan`` where undefined).
 
-Stage 2 with ``sync.model: wav2lip`` (Wav2Lip's lip-sync expert, ``pipeline/sync_wav2lip.py``): the expert's
+Stage 2 with ``sync.model: wav2lip`` (Wav2Lip's lip-sync expert, ``pipeline/sync/wav2lip.py``): the expert's
 face input is the track's own box (``tracks.pckl`` ``track.bbox``, grown by ``wav2lip.box_expand`` on each
 side, clipped to the frame, resized to 96 x 96), not the 224 crop with its 40 % context. Stage 2 cuts it from
 the normalised frame sequence itself (``pipeline.media.iter_frames`` of the video stage 1 read, whose file
@@ -58,7 +58,7 @@ every sync model. The audio is the track's ``%05d.wav``, as for SyncNet.
   SyncNet's ``sync.pckl`` records ``model`` 'syncnet' (absent in caches written before it: read as SyncNet).
 - ``offsets.txt``: as above with ``best_score`` in place of ``min_dist``.
 
-Stage 2 with ``sync.model: gestsync`` (GestSync's gesture sync, ``pipeline/sync_gestsync.py``): each face
+Stage 2 with ``sync.model: gestsync`` (GestSync's gesture sync, ``pipeline/sync/gestsync.py``): each face
 track is scored on its person's square crop around a box derived from its face box, or the person box of a
 ``persons.pckl`` the user placed in pywork/REF (faces.pckl layout, person boxes instead of faces). Its
 ``activesd.pckl`` holds per track the offset search's float32 ``[offset_avg_frames, candidates]`` block of
@@ -86,7 +86,7 @@ Stage 3, ``cluster``:
   (list of float, one vote each), ``frame_rate_hz``, ``confidence`` (list over tracks of float64
   ``[num_frames]``, the smoothed per-frame sync confidence from the track's first frame), ``model`` (stage 2's),
   ``sources`` (per track the evidence its curve came from: the model's name, or for GestSync 'gestures',
-  'lips' or 'lips+gestures' on the gesture scale, ``pipeline/lip_gesture.py``), ``mode`` and ``diarise``
+  'lips' or 'lips+gestures' on the gesture scale, ``pipeline/sync/lip_gesture.py``), ``mode`` and ``diarise``
   (the config section used). Its manifest records the digests of ``activesd.pckl``, ``sync.pckl`` and
   ``diarization.pckl``; stage 4 refuses it when any of them changed since.
 

@@ -8,47 +8,17 @@ is found; stage 1 none when the user placed ``faces.pckl``), except the speaker 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from models.loader import resolve_weights_dir
 from pipeline.cache import Cache
 from pipeline.errors import CheckpointError
+from pipeline.evidence import configured_model
 
 
 def _present(file: str, weights_dir: str | Path | None) -> bool:
     return (resolve_weights_dir(weights_dir) / file).exists()
-
-
-def _sync_loaders(cfg: Any, weights_dir: str | Path | None) -> list[tuple[str, Callable[[], Any]]]:
-    """(checkpoint file, loader) of the sync model(s) stage 2 will load."""
-    from pipeline.evidence import configured_model
-    from pipeline.lip_gesture import lip_model
-
-    model = configured_model(cfg)
-    names = [model] + ([lip_model(cfg)] if model == "gestsync" and lip_model(cfg) else [])
-    loaders: list[tuple[str, Callable[[], Any]]] = []
-    for name in names:
-        if name == "syncnet":
-            from models.syncnet import load_syncnet, syncnet_checkpoint
-
-            try:
-                file = syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
-            except CheckpointError:  # neither published file: stage 2 says so if a face track needs it
-                continue
-            loaders.append((file, lambda file=file: load_syncnet(weights_dir, file)))
-        elif name == "wav2lip":
-            from models.wav2lip import load_lipsync_expert
-
-            file = str(cfg.wav2lip.checkpoint)
-            loaders.append((file, lambda file=file: load_lipsync_expert(weights_dir, file, "cpu")))
-        else:
-            from models.gestsync import load_gestsync
-
-            file = str(cfg.gestsync.checkpoint)
-            loaders.append((file, lambda file=file: load_gestsync(weights_dir, file, "cpu")))
-    return loaders
 
 
 def check_networks(cache: Cache, cfg: Any, weights_dir: str | Path | None,
@@ -61,24 +31,24 @@ def check_networks(cache: Cache, cfg: Any, weights_dir: str | Path | None,
     if not cache.work("faces.pckl").is_file():  # stage 1 will detect faces
         from models.s3fd import load_s3fd
 
-        file = str(cfg.detect.checkpoint)
+        file = cfg.detect.checkpoint
         if _present(file, weights_dir):
             load_s3fd(weights_dir, file)
             checked.append(file)
-    for file, load in _sync_loaders(cfg, weights_dir):
-        if _present(file, weights_dir):
-            load()
-            checked.append(file)
+    for network in configured_model(cfg).networks(cfg, weights_dir):  # the sync model's, its lip model's too
+        if _present(network.file, weights_dir):
+            network.load()
+            checked.append(network.file)
     from pipeline.embed import load_speaker_model
 
-    name = speaker_model or str(cfg.embed.speaker_model)
+    name = speaker_model or cfg.embed.speaker_model
     load_speaker_model(cfg.embed, weights_dir, "cpu", name=name)  # every run embeds its audio: missing is an error
     checked.append(name)
     from models.loader import find_network_checkpoint
     from pipeline.faceid import load_face_model
 
     try:
-        face_file = find_network_checkpoint("vggface2", str(cfg.faces.checkpoint), weights_dir)
+        face_file = find_network_checkpoint("vggface2", cfg.faces.checkpoint, weights_dir)
     except CheckpointError:  # needed only when stage 1 finds a face track: that stage says so
         return checked
     load_face_model(cfg.faces, weights_dir, "cpu")

@@ -56,6 +56,7 @@ from pipeline.runtime import apply_threads
 from pipeline.settings import DiariseConfig
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
+from pipeline.sync.base import extra_identities, extra_vad
 
 STAGE = "cluster"
 # speaker models with their own voice thresholds (a config section of the same name) instead of diarise's
@@ -316,9 +317,9 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
         curves, sources = fusion_curves(cfg, sync, len(distances))  # the sync model's own curves, else None
         if curves is None:
             curves = [fuse.track_confidence(np.asarray(d), cfg.diarise) for d in distances]
-            sources = [evidence_model(sync)] * len(curves)
+            sources = [evidence_model(sync).name] * len(curves)
         return {"metric": metric,
-                "model": evidence_model(sync),
+                "model": evidence_model(sync).name,
                 "sources": sources,
                 "mode": fusion_mode(cfg),
                 "thresholds": [float(t) for t in vote_thresholds(cfg, sync)],
@@ -363,13 +364,11 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
         vad = compute_vad(cache, cfg, method, audio, audio_id, len(tracks), force, progress)
     embeddings = compute_embeddings(cache, cfg, weights_dir, device, model_name, audio, audio_id, force, progress)
     face_ids = compute_face_ids(cache, cfg, weights_dir, device, tracks, force, progress)
-    extra = extra_tracks(sync)  # GestSync's person tracks without a face: pipeline/sync_gestsync.py
+    extra = extra_tracks(sync)  # tracks the model scored beyond the face tracks (GestSync's faceless persons)
     if extra:
-        from pipeline.sync_gestsync import person_identities, person_vad
-
         rate = float(cfg.diarise.frame_rate_hz)
-        vad = {**vad, "tracks": [*vad["tracks"], *(person_vad(vad["audio"], t, rate) for t in extra)]}
-        face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
+        vad = {**vad, "tracks": [*vad["tracks"], *(extra_vad(vad["audio"], t, rate) for t in extra)]}
+        face_ids = [*face_ids, *extra_identities(face_ids, len(extra))]
         tracks = [*tracks, *extra]
     evidence = track_evidence(tracks, distances, vad, face_ids, curves)
     turns = compute_diarisation(cache, cfg, media_info, evidence, sync, vad, embeddings, force, weights_dir)

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
-from pipeline.evidence import extra_tracks
+from pipeline.evidence import extra_tracks, model_named
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import (
     CLUSTER,
@@ -40,6 +40,7 @@ from pipeline.formats import (
     turns_from_pickle,
 )
 from pipeline.plots import track_labels
+from pipeline.sync.base import extra_identities
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,7 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
         raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
     face_ids = [int(i) for i in face_ids]
     extra = extra_tracks(sync) if isinstance(sync, dict) else []  # GestSync's person tracks without a face
-    if extra:
-        from pipeline.sync_gestsync import person_identities
-
-        face_ids = [*face_ids, *person_identities(face_ids, len(extra))]
+    face_ids = [*face_ids, *extra_identities(face_ids, len(extra))]
     inputs = Stage4Inputs(media=media, tracks=[*tracks, *extra], dists=list(dists), sync=sync,
                           face_ids=face_ids, turns=turns, confidences=confidences,
                           thresholds=thresholds, model=model, mode=mode, num_face_tracks=len(tracks),
@@ -156,10 +154,9 @@ def _plots(cache: Cache, inputs: Stage4Inputs, cfg: Section, names: dict[str, st
     duration_s = float(inputs.media.get("duration_s") or max((t.end_s for t in inputs.turns), default=0.0))
     track_frames = [np.asarray(track["track"]["frame"]) for track in inputs.tracks]
     thresholds = inputs.thresholds
-    if inputs.model in ("wav2lip", "gestsync") or inputs.mode == "argmax":  # the seed project's picture
-        what, ylabel = {"wav2lip": ("Wav2Lip expert smoothed score", "lip-sync score (smoothed)"),
-                        "gestsync": ("GestSync smoothed gesture score", "gesture-sync score (smoothed)")}.get(
-            inputs.model, ("SyncNet confidence", "sync confidence"))
+    model = model_named(inputs.model)
+    if model.own_curves or inputs.mode == "argmax":  # the seed project's picture
+        what, ylabel = model.plot_what, model.plot_ylabel
         title = f"{cache.reference}: {what} per face track (shaded: the face with the highest)"
         if any(source.startswith("lips") for source in inputs.sources):  # GestSync with lip evidence
             lips = ", ".join(str(i) for i, source in enumerate(inputs.sources) if source.startswith("lips"))
@@ -196,10 +193,9 @@ def _annotated_video(cache: Cache, inputs: Stage4Inputs, cfg: Section, out_path:
     faces = len(inputs.tracks) if inputs.num_face_tracks is None else inputs.num_face_tracks
     overlays = build_overlays(inputs.tracks[:faces], confidences[:faces], labels[:faces], colours, inputs.turns,
                               frame_rate_hz)
-    if inputs.model == "gestsync":  # GestSync scored a person region per face track: draw it too
-        from pipeline.sync_gestsync import add_region_overlays
-
-        add_region_overlays(overlays, inputs.tracks, inputs.sync, labels, colours, inputs.turns, frame_rate_hz)
+    # what the model scored beyond the face boxes (GestSync: a person region per track), drawn too
+    model_named(inputs.model).add_overlays(overlays, inputs.tracks, inputs.sync, labels, colours, inputs.turns,
+                                           frame_rate_hz)
     return write_annotated_video(iter_frames(source, frame_rate_hz=frame_rate_hz), overlays, out_path, audio_path,
                                  int(inputs.media["num_frames"]), frame_rate_hz, cfg.visualise, progress)
 

@@ -71,12 +71,10 @@ def main(args: argparse.Namespace) -> int:
 
         check_file_id(args.file_id)
     from pipeline.api import diarize  # torch: only after the arguments pass
+    from pipeline.evidence import configured_model
     from pipeline.stage3 import summary
 
-    sync_name = {"wav2lip": "Wav2Lip's lip-sync expert on the face tracks",
-                 "gestsync": "GestSync on the face tracks' (or persons.pckl's) people"}.get(
-        cfg.sync.model, "SyncNet on the face tracks")
-    messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {sync_name}",
+    messages = {"stage1": "[1/4] faces, shots and tracks", "stage2": f"[2/4] {configured_model(cfg).stage2_what}",
                 "stage3": "[3/4] voice activity, speaker embeddings and clustering", "stage4": "[4/4] exports and plots"}
     progress = Progress(enabled=not args.quiet)
     try:

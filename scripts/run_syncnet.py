@@ -51,56 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_clip_wav2lip(args: argparse.Namespace, cfg) -> int:
-    if args.features:
-        raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
-                         "it does not apply to --sync_model wav2lip")
-    clip = input_file(args.videofile, "video file")
-    from pipeline import sync_wav2lip  # torch: only after the arguments pass
-
-    result = sync_wav2lip.sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device))
-    if result.silent:
-        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
-    print(sync_wav2lip.demo_report(result), flush=True)
-    return 0
-
-
-def run_clip_gestsync(args: argparse.Namespace, cfg) -> int:
-    if args.features:
-        raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
-                         "it does not apply to --sync_model gestsync")
-    clip = input_file(args.videofile, "video file")
-    from pipeline import sync_gestsync  # torch: only after the arguments pass
-
-    result = sync_gestsync.sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device))
-    note = sync_gestsync.range_note(result, sync_gestsync.GestSyncSettings.from_config(cfg))
-    if note:
-        info(f"{clip}: {note}", args.quiet)
-    if result.silent:
-        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
-    print(sync_gestsync.demo_report(result), flush=True)
-    return 0
-
-
 def run_clip(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from pipeline.evidence import configured_model
 
-    if configured_model(cfg) == "wav2lip":
-        return run_clip_wav2lip(args, cfg)
-    if configured_model(cfg) == "gestsync":
-        return run_clip_gestsync(args, cfg)
+    model = configured_model(cfg)
     clip = input_file(args.videofile, "video file")
-    from pipeline.stage2 import demo_report, save_features, sync_clip  # torch: only after the arguments pass
-    from pipeline.sync import SyncSettings
-
-    result = sync_clip(clip, cfg, args.weights_dir, resolve_device(args.device), keep_embeddings=bool(args.features))
-    if result.silent:
-        info(f"{clip}: the audio is silent, no offset can be measured", args.quiet)
-    print(demo_report(result), flush=True)
-    if args.features:
-        path = save_features(args.features, result, SyncSettings.from_config(cfg, demo=True))
-        info(f"saved {result.num_windows} windows of lip and audio embeddings to {path}", args.quiet)
+    report = model.clip_report(clip, cfg, args.weights_dir, resolve_device(args.device), features=args.features)
+    for note in report.notes:
+        info(note, args.quiet)
+    print(report.text, flush=True)
+    for note in report.after:
+        info(note, args.quiet)
     return 0
 
 
@@ -129,10 +91,10 @@ def _cache_summary(out, progress: Progress, where: Path) -> str:
         return f"results up to date in {where} (use --force to redo)"
     if out.num_tracks == 0:
         return f"no face tracks: wrote empty activesd.pckl, sync.pckl and offsets.txt to {where}"
-    model = out.sync.get("model", "syncnet")
-    what = {"wav2lip": "Wav2Lip expert", "gestsync": f"GestSync ({out.sync.get('persons')} regions)"}.get(
-        model, f"SyncNet ({out.sync.get('metric')})")
-    return (f"{what} on {out.num_tracks} tracks in {progress.seconds.get(model, 0.0):.1f} s: "
+    from pipeline.evidence import evidence_model
+
+    model = evidence_model(out.sync)
+    return (f"{model.summary(out.sync)} on {out.num_tracks} tracks in {progress.seconds.get(model.name, 0.0):.1f} s: "
             f"wrote activesd.pckl, sync.pckl, offsets.txt to {where}")
 
 

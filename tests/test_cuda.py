@@ -35,7 +35,7 @@ def test_detector_on_cuda_matches_cpu(random_weights):
 
 def test_syncnet_on_cuda_matches_cpu(random_weights):
     from models.syncnet import load_syncnet
-    from pipeline.sync import SyncSettings, sync_track
+    from pipeline.sync.syncnet import SyncSettings, sync_track
 
     cfg = load_config()
     settings = SyncSettings.from_config(cfg)
@@ -59,7 +59,7 @@ def test_speaker_embeddings_on_cuda_match_cpu(random_weights):
 
 def test_wav2lip_expert_on_cuda_matches_cpu(random_weights):
     from models.wav2lip import load_lipsync_expert
-    from pipeline.sync_wav2lip import ExpertSettings, face_crop, sync_faces
+    from pipeline.sync.wav2lip import ExpertSettings, face_crop, sync_faces
 
     settings = ExpertSettings.from_config(load_config())
     faces = [face_crop(f, [540, 200, 700, 380], settings.box_expand)
@@ -78,8 +78,8 @@ def test_gestsync_on_cuda_in_fp16_matches_cpu(tmp_path, device="cuda"):
     import cv2
 
     from models.gestsync import GestSyncRGB, load_gestsync
-    from pipeline.gestsync_frontend import masked_frame
-    from pipeline.sync_gestsync import GestSyncSettings, sync_regions
+    from pipeline.sync.gestsync import GestSyncSettings, sync_regions
+    from pipeline.sync.gestsync_frontend import masked_frame
 
     torch.manual_seed(0)
     torch.save({"state_dict": GestSyncRGB().eval().state_dict(), "global_step": 0}, tmp_path / "model_rgb.pth")

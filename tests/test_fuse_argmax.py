@@ -120,7 +120,7 @@ def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
     with pytest.raises(InputError, match="unknown fusion mode"):
         evidence.fusion_mode(SimpleNamespace(diarise=SimpleNamespace(mode="vote")))
     with pytest.raises(CacheError, match="smoothed wav2lip score curve per track"):
-        evidence.model_curves({"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
+        evidence.fusion_curves(load_config(), {"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
 
 
 def test_argmax_rule_keeps_a_won_run_of_a_fifth_of_a_second():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from pipeline import gestsync_frontend as gf
 from pipeline.config import load_config
 from pipeline.errors import InputError
+from pipeline.sync import gestsync_frontend as gf
+from tests import gestsync_windows as gw
 from tests.conftest import SHARED_DATA
 
 SAMPLE_WAV = SHARED_DATA / "audio" / "pyannote_sample" / "sample.wav"
@@ -94,10 +95,10 @@ def test_window_counts_agree_for_matching_audio_and_video():
     for seconds in (1, 2, 7):  # 25 fps video and 100 Hz filterbanks of the same length: 25 s - 24 windows each
         num_frames, num_mel = 25 * seconds, gf.filterbanks(np.zeros(16000 * seconds, np.int16)).shape[0]
         assert num_mel == 100 * seconds
-        assert gf.count_video_windows(num_frames) == gf.count_audio_windows(num_mel) == 25 * seconds - 24
-    assert gf.window_starts(30, 150, S) == [0, 1, 2, 3, 4, 5]  # video allows 6, audio 13: the shorter wins
-    assert gf.window_starts(60, 110, S) == [0, 1, 2]
-    assert gf.window_starts(24, 1000, S) == []
+        assert gw.count_video_windows(num_frames) == gf.count_audio_windows(num_mel) == 25 * seconds - 24
+    assert gw.window_starts(30, 150, S) == [0, 1, 2, 3, 4, 5]  # video allows 6, audio 13: the shorter wins
+    assert gw.window_starts(60, 110, S) == [0, 1, 2]
+    assert gw.window_starts(24, 1000, S) == []
 
 
 def _frame(height, width, rgb=(10, 20, 30)):
@@ -133,7 +134,7 @@ def test_video_windows_are_25_consecutive_frames_channels_first_in_0_1():
     frames[..., 0] = np.arange(30, dtype=np.uint8)[:, None, None]  # frame t: red t, green 2t, blue 255
     frames[..., 1] = 2 * np.arange(30, dtype=np.uint8)[:, None, None]
     frames[..., 2] = 255
-    windows = gf.video_windows(frames, [0, 5], S)
+    windows = gw.video_windows(frames, [0, 5], S)
     assert windows.shape == (2, 3, 25, 270, 480) and windows.dtype == torch.float32
     for row, start in enumerate([0, 5]):
         expected_t = torch.arange(start, start + 25, dtype=torch.float32)
@@ -141,8 +142,8 @@ def test_video_windows_are_25_consecutive_frames_channels_first_in_0_1():
         assert torch.allclose(windows[row, 1, :, 7, 9], 2 * expected_t / 255)
         assert torch.all(windows[row, 2] == 1.0)
     with pytest.raises(InputError, match="does not fit"):
-        gf.video_windows(frames, [6], S)
-    assert gf.video_windows(frames, [], S).shape == (0, 3, 25, 270, 480)
+        gw.video_windows(frames, [6], S)
+    assert gw.video_windows(frames, [], S).shape == (0, 3, 25, 270, 480)
 
 
 def reference_masked_frame(img, face_bottom_px, width=480, height=270):

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from models.gestsync import GestSyncRGB
-from pipeline import gestsync_frontend as gf
 from pipeline import media
-from pipeline import sync_gestsync as gs
 from pipeline.config import load_config
+from pipeline.sync import gestsync as gs
+from pipeline.sync import gestsync_frontend as gf
 from tests import gestsync_reference as ref
 from tests.conftest import DETECTIONS, clip
 

@@ -18,7 +18,7 @@ from pipeline.config import load_config
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import Turn
 from pipeline.fusion import voxconverse as fuse
-from pipeline.lip_gesture import choose_curves, scale_map
+from pipeline.sync.lip_gesture import choose_curves, scale_map
 from tests.conftest import DETECTIONS, clip
 from tests.test_fuse_argmax import expert_track, steps, voices
 from tests.test_sync_gestsync import _script
@@ -123,7 +123,7 @@ def test_settings_are_checked_and_read_by_stage_3_only():
     keys = {p: evidence.diarisation_key_extra(load_config(overrides=[f"gestsync.prefer={p}"]), sync)
             for p in ("lips", "gestures")}
     assert keys["lips"] != keys["gestures"]  # stage 3 decides again when the preference changes
-    from pipeline.sync_gestsync import SPEED_ONLY_KEYS
+    from pipeline.sync.gestsync import SPEED_ONLY_KEYS
 
     assert "prefer" in SPEED_ONLY_KEYS  # ... and stage 2 does not run again
     broken = {**sync, "lips": {"model": "wav2lip", "distances": [], "sync": {}}}

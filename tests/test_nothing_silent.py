@@ -162,7 +162,7 @@ def test_gestsync_stage2_key_changes_when_persons_pckl_is_edited(tmp_path):
 
     from pipeline.cache import Cache
     from pipeline.config import load_config
-    from pipeline.sync_gestsync import GestSyncSettings, read_persons, stage2_key
+    from pipeline.sync.gestsync import GestSyncSettings, read_persons, stage2_key
 
     cfg = load_config(overrides=["sync.model=gestsync"])
     cache = Cache(tmp_path / "data", "clip")
@@ -212,7 +212,7 @@ def test_wav2lip_expert_sees_bgr_as_wav2lip_reads_with_cv2(coloured_video):
 
     from models.wav2lip import LipSyncExpert
     from pipeline.config import load_config
-    from pipeline.sync_wav2lip import ExpertSettings, score_tracks
+    from pipeline.sync.wav2lip import ExpertSettings, score_tracks
 
     model, seen = LipSyncExpert().eval(), []
     model.face_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
@@ -233,7 +233,7 @@ def test_gestsync_sees_rgb_as_gestsync_reads_its_frames(coloured_video):
 
     from models.gestsync import GestSyncRGB
     from pipeline.config import load_config
-    from pipeline.sync_gestsync import GestSyncSettings, score_tracks
+    from pipeline.sync.gestsync import GestSyncSettings, score_tracks
 
     model, seen = GestSyncRGB().eval(), []
     model.net_vid.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
@@ -273,7 +273,7 @@ def test_gestsync_ranges_are_what_its_network_takes():
     embedding per window, beyond them none (an error, or more than one)."""
     from models.gestsync import POS_ENCODING_MAX_LEN, GestSyncRGB
     from pipeline import config
-    from pipeline.sync_gestsync import TEMPORAL_KERNEL_FRAMES
+    from pipeline.sync.gestsync import TEMPORAL_KERNEL_FRAMES
 
     assert config.GESTSYNC_MAX_WINDOW_FRAMES == POS_ENCODING_MAX_LEN + TEMPORAL_KERNEL_FRAMES - 1
     model = GestSyncRGB().eval()

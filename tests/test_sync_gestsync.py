@@ -16,11 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import sync_gestsync as gs
 from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.errors import InputError
-from pipeline.gestsync_frontend import filterbanks, masked_frame
+from pipeline.sync import gestsync as gs
+from pipeline.sync.base import extra_identities, extra_vad
+from pipeline.sync.gestsync_frontend import filterbanks, masked_frame
 from tests.conftest import DETECTIONS, REPO, clip
 
 RATE_HZ, FPS, SYMBOLS = 16000, 25, 8
@@ -154,8 +155,8 @@ def test_person_boxes_are_tracked_per_shot_and_matched_to_faces():
     assert not flags.any() and len(none) == 20
     extra = gs.person_only_tracks({"person_tracks": [tracks[1]]})
     assert extra[0]["proc_track"]["x"][0] == 455.0 and extra[0]["proc_track"]["s"][0] == 160.0
-    assert gs.person_identities([0, 2, 1], 2) == [3, 4]
-    vad = gs.person_vad([(0.0, 0.5), (0.7, 2.0)], {"track": {"frame": np.arange(10, 30)}}, 25.0)  # 0.4 .. 1.2 s
+    assert extra_identities([0, 2, 1], 2) == [3, 4]
+    vad = extra_vad([(0.0, 0.5), (0.7, 2.0)], {"track": {"frame": np.arange(10, 30)}}, 25.0)  # 0.4 .. 1.2 s
     np.testing.assert_allclose(vad, [(0.0, 0.1), (0.3, 0.8)])
 
 
@@ -235,8 +236,8 @@ def test_shared_trunk_features_equal_the_network_on_each_window():
     """The CNN runs once per frame (batches overlapping by 4 frames) and the transformer once per window:
     the embeddings equal ``forward_vid`` on each whole 25-frame window, time-averaged, as the demos do."""
     from models.gestsync import GestSyncRGB
-    from pipeline.gestsync_frontend import video_windows
     from tests import fakeweights
+    from tests.gestsync_windows import video_windows
 
     model = GestSyncRGB().eval()
     model.load_state_dict(fakeweights.random_state_dict("gestsync_rgb.json", seed=5))  # activations that vary

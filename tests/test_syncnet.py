@@ -19,18 +19,21 @@ from models.syncnet import SyncNet, load_syncnet
 from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.errors import CacheError, CheckpointError, InputError
-from pipeline.stage2 import OUTPUTS, _map_tracks, offsets_text, run_stage2, sync_clip
-from pipeline.sync import (
+from pipeline.stage2 import OUTPUTS, run_stage2
+from pipeline.sync.syncnet import (
     SyncSettings,
+    _map_tracks,
     compute_mfcc,
     count_windows,
-    distance_matrix,
     mfcc_windows,
     offset_search,
+    offsets_text,
+    sync_clip,
     sync_track,
 )
 from tests import fakeweights
 from tests.conftest import clip
+from tests.syncnet_oracle import distance_matrix
 
 SPF = 640  # samples per 25 fps frame at 16 kHz
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published")  # seeded random checkpoints

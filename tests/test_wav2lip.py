@@ -23,9 +23,9 @@ from torch.nn import functional as F
 
 from models import loader
 from models.wav2lip import MEL, load_lipsync_expert, strip_module_prefix
-from pipeline import sync_wav2lip as w2l
 from pipeline.cli import run_main
 from pipeline.errors import CheckpointError, InputError
+from pipeline.sync import wav2lip as w2l
 from tests import fakeweights
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_syncnet import SPF, noise_frames, speechlike, write_clip

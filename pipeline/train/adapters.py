@@ -3,11 +3,11 @@
 Each adapter reuses the model's stage-2 front end, so a model is trained on exactly the inputs stage 2 feeds
 it, and saves in the published format stage 2 loads:
 
-- ``syncnet``: MFCC windows (``pipeline.sync.mfcc_windows``) and raw 0..255 BGR lip windows
-  (``pipeline.sync.lip_windows``); the contrastive loss of "Out of time" (Chung & Zisserman 2016, §3) on the
+- ``syncnet``: MFCC windows (``pipeline.sync.syncnet.mfcc_windows``) and raw 0..255 BGR lip windows
+  (``pipeline.sync.syncnet.lip_windows``); the contrastive loss of "Out of time" (Chung & Zisserman 2016, §3) on the
   Euclidean distance ``d`` of the 1024-d embeddings, ``y d^2 + (1 - y) max(margin - d, 0)^2``; saved as a
   bare state dict with the published keys (``syncnet.model``).
-- ``wav2lip``: Wav2Lip's expert (``pipeline/sync_wav2lip.py``): 96 x 96 face crops cut from the video with the
+- ``wav2lip``: Wav2Lip's expert (``pipeline/sync/wav2lip.py``): 96 x 96 face crops cut from the video with the
   track's boxes, lower half, and 16-frame mel windows; binary cross-entropy on the cosine similarity of the
   embeddings (Wav2Lip ``color_syncnet_train.py`` ``cosine_loss``); saved as Wav2Lip's training checkpoint
   (``state_dict``, ``optimizer``, ``global_step``, ``global_epoch``) under the configured
@@ -27,7 +27,7 @@ from torch import nn
 from models.loader import load_strict, read_state_dict
 from pipeline.cache import Cache
 from pipeline.errors import InputError
-from pipeline.sync import SyncSettings, compute_mfcc, count_windows, lip_windows, mfcc_windows
+from pipeline.sync.syncnet import SyncSettings, compute_mfcc, count_windows, lip_windows, mfcc_windows
 from pipeline.train.data import TrackData, WindowBatch, decode_crops
 
 
@@ -156,12 +156,12 @@ def bce_on_cosine(face: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor)
 
 class Wav2LipAdapter:
     """Wav2Lip's expert: lower halves of 96 x 96 face crops cut from the video with the track's boxes, and
-    16-frame mel windows (``pipeline/sync_wav2lip.py``, stage 2's front end for ``sync.model: wav2lip``)."""
+    16-frame mel windows (``pipeline/sync/wav2lip.py``, stage 2's front end for ``sync.model: wav2lip``)."""
 
     name = "wav2lip"
 
     def __init__(self, cfg: Any) -> None:
-        from pipeline.sync_wav2lip import ExpertSettings
+        from pipeline.sync.wav2lip import ExpertSettings
 
         self.settings = ExpertSettings.from_config(cfg)
         self.checkpoint_file = cfg.wav2lip.checkpoint  # the name stage 2 loads (lipsync_expert.pth)
@@ -195,9 +195,10 @@ class Wav2LipAdapter:
         """Each track's 96 x 96 face crops, cut from the video stage 1 read as stage 2 cuts them."""
         from pipeline import media
         from pipeline.formats import RUN_PIPELINE
-        from pipeline.sync_wav2lip import _source_video, face_crop
+        from pipeline.sync.base import source_video
+        from pipeline.sync.wav2lip import face_crop
 
-        source = _source_video(cache, cache.require("media.pckl", RUN_PIPELINE))
+        source = source_video(cache, cache.require("media.pckl", RUN_PIPELINE), "the Wav2Lip expert cuts its faces")
         firsts = [int(t["track"]["frame"][0]) for t in tracks]
         boxes = [np.asarray(t["track"]["bbox"], dtype=np.float64) for t in tracks]
         crops: list[list[np.ndarray]] = [[] for _ in tracks]
@@ -215,7 +216,7 @@ class Wav2LipAdapter:
         return [np.stack(c) if c else np.zeros((0, 96, 96, 3), np.uint8) for c in crops]
 
     def _track_mels(self, audio: np.ndarray) -> np.ndarray:
-        from pipeline.sync_wav2lip import melspectrogram
+        from pipeline.sync.wav2lip import melspectrogram
 
         key = id(audio)
         if key not in self._mels:
@@ -224,21 +225,21 @@ class Wav2LipAdapter:
 
     def count_windows(self, num_frames: int, audio: np.ndarray) -> int:
         """Stage 2's windows: frames with a whole 16-frame mel window and 5 video frames."""
-        from pipeline.sync_wav2lip import count_audio_windows
+        from pipeline.sync.wav2lip import count_audio_windows
 
         return max(0, min(count_audio_windows(self._track_mels(audio).shape[1], self.settings.frame_rate_hz),
                           num_frames - 4))
 
     def lip_input(self, batch: WindowBatch, device: torch.device) -> torch.Tensor:
         """``[B, 15, 48, 96]`` face windows in [0, 1], exactly as stage 2 builds them."""
-        from pipeline.sync_wav2lip import face_windows
+        from pipeline.sync.wav2lip import face_windows
 
         return torch.cat([face_windows(torch.from_numpy(t.frames[s:s + 5])) for t, s in
                           zip(batch.tracks, batch.lip_starts)]).to(device)
 
     def audio_input(self, batch: WindowBatch, device: torch.device) -> torch.Tensor:
         """``[B * K, 1, 80, 16]`` mel windows, exactly as stage 2 builds them."""
-        from pipeline.sync_wav2lip import mel_windows
+        from pipeline.sync.wav2lip import mel_windows
 
         windows = [mel_windows(self._track_mels(t.audio), [int(s)], self.settings.frame_rate_hz)
                    for row_t, row_s in zip(batch.audio_tracks, batch.audio_starts) for t, s in zip(row_t, row_s)]

@@ -1,6 +1,6 @@
 """Training data for a sync model: stage 1's face-track crops and audio, split by video, sampled as windows.
 
-A track contributes windows ``i = 0 .. count_windows - 1`` (pipeline/sync.py's count: video frames
+A track contributes windows ``i = 0 .. count_windows - 1`` (pipeline/sync/syncnet.py's count: video frames
 ``i .. i + 4`` with audio frames ``i .. i + 4``), exactly the windows stage 2 scores. A training example is one
 lip window with several audio windows of the same track: the aligned one (the positive) and ones shifted by
 ``min_shift_frames .. max_shift_frames`` either way (the negatives, "Out of time" §3.2 and Wav2Lip's expert

@@ -18,13 +18,13 @@ on the crop, as GestSync finds the face on the crop video.
 Windows: video window ``i`` is frames ``i .. i + 24`` (stride 1); its audio is filterbank frames
 ``4 i .. 4 i + 99`` (``load_spectrograms(stride=4)``), so both span the same second.
 
-Stage 2's use of it (regions, windows, offsets, curves, caching): ``pipeline/sync_gestsync.py``.
+Stage 2's use of it (regions, windows, offsets, curves, caching): ``pipeline/sync/gestsync.py``.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
@@ -78,15 +78,8 @@ class FrontEndSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> FrontEndSettings:
-        g = cfg.gestsync
-        return cls(sample_rate_hz=int(g.sample_rate_hz), n_fft=int(g.n_fft), win_samples=int(g.win_samples),
-                   hop_samples=int(g.hop_samples), num_mels=int(g.num_mels), fmin_hz=float(g.fmin_hz),
-                   fmax_hz=float(g.fmax_hz), log_floor=float(g.log_floor),
-                   mel_frames_per_video_frame=int(g.mel_frames_per_video_frame),
-                   window_frames=int(g.window_frames), window_stride_frames=int(g.window_stride_frames),
-                   frame_width_px=int(g.frame_width_px), frame_height_px=int(g.frame_height_px),
-                   mask_below_face_px=int(g.mask_below_face_px), mask_rows_no_face=int(g.mask_rows_no_face),
-                   crop_median_kernel_frames=int(g.crop_median_kernel_frames), crop_pad_grey=int(g.crop_pad_grey))
+        """The ``gestsync`` section's front-end settings (every field is a key of that section)."""
+        return cls(**{f.name: getattr(cfg.gestsync, f.name) for f in fields(cls)})
 
     @property
     def mel_window_frames(self) -> int:
@@ -224,28 +217,3 @@ def face_row_in_crop(face_bottom_px: float, square: Sequence[float], width_px: i
     return int(math.floor((float(face_bottom_px) - y1) * settings.frame_height_px / max(y2 - y1, 1)))
 
 
-def count_video_windows(num_frames: int, settings: FrontEndSettings = DEFAULTS) -> int:
-    """How many whole ``window_frames`` windows at ``window_stride_frames`` fit in ``num_frames`` frames."""
-    if num_frames < settings.window_frames:
-        return 0
-    return (num_frames - settings.window_frames) // settings.window_stride_frames + 1
-
-
-def window_starts(num_frames: int, num_mel_frames: int, settings: FrontEndSettings = DEFAULTS) -> list[int]:
-    """Start frames of the windows that have both whole video and whole audio (the reference truncates the
-    longer stream to the shorter)."""
-    count = min(count_video_windows(num_frames, settings), count_audio_windows(num_mel_frames, settings))
-    return [i * settings.window_stride_frames for i in range(count)]
-
-
-def video_windows(masked_u8: np.ndarray, starts: Sequence[int], settings: FrontEndSettings = DEFAULTS) -> torch.Tensor:
-    """``[N, 3, 25, 270, 480]`` float32 in [0, 1]: frames ``start .. start + 24`` of ``masked_u8``
-    (``[T, 270, 480, 3]`` uint8 from ``masked_frame``), channels first."""
-    span = settings.window_frames
-    frames = torch.from_numpy(np.ascontiguousarray(masked_u8))
-    if any(s < 0 or s + span > len(frames) for s in starts):
-        raise InputError(f"a GestSync window of {span} frames does not fit {len(frames)} frames at {list(starts)}")
-    if not len(starts):
-        return torch.zeros((0, 3, span, settings.frame_height_px, settings.frame_width_px))
-    batch = torch.stack([frames[s:s + span] for s in starts])  # [N, 25, H, W, 3]
-    return batch.permute(0, 4, 1, 2, 3).float() / 255.0

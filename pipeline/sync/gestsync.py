@@ -13,7 +13,7 @@ Each face track of ``tracks.pckl`` is scored on its person's upper body rather t
   each face track takes the person track that holds its face in most frames: that person's squares (smoothed
   over the whole person track, as upstream crops it) where the person holds the face, the face-derived
   squares elsewhere.
-- **Input.** GestSync's (``pipeline.gestsync_frontend``): the crop, RGB, everything down to the face's
+- **Input.** GestSync's (``pipeline.sync.gestsync_frontend``): the crop, RGB, everything down to the face's
   bottom + 15 rows of the crop blacked out (the face box's bottom mapped onto the crop; GestSync finds it
   with face-mesh landmarks on the crop), in [0, 1]; the track's audio as log-mel filterbanks.
 - **Offset** (``offset_search``, ``inference_syncoffset.py``): 25-frame windows at stride 1; candidates every
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,24 @@ from models.gestsync import GestSyncRGB, load_gestsync, score_scale
 from models.loader import checkpoint_path
 from pipeline import media
 from pipeline.cache import Cache, sha256_file
-from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET, validate_faces
-from pipeline.gestsync_frontend import (
+from pipeline.stage1_outputs import read_wav
+from pipeline.sync.base import (
+    STAGE,
+    ClipReport,
+    Evidence,
+    Network,
+    ProgressHook,
+    SyncModel,
+    demo_report,
+    offsets_table,
+    own_curves,
+    silent_note,
+    source_video,
+)
+from pipeline.sync.gestsync_frontend import (
     FrontEndSettings,
     audio_windows,
     count_audio_windows,
@@ -64,16 +77,13 @@ from pipeline.gestsync_frontend import (
     square_bounds,
     square_crop,
 )
-from pipeline.lip_gesture import lip_evidence, lip_key
+from pipeline.sync.lip_gesture import combined_curves, key_extra, lip_evidence, lip_key, lip_model
 
 MODEL = "gestsync"
 METRIC = "cosine_similarity"
-STAGE = "run_syncnet"
 PERSONS_FILE = "persons.pckl"  # the user's person boxes, in the reference's pywork folder
 TEMPORAL_KERNEL_FRAMES = 5  # net_vid.conv1 kernel (5, 7, 7): the only layer that mixes frames
 SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds", "prefer")  # not in stage 2's key: speed, or read by stage 3
-
-ProgressHook = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -117,12 +127,11 @@ class GestSyncSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> GestSyncSettings:
         g = cfg.gestsync
-        return cls(front=FrontEndSettings.from_config(cfg), offset_stride_frames=int(g.offset_stride_frames),
-                   max_offset_frames=int(g.max_offset_frames), offset_avg_frames=int(g.offset_avg_frames),
-                   num_avg_frames=int(g.num_avg_frames), global_speaker=bool(g.global_speaker),
-                   batch_size=int(g.batch_size), region_width_faces=float(g.region_width_faces),
-                   region_above_faces=float(g.region_above_faces), region_below_faces=float(g.region_below_faces),
-                   person_min_face_overlap=float(g.person_min_face_overlap),
+        return cls(front=FrontEndSettings.from_config(cfg), offset_stride_frames=g.offset_stride_frames,
+                   max_offset_frames=g.max_offset_frames, offset_avg_frames=g.offset_avg_frames,
+                   num_avg_frames=g.num_avg_frames, global_speaker=g.global_speaker, batch_size=g.batch_size,
+                   region_width_faces=g.region_width_faces, region_above_faces=g.region_above_faces,
+                   region_below_faces=g.region_below_faces, person_min_face_overlap=g.person_min_face_overlap,
                    frame_rate_hz=float(cfg.media.frame_rate_hz))
 
     @property
@@ -167,9 +176,9 @@ def track_persons(persons: Sequence[Sequence[dict]], shots: Sequence[Sequence[in
     out: list[dict[str, np.ndarray]] = []
     for start, end in shots:
         start, end = int(start), min(int(end), len(clean))
-        if end - start >= int(cfg.track.min_track_frames):
-            out += track_shot(clean[start:end], float(cfg.track.iou_threshold), int(cfg.track.max_gap_frames),
-                              int(cfg.track.min_track_frames), 0.0)
+        if end - start >= cfg.track.min_track_frames:
+            out += track_shot(clean[start:end], cfg.track.iou_threshold, cfg.track.max_gap_frames,
+                              cfg.track.min_track_frames, 0.0)
     return out
 
 
@@ -463,20 +472,13 @@ def summarise(results: Sequence[GestSyncResult], regions: Sequence[np.ndarray], 
     }
 
 
-def _fmt(value: float, spec: str) -> str:
-    return "nan" if not math.isfinite(value) else format(value, spec)
-
-
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence region`` per line."""
-    lines = [f"# model gestsync, {sync['metric']} x logits_scale {sync['logits_scale']:.4g}, offsets up to "
-             f"+-{sync['max_offset_frames']} frames in steps of {sync['offset_stride_frames']} (SyncNet's sign); "
-             f"regions: {sync['persons']}; nan: too short or silent",
-             "# track\toffset_frames\tbest_score\tconfidence\tperson_box_frames"]
-    for idx, (off, best, conf) in enumerate(zip(sync["offset_frames"], sync["best_score"], sync["confidence"])):
-        person = int(np.sum(sync["region_from_person"][idx]))
-        lines.append(f"{idx:05d}\t{_fmt(off, '.0f')}\t{_fmt(best, '.3f')}\t{_fmt(conf, '.3f')}\t{person}")
-    return "\n".join(lines) + "\n"
+    header = (f"# model gestsync, {sync['metric']} x logits_scale {sync['logits_scale']:.4g}, offsets up to "
+              f"+-{sync['max_offset_frames']} frames in steps of {sync['offset_stride_frames']} (SyncNet's sign); "
+              f"regions: {sync['persons']}; nan: too short or silent")
+    return offsets_table(header, "best_score", sync,
+                         ("person_box_frames", lambda idx: str(int(np.sum(sync["region_from_person"][idx])))))
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
@@ -490,24 +492,6 @@ def read_persons(cache: Cache) -> tuple[list[list[dict]] | None, str | None]:
     except CacheError as err:
         raise InputError(f"{err}") from None
     return persons, sha256_file(path)
-
-
-def stage2_key(cache: Cache, cfg: Section, settings: GestSyncSettings, ckpt_file: str, ckpt_sha256: str,
-               persons_sha256: str | None, lips: Mapping[str, Any] | None = None) -> dict:
-    """What GestSync's stage-2 outputs depend on (``lips``: the lip model's settings and checkpoint, when
-    ``gestsync.lip_model`` asks for lip evidence too)."""
-    return {
-        "lips": lips,
-        "stage": STAGE,
-        "model": MODEL,
-        "gestsync": {k: v for k, v in cfg.gestsync.to_dict().items() if k not in SPEED_ONLY_KEYS},
-        "frame_rate_hz": settings.frame_rate_hz,
-        "track": cfg.track.to_dict() if persons_sha256 else None,
-        "persons.pckl": persons_sha256,
-        "checkpoint": {"file": ckpt_file, "sha256": ckpt_sha256},
-        "upstream": {"media.pckl": cache.digest("media.pckl"), "tracks.pckl": cache.digest("tracks.pckl"),
-                     "scene.pckl": cache.digest("scene.pckl"), "crops": cache.digest("crops")},
-    }
 
 
 def score_tracks(model: GestSyncRGB, frames: Iterable[np.ndarray], tracks: Sequence[Mapping[str, np.ndarray]],
@@ -546,30 +530,40 @@ def score_tracks(model: GestSyncRGB, frames: Iterable[np.ndarray], tracks: Seque
     return results  # type: ignore[return-value]
 
 
-def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | None = None,
-                        device: torch.device | str = "cpu", force: bool = False,
-                        progress: ProgressHook | None = None):
-    """GestSync on every face track of ``cache``; reuses a valid earlier result unless ``force``.
+def stage2_key(cache: Cache, cfg: Any, settings: GestSyncSettings, ckpt_file: str, ckpt_sha256: str,
+               persons_sha256: str | None, lips: Mapping[str, Any] | None = None) -> dict:
+    """What GestSync's stage-2 outputs depend on (``lips``: the lip model's settings and checkpoint, when
+    ``gestsync.lip_model`` asks for lip evidence too)."""
+    return {
+        "lips": lips,
+        "stage": STAGE,
+        "model": MODEL,
+        "gestsync": GESTSYNC.section_key(cfg),
+        "frame_rate_hz": settings.frame_rate_hz,
+        "track": cfg.track.to_dict() if persons_sha256 else None,
+        "persons.pckl": persons_sha256,
+        "checkpoint": {"file": ckpt_file, "sha256": ckpt_sha256},
+        "upstream": {"media.pckl": cache.digest("media.pckl"), "tracks.pckl": cache.digest("tracks.pckl"),
+                     "scene.pckl": cache.digest("scene.pckl"), "crops": cache.digest("crops")},
+    }
 
-    Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
-    """
-    from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
-    from pipeline.stage2 import Stage2Output, load_valid, prepare_rerun, write_outputs
-    from pipeline.sync_wav2lip import _source_video
 
-    progress = progress or (lambda *args, **kwargs: None)
-    tracks = require_tracks_and_crops(cache)
-    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
-    settings = GestSyncSettings.from_config(cfg)
-    ckpt_file = str(cfg.gestsync.checkpoint)
-    persons, persons_sha = read_persons(cache)
-    key = stage2_key(cache, cfg, settings, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)),
-                     persons_sha, lip_key(cfg, weights_dir) if tracks else None)
-    reused = None if force else load_valid(cache, key)
-    if reused is not None:
-        return reused
-    prepare_rerun(cache, bool(tracks))
-    width, height = int(media_info["width"]), int(media_info["height"])
+@dataclass
+class ScoredRegions:
+    """What GestSync scores: the face tracks' ``track`` dicts, then the person tracks without a face, with
+    per track its crop squares, whether each came from a person box, and its face's bottom row (None: no face)."""
+
+    tracks: list[Mapping[str, np.ndarray]]
+    regions: list[np.ndarray]
+    from_person: list[np.ndarray]
+    face_bottoms: list[np.ndarray | None]
+    person_tracks: list[dict[str, np.ndarray]]  # every person track of persons.pckl
+    person_only: list[dict[str, np.ndarray]]  # those that hold no face track
+
+
+def scored_regions(cache: Cache, cfg: Any, tracks: Sequence[Mapping], persons: list[list[dict]] | None,
+                   settings: GestSyncSettings, width: int, height: int) -> ScoredRegions:
+    """Each face track's region (its person's where persons.pckl holds one), then the faceless person tracks."""
     person_tracks: list[dict[str, np.ndarray]] = []
     if persons is not None:
         shots = cache.require("scene.pckl", STAGE1_SCRIPT)
@@ -584,43 +578,57 @@ def run_stage2_gestsync(cache: Cache, cfg: Section, weights_dir: str | Path | No
         matched.add(match)
     # person tracks that hold no face track: scored too, with no face known (GestSync's top-rows mask)
     person_only = [p for idx, p in enumerate(person_tracks) if idx not in matched]
-    scored = [t["track"] for t in tracks] + person_only
-    faces = [np.asarray(t["track"]["bbox"], dtype=np.float64)[:, 3] for t in tracks] + [None] * len(person_only)
     for person in person_only:
         regions.append(crop_squares(np.asarray(person["bbox"], dtype=np.float64), settings.front))
         from_person.append(np.ones(len(person["frame"]), dtype=bool))
+    faces = [np.asarray(t["track"]["bbox"], dtype=np.float64)[:, 3] for t in tracks] + [None] * len(person_only)
+    return ScoredRegions([t["track"] for t in tracks] + person_only, regions, from_person, faces, person_tracks,
+                         person_only)
+
+
+def _track_audios(cache: Cache, num_face_tracks: int, person_only: Sequence[Mapping[str, np.ndarray]],
+                  settings: GestSyncSettings) -> list[np.ndarray]:
+    """The face tracks' own audio, then each faceless person track's span of the whole audio."""
+    rate = settings.front.sample_rate_hz
+    audios = [read_wav(cache.crop_wav(i), rate) for i in range(num_face_tracks)]
+    if person_only:
+        whole = read_wav(cache.audio_wav, rate)
+        per_frame = int(round(rate / settings.frame_rate_hz))
+        audios += [whole[int(p["frame"][0]) * per_frame:(int(p["frame"][-1]) + 1) * per_frame] for p in person_only]
+    return audios
+
+
+def gestsync_evidence(cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
+                      device: torch.device | str, progress: ProgressHook) -> Evidence:
+    """GestSync's score blocks and ``sync.pckl`` dict for ``tracks`` of ``cache`` (and the faceless person
+    tracks of persons.pckl), with the lip model's evidence when ``gestsync.lip_model`` asks; written nowhere."""
+    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+    settings = GestSyncSettings.from_config(cfg)
+    ckpt_file = cfg.gestsync.checkpoint
+    persons, _ = read_persons(cache)
+    width, height = int(media_info["width"]), int(media_info["height"])
+    scored = scored_regions(cache, cfg, tracks, persons, settings, width, height)
     results: list[GestSyncResult] = []
     scale = math.nan
-    if scored:
-        source = _source_video(cache, media_info)
+    if scored.tracks:
+        source = source_video(cache, media_info, "the Wav2Lip expert cuts its faces")
         device = torch.device(device)
         model = load_gestsync(weights_dir, ckpt_file, device)
         scale = score_scale(model)
         if device.type == "cuda":
             model = model.half()
-        rate = settings.front.sample_rate_hz
-        audios = [read_wav(cache.crop_wav(i), rate) for i in range(len(tracks))]
-        if person_only:
-            whole = read_wav(cache.audio_wav, rate)
-            per_frame = int(round(rate / settings.frame_rate_hz))
-            audios += [whole[int(p["frame"][0]) * per_frame:(int(p["frame"][-1]) + 1) * per_frame] for p in person_only]
+        audios = _track_audios(cache, len(tracks), scored.person_only, settings)
         with contextlib.closing(media.iter_frames(source, settings.frame_rate_hz)) as frames:
-            results = score_tracks(model, frames, scored, regions, faces, audios, settings, device, progress)
-    described = (f"{PERSONS_FILE} ({len(person_tracks)} person tracks, {len(person_only)} without a face track)"
-                 if persons is not None else "face-derived")
-    boxes = [square_boxes(r, width, height) for r in regions]
-    sync = summarise(results, boxes, from_person, settings, ckpt_file, described, scale)
+            results = score_tracks(model, frames, scored.tracks, scored.regions, scored.face_bottoms, audios,
+                                   settings, device, progress)
+    described = (f"{PERSONS_FILE} ({len(scored.person_tracks)} person tracks, {len(scored.person_only)} without a "
+                 f"face track)" if persons is not None else "face-derived")
+    boxes = [square_boxes(r, width, height) for r in scored.regions]
+    sync = summarise(results, boxes, scored.from_person, settings, ckpt_file, described, scale)
     sync["person_tracks"] = [{"frame": np.asarray(p["frame"], dtype=np.int64),
-                              "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in person_only]
-    sync["lips"] = lip_evidence(cache, cfg, tracks, media_info, weights_dir, device, progress) if tracks else None
-    scores = [r.scores for r in results]
-    write_outputs(cache, scores, sync, key, offsets_text(sync))
-    return Stage2Output(scores, sync, reused=False)
-
-
-__all__ = ["GestSyncResult", "GestSyncScorer", "GestSyncSettings", "OffsetSearch", "face_region", "frame_scores",
-           "match_person", "offset_search", "range_note", "run_stage2_gestsync", "smooth_scores", "square_boxes",
-           "sync_regions", "track_persons", "track_regions", "window_embeddings"]
+                              "bbox": np.asarray(p["bbox"], dtype=np.float64)} for p in scored.person_only]
+    sync["lips"] = lip_evidence(cache, cfg, tracks, weights_dir, device, progress) if tracks else None
+    return Evidence([r.scores for r in results], sync)
 
 
 # ---- stage 4 -------------------------------------------------------------------------------------
@@ -649,7 +657,7 @@ def add_region_overlays(overlays: dict[int, list], tracks: Sequence[Mapping], sy
 
 
 # ---- single clip (GestSync's inference_syncoffset.py) ---------------------------------------------
-def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | None = None,
+def sync_clip(videofile: str | Path, cfg: Any, weights_dir: str | Path | None = None,
               device: torch.device | str = "cpu") -> GestSyncResult:
     """Offset, best score and confidence of one clip: every decoded frame, whole, is the person; no face is
     known, so the top ``mask_rows_no_face`` rows are blacked out (GestSync's fallback without landmarks).
@@ -659,7 +667,7 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     """
     settings = GestSyncSettings.from_config(cfg)
     media.check_video_input(videofile, need_audio=True)
-    ckpt_file = str(cfg.gestsync.checkpoint)
+    ckpt_file = cfg.gestsync.checkpoint
     audio = media.decode_audio(videofile, settings.front.sample_rate_hz)
     device = torch.device(device)
     model = load_gestsync(weights_dir, ckpt_file, device)
@@ -686,14 +694,6 @@ def range_note(result: GestSyncResult, settings: GestSyncSettings) -> str | None
             f"frames (SyncNet's sign) of +-{limit}")
 
 
-def demo_report(result: GestSyncResult) -> str:
-    """Three lines like SyncNet's demo (offset in SyncNet's sign), with the best mean score (GestSync's scale)."""
-    offset = "nan" if not math.isfinite(result.offset_frames) else f"{int(result.offset_frames):d}"
-    return (f"AV offset: \t{offset}\n"
-            f"Best score: \t{_fmt(result.best_score, '.3f')}\n"
-            f"Confidence: \t{_fmt(result.confidence, '.3f')}")
-
-
 # ---- person tracks without a face, for stages 3 and 4 --------------------------------------------
 def person_only_tracks(sync: Mapping[str, Any]) -> list[dict]:
     """GestSync's person tracks that hold no face track (scored after the face tracks), as ``tracks.pckl``
@@ -710,18 +710,82 @@ def person_only_tracks(sync: Mapping[str, Any]) -> list[dict]:
     return out
 
 
-def person_identities(face_ids: Sequence[int], count: int) -> list[int]:
-    """Identities of ``count`` person-only tracks: new ones after the face identities, one each (no face to
-    compare; stage 3 may still merge them with faces by voice)."""
-    first = max((int(i) for i in face_ids), default=-1) + 1
-    return list(range(first, first + count))
+# ---- the model, as the stages use it -------------------------------------------------------------
+class GestSyncModel(SyncModel):
+    """GestSync's gesture sync on each face track's person (and faceless person tracks), optionally with a lip
+    model's evidence beside it (``gestsync.lip_model``, ``pipeline/sync/lip_gesture.py``)."""
+
+    name = MODEL
+    section = "gestsync"
+    speed_only_keys = SPEED_ONLY_KEYS
+    own_curves = True
+    input_files = ("media.pckl", "tracks.pckl", "scene.pckl", "crops", PERSONS_FILE)
+    channel_order = "RGB"  # GestSync converts cv2 frames to RGB
+    stage2_what = "GestSync on the face tracks' (or persons.pckl's) people"  # diarize.py's stage-2 line
+    plot_what, plot_ylabel = "GestSync smoothed gesture score", "gesture-sync score (smoothed)"
+
+    def settings(self, cfg: Any) -> GestSyncSettings:
+        return GestSyncSettings.from_config(cfg)
+
+    def checkpoint_file(self, cfg: Any, weights_dir: str | Path | None) -> str:
+        return cfg.gestsync.checkpoint
+
+    def networks(self, cfg: Any, weights_dir: str | Path | None) -> list[Network]:
+        file = self.checkpoint_file(cfg, weights_dir)
+        lips = lip_model(cfg)
+        return [Network(file, lambda: load_gestsync(weights_dir, file, "cpu")),
+                *(lips.networks(cfg, weights_dir) if lips is not None else [])]
+
+    def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
+                   ) -> dict[str, Any]:
+        cache.require("media.pckl", STAGE1_SCRIPT)
+        settings = self.settings(cfg)
+        file = self.checkpoint_file(cfg, weights_dir)
+        _, persons_sha = read_persons(cache)
+        return stage2_key(cache, cfg, settings, file, sha256_file(checkpoint_path(file, weights_dir)), persons_sha,
+                          lip_key(cfg, weights_dir) if tracks else None)
+
+    def evidence(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
+                 device: Any, progress: ProgressHook) -> Evidence:
+        return gestsync_evidence(cache, cfg, tracks, weights_dir, device, progress)
+
+    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+        return offsets_text(sync)
+
+    def summary(self, sync: Mapping[str, Any]) -> str:
+        return f"GestSync ({sync.get('persons')} regions)"
+
+    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(cfg.gestsync.conf_thresholds)
+
+    def fusion_curves(self, cfg: Any, sync: Mapping[str, Any], num_tracks: int
+                      ) -> tuple[list[np.ndarray] | None, list[str] | None]:
+        return combined_curves(cfg, sync, own_curves(sync, num_tracks, self.name))
+
+    def stage3_key(self, cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sync_model": self.name, **self.threshold_key(cfg), **key_extra(cfg, sync)}
+
+    def extra_tracks(self, sync: Mapping[str, Any]) -> list[dict]:
+        return person_only_tracks(sync)
+
+    def add_overlays(self, overlays: dict[int, list], tracks: Sequence[Mapping], sync: Mapping[str, Any],
+                     labels: Sequence[str], colours_bgr: Mapping[str, tuple[int, int, int]],
+                     turns: Sequence[Any], frame_rate_hz: float) -> None:
+        add_region_overlays(overlays, tracks, sync, labels, colours_bgr, turns, frame_rate_hz)
+
+    def clip_report(self, videofile: str | Path, cfg: Any, weights_dir: str | Path | None, device: Any,
+                    features: str | None = None) -> ClipReport:
+        if features:
+            raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
+                             f"it does not apply to --sync_model {self.name}")
+        result = sync_clip(videofile, cfg, weights_dir, device)
+        note = range_note(result, self.settings(cfg))
+        return ClipReport(demo_report(result.offset_frames, "Best score", result.best_score, result.confidence),
+                          ([f"{videofile}: {note}"] if note else []) + silent_note(videofile, result.silent))
 
 
-def person_vad(audio_vad_s: Sequence[tuple[float, float]], track: Mapping[str, Any],
-               frame_rate_hz: float) -> list[tuple[float, float]]:
-    """The whole audio's speech segments within a person-only track's span, in seconds from its first frame
-    (what a face track's own VAD gives, since its audio is the same span of the same audio)."""
-    frames = np.asarray(track["track"]["frame"])
-    start_s, end_s = int(frames[0]) / frame_rate_hz, (int(frames[-1]) + 1) / frame_rate_hz
-    return [(max(s, start_s) - start_s, min(e, end_s) - start_s) for s, e in audio_vad_s
-            if min(e, end_s) > max(s, start_s)]
+GESTSYNC = GestSyncModel()
+
+__all__ = ["GESTSYNC", "GestSyncModel", "GestSyncResult", "GestSyncScorer", "GestSyncSettings", "OffsetSearch",
+           "face_region", "frame_scores", "gestsync_evidence", "match_person", "offset_search", "range_note",
+           "smooth_scores", "square_boxes", "sync_regions", "track_persons", "track_regions", "window_embeddings"]

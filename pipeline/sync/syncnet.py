@@ -26,10 +26,13 @@ Edge cases (documented results, never an exception):
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +40,26 @@ import python_speech_features
 import torch
 import torch.nn.functional as F
 
-from models.syncnet import CROP_SIZE_PX, MFCC_PER_FRAME, WINDOW_FRAMES, SyncNet
-from pipeline.errors import InputError
+from models.loader import checkpoint_path
+from models.syncnet import CROP_SIZE_PX, MFCC_PER_FRAME, WINDOW_FRAMES, SyncNet, load_syncnet, syncnet_checkpoint
+from pipeline import media
+from pipeline.cache import Cache, atomic_path, sha256_file
+from pipeline.errors import CacheError, CheckpointError, InputError
+from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import SYNC_METRICS
+from pipeline.runtime import apply_threads
+from pipeline.stage1_outputs import read_wav
+from pipeline.sync.base import (
+    STAGE,
+    ClipReport,
+    Evidence,
+    Network,
+    ProgressHook,
+    SyncModel,
+    demo_report,
+    offsets_table,
+    silent_note,
+)
 
 METRICS = SYNC_METRICS
 
@@ -72,13 +92,8 @@ class SyncSettings:
         sync = cfg.syncnet.to_dict()
         if demo:
             sync.update({k: v for k, v in cfg.syncnet_demo.to_dict().items() if k != "checkpoint"})
-        return cls(
-            metric=str(sync["metric"]),
-            vshift_frames=int(sync["vshift_frames"]),
-            batch_size=int(sync["batch_size"]),
-            frame_rate_hz=float(cfg.media.frame_rate_hz),
-            sample_rate_hz=int(cfg.media.sample_rate_hz),
-        )
+        return cls(metric=sync["metric"], vshift_frames=sync["vshift_frames"], batch_size=sync["batch_size"],
+                   frame_rate_hz=float(cfg.media.frame_rate_hz), sample_rate_hz=cfg.media.sample_rate_hz)
 
     @property
     def window_frames(self) -> int:
@@ -164,28 +179,6 @@ def _distance_rows(lip: torch.Tensor, context: torch.Tensor, metric: str) -> tor
     if metric == "euclidean":
         return F.pairwise_distance(ref.reshape(-1, dim), cand.reshape(-1, dim)).reshape(n, num_shifts)
     return 1 - F.cosine_similarity(ref, cand, dim=-1)
-
-
-def distance_matrix(lip: torch.Tensor | np.ndarray, audio: torch.Tensor | np.ndarray, vshift_frames: int,
-                    metric: str, chunk_windows: int = 512) -> np.ndarray:
-    """``[W, 2 * vshift + 1]`` float32: row i compares lip window i with audio windows ``i - vshift .. i + vshift``.
-
-    Audio windows outside ``[0, W)`` are zero vectors, as in the original's ``calc_pdist``.
-    """
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    lip_t, aud_t = torch.as_tensor(lip).float(), torch.as_tensor(audio).float()
-    if lip_t.shape != aud_t.shape or lip_t.ndim != 2:
-        raise InputError(
-            f"lip and audio embeddings must both be [W, D], got {tuple(lip_t.shape)} and {tuple(aud_t.shape)}")
-    padded = F.pad(aud_t, (0, 0, vshift_frames, vshift_frames))  # [W + 2v, D]
-    rows = [
-        _distance_rows(lip_t[s: s + chunk_windows], padded[s: s + chunk_windows + 2 * vshift_frames], metric)
-        for s in range(0, lip_t.shape[0], chunk_windows)
-    ]
-    if not rows:
-        return np.zeros((0, 2 * vshift_frames + 1), dtype=np.float32)
-    return torch.cat(rows).cpu().numpy().astype(np.float32, copy=False)
 
 
 def offset_search(distances: np.ndarray, vshift_frames: int) -> tuple[float, float, float]:
@@ -329,3 +322,183 @@ def summarise(results: list[SyncResult], settings: SyncSettings) -> dict[str, An
         "confidence": [float(r.confidence) for r in results],
     }
 
+
+
+# ---- stage 2 on a cache --------------------------------------------------------------------------
+def stage2_key(cache: Cache, cfg: Any, checkpoint_file: str | None, checkpoint_sha256: str | None) -> dict[str, Any]:
+    """What SyncNet's stage-2 outputs depend on."""
+    return {
+        "stage": STAGE,
+        "syncnet": SYNCNET.section_key(cfg),
+        "media": {"frame_rate_hz": cfg.media.frame_rate_hz, "sample_rate_hz": cfg.media.sample_rate_hz},
+        "checkpoint": {"file": checkpoint_file, "sha256": checkpoint_sha256},
+        "upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "crops": cache.digest("crops")},
+    }
+
+
+def _sync_crop(cache: Cache, idx: int, model: SyncNet, settings: SyncSettings, device: torch.device) -> SyncResult:
+    audio = read_wav(cache.crop_wav(idx), settings.sample_rate_hz)
+    frames_path = cache.crop_frames(idx)
+    with contextlib.closing(media.iter_video_frames(frames_path)) as frames:
+        try:
+            return sync_track(model, frames, audio, settings, device)
+        except InputError as err:  # undecodable or wrong-size crop: stage 1's output is broken
+            raise CacheError(f"track {idx}: {err}; run {STAGE1_SCRIPT} again") from None
+
+
+def _map_tracks(work: Callable[[int], SyncResult], num_tracks: int, workers: int) -> Iterator[SyncResult]:
+    """``work(idx)`` for every track, in order; on CUDA several at once so their decoding overlaps.
+
+    PyAV releases the GIL while decoding, so threads decode in parallel and keep the GPU fed; each track
+    still holds at most one batch of windows. On the CPU the network already uses every core: one at a time.
+    """
+    if workers <= 1:
+        yield from (work(idx) for idx in range(num_tracks))
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="syncnet")
+    try:
+        yield from pool.map(work, range(num_tracks))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def offsets_text(sync: Mapping[str, Any]) -> str:
+    """``offsets.txt``: a '#' header, then ``track offset_frames min_dist confidence`` per line, tab-separated."""
+    return offsets_table(f"# metric {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
+                         "min_dist", sync)
+
+
+def syncnet_evidence(cache: Cache, cfg: Any, num_tracks: int, ckpt_file: str | None,
+                     weights_dir: str | Path | None, device: torch.device | str,
+                     progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """SyncNet's distance matrices and ``sync.pckl`` dict for the first ``num_tracks`` crops of ``cache``,
+    written nowhere (stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
+    settings = SyncSettings.from_config(cfg)
+    device = torch.device(device)
+    results: list[SyncResult] = []
+    if num_tracks:
+        model = load_syncnet(weights_dir, ckpt_file, device)
+        workers = cfg.syncnet.parallel_tracks if device.type == "cuda" else 1
+        progress("syncnet", 0, num_tracks)
+        for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device), num_tracks, workers):
+            results.append(result)
+            progress("syncnet", len(results), num_tracks)
+    sync = summarise(results, settings)
+    sync["checkpoint"] = ckpt_file
+    sync["model"] = "syncnet"
+    return [r.distances for r in results], sync
+
+
+# ---- single clip (syncnet_python's demo_syncnet.py / demo_feature.py) ---------------------------
+def sync_clip(videofile: str | Path, cfg: Any, weights_dir: str | Path | None = None,
+              device: torch.device | str = "cpu", keep_embeddings: bool = False) -> SyncResult:
+    """Offset, min dist and confidence of one face-crop clip with the ``syncnet_demo`` settings.
+
+    Every decoded frame is used as is (no frame-rate conversion), with the clip's audio at 16 kHz mono,
+    as the original extracts them with ffmpeg. InputError when the clip has no usable window.
+    """
+    apply_threads(cfg.runtime.threads)
+    settings = SyncSettings.from_config(cfg, demo=True)
+    media.check_video_input(videofile, need_audio=True)  # a bad clip is reported before a missing checkpoint
+    ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet_demo.checkpoint)
+    audio = media.decode_audio(videofile, settings.sample_rate_hz)
+    device = torch.device(device)
+    model = load_syncnet(weights_dir, ckpt_file, device)
+    with contextlib.closing(media.iter_video_frames(videofile)) as frames:
+        result = sync_track(model, frames, audio, settings, device, keep_embeddings=keep_embeddings)
+    if result.num_windows == 0:
+        raise InputError(
+            f"{videofile} is too short for SyncNet: it needs more than {settings.window_frames} frames with audio "
+            f"(audio {len(audio) / settings.sample_rate_hz:.2f} s, {result.num_frames} frames used)")
+    return result
+
+
+def save_features(path: str | Path, result: SyncResult, settings: SyncSettings) -> Path:
+    """Write the per-window embeddings of a clip to an ``.npz`` (atomically).
+
+    Arrays: ``lip`` [W, 1024] and ``audio`` [W, 1024] embeddings, ``lip_conv`` [W, 512] (the output of
+    syncnet_python's ``forward_lipfeat``, what its demo_feature.py saves), ``window_start_frame`` [W],
+    ``distances`` [W, 2 * vshift + 1], and the scalars ``offset_frames``, ``min_dist``, ``confidence``, ``metric``.
+    """
+    final = Path(path)
+    if not result.embeddings:
+        raise InputError("no embeddings to save: run sync_clip with keep_embeddings=True")
+    try:
+        with atomic_path(final, suffix=".part.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **result.embeddings, window_start_frame=np.arange(result.num_windows),
+                         distances=result.distances, offset_frames=result.offset_frames,
+                         min_dist=result.min_dist, confidence=result.confidence, metric=settings.metric,
+                         vshift_frames=settings.vshift_frames)
+    except OSError as err:
+        raise InputError(f"cannot write --features {final}: {err.strerror or err}") from None
+    return final
+
+
+# ---- the model, as the stages use it -------------------------------------------------------------
+class SyncNetModel(SyncModel):
+    """SyncNet (VoxConverse's): distance matrices; stage 3 turns them into a confidence (``diarise``)."""
+
+    name = "syncnet"
+    section = "syncnet"
+    speed_only_keys = ("batch_size", "parallel_tracks")
+    input_files = ("tracks.pckl", "crops")
+    channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
+    stage2_what = "SyncNet on the face tracks"  # diarize.py's stage-2 line
+    plot_what, plot_ylabel = "SyncNet confidence", "sync confidence"
+
+    def settings(self, cfg: Any) -> SyncSettings:
+        return SyncSettings.from_config(cfg)
+
+    def checkpoint_file(self, cfg: Any, weights_dir: str | Path | None) -> str:
+        return syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
+
+    def networks(self, cfg: Any, weights_dir: str | Path | None) -> list[Network]:
+        try:
+            file = self.checkpoint_file(cfg, weights_dir)
+        except CheckpointError:  # neither published file: stage 2 says so if a face track needs it
+            return []
+        return [Network(file, lambda: load_syncnet(weights_dir, file))]
+
+    def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
+                   ) -> dict[str, Any]:
+        self.settings(cfg)  # a bad syncnet section fails here, before the checkpoint is looked for
+        if not tracks:  # no face track (no faces, or an audio-only input): nothing to sync, no checkpoint needed
+            return stage2_key(cache, cfg, None, None)
+        file = self.checkpoint_file(cfg, weights_dir)
+        return stage2_key(cache, cfg, file, sha256_file(checkpoint_path(file, weights_dir)))
+
+    def evidence(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
+                 device: Any, progress: ProgressHook) -> Evidence:
+        file = self.checkpoint_file(cfg, weights_dir) if tracks else None
+        return Evidence(*syncnet_evidence(cache, cfg, len(tracks), file, weights_dir, device, progress))
+
+    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+        return offsets_text(sync)
+
+    def summary(self, sync: Mapping[str, Any]) -> str:
+        return f"SyncNet ({sync.get('metric')})"
+
+    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+        from pipeline.fusion.voxconverse import conf_thresholds
+
+        return conf_thresholds(cfg.diarise, str(sync["metric"]))
+
+    def track_curves(self, cfg: Any, sync: Mapping[str, Any], distances: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-track smoothed confidence curves from the distances (``diarise``'s settings), as stage 3 fuses."""
+        from pipeline.fusion.voxconverse import track_confidence
+
+        return [track_confidence(np.asarray(d), cfg.diarise) for d in distances]
+
+    def clip_report(self, videofile: str | Path, cfg: Any, weights_dir: str | Path | None, device: Any,
+                    features: str | None = None) -> ClipReport:
+        result = sync_clip(videofile, cfg, weights_dir, device, keep_embeddings=bool(features))
+        report = ClipReport(demo_report(result.offset_frames, "Min dist", result.min_dist, result.confidence),
+                            silent_note(videofile, result.silent))
+        if features:
+            path = save_features(features, result, SyncSettings.from_config(cfg, demo=True))
+            report.after.append(f"saved {result.num_windows} windows of lip and audio embeddings to {path}")
+        return report
+
+
+SYNCNET = SyncNetModel()

@@ -26,25 +26,31 @@ from typing import Any
 
 import numpy as np
 
+from models.loader import checkpoint_path
+from pipeline.cache import sha256_file
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import GESTSYNC_LIP_MODELS as LIP_MODELS
 from pipeline.formats import GESTSYNC_PREFERENCES as PREFERENCES
 from pipeline.formats import RUN_SYNCNET
+from pipeline.sync.base import SyncModel
+from pipeline.sync.syncnet import SYNCNET
+from pipeline.sync.wav2lip import WAV2LIP
 
 SOURCE_LIPS, SOURCE_GESTURES, SOURCE_BOTH = "lips", "gestures", "lips+gestures"
+LIP_SYNC_MODELS: dict[str, SyncModel] = {model.name: model for model in (SYNCNET, WAV2LIP)}  # LIP_MODELS[1:]
 
 
-def lip_model(cfg: Any) -> str | None:
-    """``gestsync.lip_model``, None for 'none'."""
-    name = str(cfg.gestsync.lip_model)
+def lip_model(cfg: Any) -> SyncModel | None:
+    """The model ``gestsync.lip_model`` names, None for 'none'."""
+    name = cfg.gestsync.lip_model
     if name not in LIP_MODELS:
         raise InputError(f"unknown gestsync.lip_model {name!r}: choose one of {', '.join(LIP_MODELS)}")
-    return None if name == "none" else name
+    return LIP_SYNC_MODELS.get(name)
 
 
 def preference(cfg: Any) -> str:
     """``gestsync.prefer``."""
-    prefer = str(cfg.gestsync.prefer)
+    prefer = cfg.gestsync.prefer
     if prefer not in PREFERENCES:
         raise InputError(f"unknown gestsync.prefer {prefer!r}: choose one of {', '.join(PREFERENCES)}")
     return prefer
@@ -53,43 +59,22 @@ def preference(cfg: Any) -> str:
 # ---- stage 2 -------------------------------------------------------------------------------------
 def lip_key(cfg: Any, weights_dir: Any) -> dict[str, Any] | None:
     """What the lip evidence depends on beyond stage 1 (for GestSync's stage-2 key); None without one."""
-    from models.loader import checkpoint_path
-    from pipeline.cache import sha256_file
-
-    name = lip_model(cfg)
-    if name is None:
+    model = lip_model(cfg)
+    if model is None:
         return None
-    if name == "syncnet":
-        from models.syncnet import syncnet_checkpoint
-        from pipeline.stage2 import SPEED_ONLY_KEYS
-
-        section, ckpt_file = cfg.syncnet, syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
-    else:
-        from pipeline.sync_wav2lip import SPEED_ONLY_KEYS
-
-        section, ckpt_file = cfg.wav2lip, str(cfg.wav2lip.checkpoint)
-    return {"model": name, name: {k: v for k, v in section.to_dict().items() if k not in SPEED_ONLY_KEYS},
-            "checkpoint": {"file": ckpt_file, "sha256": sha256_file(checkpoint_path(ckpt_file, weights_dir))}}
+    file = model.checkpoint_file(cfg, weights_dir)
+    return {"model": model.name, model.section: model.section_key(cfg),
+            "checkpoint": {"file": file, "sha256": sha256_file(checkpoint_path(file, weights_dir))}}
 
 
-def lip_evidence(cache: Any, cfg: Any, tracks: Sequence[Mapping], media_info: Mapping, weights_dir: Any,
-                 device: Any, progress: Any) -> dict[str, Any] | None:
+def lip_evidence(cache: Any, cfg: Any, tracks: Sequence[Mapping], weights_dir: Any, device: Any,
+                 progress: Any) -> dict[str, Any] | None:
     """The lip model's stage-2 evidence on the face tracks (``sync.pckl`` ``lips``), None without a lip model."""
-    name = lip_model(cfg)
-    if name is None:
+    model = lip_model(cfg)
+    if model is None:
         return None
-    if name == "syncnet":
-        from models.syncnet import syncnet_checkpoint
-        from pipeline.stage2 import syncnet_evidence
-
-        ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint) if tracks else None
-        distances, sync = syncnet_evidence(cache, cfg, len(tracks), ckpt_file, weights_dir, device, progress)
-    else:
-        from pipeline.sync_wav2lip import expert_evidence
-
-        distances, sync = expert_evidence(cache, cfg, tracks, media_info, str(cfg.wav2lip.checkpoint), weights_dir,
-                                          device, progress)
-    return {"model": name, "distances": distances, "sync": sync}
+    evidence = model.evidence(cache, cfg, tracks, weights_dir, device, progress)
+    return {"model": model.name, "distances": evidence.distances, "sync": evidence.sync}
 
 
 # ---- stage 3 -------------------------------------------------------------------------------------
@@ -121,18 +106,10 @@ def scale_map(values: np.ndarray, from_thresholds: Sequence[float], to_threshold
 
 def lip_curves_and_thresholds(cfg: Any, lips: Mapping[str, Any]) -> tuple[list[np.ndarray], tuple[float, ...]]:
     """Per face track the lip model's per-frame curve on its own scale, and that model's vote thresholds."""
-    from pipeline.fusion import voxconverse as fuse
-
-    model, sync, distances = lips.get("model"), lips.get("sync"), lips.get("distances")
-    if model not in LIP_MODELS[1:] or not isinstance(sync, Mapping) or not isinstance(distances, Sequence):
+    model, sync, distances = LIP_SYNC_MODELS.get(lips.get("model")), lips.get("sync"), lips.get("distances")
+    if model is None or not isinstance(sync, Mapping) or not isinstance(distances, Sequence):
         raise CacheError(f"sync.pckl holds malformed lip evidence: run {RUN_SYNCNET} --sync_model gestsync again")
-    if model == "syncnet":
-        curves = [fuse.track_confidence(np.asarray(d), cfg.diarise) for d in distances]
-        return curves, fuse.conf_thresholds(cfg.diarise, str(sync["metric"]))
-    smooth = sync.get("score_smooth")
-    if not isinstance(smooth, Sequence) or len(smooth) != len(distances):
-        raise CacheError(f"sync.pckl's lip evidence lacks the expert's curves: run {RUN_SYNCNET} again")
-    return [np.asarray(c, dtype=np.float64) for c in smooth], tuple(float(v) for v in cfg.wav2lip.conf_thresholds)
+    return model.track_curves(cfg, sync, distances), model.vote_thresholds(cfg, sync)
 
 
 def _frame_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -185,7 +162,7 @@ def combined_curves(cfg: Any, sync: Mapping[str, Any], gesture_curves: Sequence[
     raw_curves, thresholds = lip_curves_and_thresholds(cfg, lips)
     if len(raw_curves) > len(gesture_curves):
         raise CacheError(f"sync.pckl holds lip evidence for more tracks than GestSync scored: run {RUN_SYNCNET} again")
-    gesture_thresholds = tuple(float(v) for v in cfg.gestsync.conf_thresholds)
+    gesture_thresholds = tuple(cfg.gestsync.conf_thresholds)
     mapped = [scale_map(c, thresholds, gesture_thresholds) for c in raw_curves]
     lip_offsets = [float(v) for v in lips["sync"]["offset_frames"]]
     return choose_curves(gesture_curves, gesture_offsets, mapped, lip_offsets, preference(cfg))
@@ -196,10 +173,9 @@ def key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
     lips = sync.get("lips")
     if not lips:
         return {}
-    extra: dict[str, Any] = {"gestsync_prefer": preference(cfg), "lip_model": lips.get("model")}
-    if lips.get("model") == "wav2lip":
-        extra["wav2lip_conf_thresholds"] = [float(v) for v in cfg.wav2lip.conf_thresholds]
-    return extra  # SyncNet's thresholds and curve settings are in ``diarise``, already in the key
+    model = LIP_SYNC_MODELS.get(lips.get("model"))
+    return {"gestsync_prefer": preference(cfg), "lip_model": lips.get("model"),
+            **(model.threshold_key(cfg) if model is not None else {})}
 
 
 __all__ = ["LIP_MODELS", "PREFERENCES", "choose_curves", "combined_curves", "key_extra", "lip_evidence", "lip_key",

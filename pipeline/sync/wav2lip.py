@@ -6,7 +6,7 @@ frames starting at ``int(80 * i / 25)`` of Wav2Lip's mel spectrogram (``melspect
 mel basis with Wav2Lip's ``hparams.py``). The face crop is the track's own box grown by ``box_expand`` on
 each side (syncnet-speaker-diarization's ``crop_faces``), cut from the normalised frames.
 
-Like SyncNet's search (``pipeline.sync``), each window is scored against the audio shifted by
+Like SyncNet's search (``pipeline.sync.syncnet``), each window is scored against the audio shifted by
 ``-vshift .. +vshift`` frames; the score is the cosine similarity of the two embeddings (in [0, 1]). The
 column with the highest mean score is the offset (``offset = vshift - column``, SyncNet's sign), its mean the
 best score, and ``confidence = best - median`` of the per-shift means. The per-frame curve is the score at the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,19 +41,29 @@ from models.wav2lip import (
     load_lipsync_expert,
 )
 from pipeline import media
-from pipeline.cache import Cache, content_identity, sha256_file
-from pipeline.config import Section
-from pipeline.errors import CacheError, InputError
+from pipeline.cache import Cache, sha256_file
+from pipeline.errors import InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
+from pipeline.stage1_outputs import read_wav
+from pipeline.sync.base import (
+    STAGE,
+    ClipReport,
+    Evidence,
+    Network,
+    ProgressHook,
+    SyncModel,
+    demo_report,
+    offsets_table,
+    own_curves,
+    silent_note,
+    source_video,
+)
 
 MODEL = "wav2lip"
 METRIC = "cosine_similarity"
-STAGE = "run_syncnet"
 SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds")  # not in stage 2's key: speed only, or read by stage 3
 CENTRE_FRAME = WINDOW_FRAMES // 2  # window i is centred on frame i + 2
 _U8_TO_UNIT = torch.from_numpy((np.arange(256) / 255.0).astype(np.float32))  # x / 255. in float64, then float32
-
-ProgressHook = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,9 @@ class ExpertSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> ExpertSettings:
         w2l = cfg.wav2lip
-        return cls(vshift_frames=int(w2l.vshift_frames), box_expand=float(w2l.box_expand),
-                   smooth_frames=int(w2l.smooth_frames), batch_size=int(w2l.batch_size),
-                   frame_rate_hz=float(cfg.media.frame_rate_hz), sample_rate_hz=int(cfg.media.sample_rate_hz))
+        return cls(vshift_frames=w2l.vshift_frames, box_expand=w2l.box_expand, smooth_frames=w2l.smooth_frames,
+                   batch_size=w2l.batch_size, frame_rate_hz=float(cfg.media.frame_rate_hz),
+                   sample_rate_hz=cfg.media.sample_rate_hz)
 
     @property
     def num_shifts(self) -> int:
@@ -360,38 +370,19 @@ def summarise(results: Sequence[ExpertResult], settings: ExpertSettings, checkpo
     }
 
 
-def _fmt(value: float, spec: str) -> str:
-    return "nan" if not math.isfinite(value) else format(value, spec)
-
-
 def offsets_text(sync: Mapping[str, Any]) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence`` per line."""
-    lines = [f"# model wav2lip, {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
-             "# track\toffset_frames\tbest_score\tconfidence"]
-    for idx, (off, best, conf) in enumerate(zip(sync["offset_frames"], sync["best_score"], sync["confidence"])):
-        lines.append(f"{idx:05d}\t{_fmt(off, '.0f')}\t{_fmt(best, '.3f')}\t{_fmt(conf, '.3f')}")
-    return "\n".join(lines) + "\n"
+    return offsets_table(f"# model wav2lip, {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short "
+                         "or silent", "best_score", sync)
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
-def _source_video(cache: Cache, media_info: Mapping) -> Path:
-    """The video stage 1 read (where it is now), checked unchanged: the expert cuts its faces from its frames."""
-    source = dict(media_info.get("source") or {})
-    path = cache.source_video(media_info)
-    if not path.is_file():
-        raise CacheError(f"the video {path} that {STAGE1_SCRIPT} read is gone; the Wav2Lip expert cuts its faces "
-                         f"from its frames")
-    if content_identity(path) != {k: v for k, v in source.items() if k != "path"}:
-        raise CacheError(f"the video {path} changed since {STAGE1_SCRIPT} read it: run {STAGE1_SCRIPT} again")
-    return path
-
-
-def stage2_key(cache: Cache, cfg: Section, settings: ExpertSettings, ckpt_file: str, ckpt_sha256: str) -> dict:
+def stage2_key(cache: Cache, cfg: Any, settings: ExpertSettings, ckpt_file: str, ckpt_sha256: str) -> dict:
     """What the expert's stage-2 outputs depend on."""
     return {
         "stage": STAGE,
         "model": MODEL,
-        "wav2lip": {k: v for k, v in cfg.wav2lip.to_dict().items() if k not in SPEED_ONLY_KEYS},
+        "wav2lip": WAV2LIP.section_key(cfg),
         "settings": settings.key(),
         "checkpoint": {"file": ckpt_file, "sha256": ckpt_sha256},
         "upstream": {"media.pckl": cache.digest("media.pckl"), "tracks.pckl": cache.digest("tracks.pckl"),
@@ -435,43 +426,16 @@ def score_tracks(model: LipSyncExpert, frames: Iterable[np.ndarray], tracks: Seq
     return results  # type: ignore[return-value]
 
 
-def run_stage2_wav2lip(cache: Cache, cfg: Section, weights_dir: str | Path | None = None,
-                       device: torch.device | str = "cpu", force: bool = False,
-                       progress: ProgressHook | None = None):
-    """The expert on every track of ``cache``; reuses a valid earlier result unless ``force``.
-
-    Returns ``pipeline.stage2.Stage2Output`` with the score matrices as ``distances``.
-    """
-    from pipeline.stage1_outputs import require_tracks_and_crops
-    from pipeline.stage2 import Stage2Output, load_valid, prepare_rerun, write_outputs
-
-    progress = progress or (lambda *args, **kwargs: None)
-    tracks = require_tracks_and_crops(cache)
-    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
-    settings = ExpertSettings.from_config(cfg)
-    ckpt_file = str(cfg.wav2lip.checkpoint)
-    key = stage2_key(cache, cfg, settings, ckpt_file, sha256_file(checkpoint_path(ckpt_file, weights_dir)))
-    reused = None if force else load_valid(cache, key)
-    if reused is not None:
-        return reused
-    prepare_rerun(cache, bool(tracks))
-    scores, sync = expert_evidence(cache, cfg, tracks, media_info, ckpt_file, weights_dir, device, progress)
-    write_outputs(cache, scores, sync, key, offsets_text(sync))
-    return Stage2Output(scores, sync, reused=False)
-
-
-def expert_evidence(cache: Cache, cfg: Section, tracks: Sequence[Mapping], media_info: Mapping, ckpt_file: str,
+def expert_evidence(cache: Cache, cfg: Any, tracks: Sequence[Mapping], media_info: Mapping, ckpt_file: str,
                     weights_dir: str | Path | None, device: torch.device | str,
                     progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The expert's score matrices and ``sync.pckl`` dict for ``tracks`` of ``cache``, written nowhere (its
     stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
-    from pipeline.stage1_outputs import read_wav
-
     settings = ExpertSettings.from_config(cfg)
     results: list[ExpertResult] = []
     if tracks:
         check_vshift(settings.vshift_frames, max(len(t["track"]["frame"]) for t in tracks), "the longest face track")
-        source = _source_video(cache, media_info)
+        source = source_video(cache, media_info, "the Wav2Lip expert cuts its faces")
         model = load_lipsync_expert(weights_dir, ckpt_file, device)
         audios = [read_wav(cache.crop_wav(i), settings.sample_rate_hz) for i in range(len(tracks))]
         with contextlib.closing(media.iter_frames(source, settings.frame_rate_hz)) as frames:
@@ -480,7 +444,7 @@ def expert_evidence(cache: Cache, cfg: Section, tracks: Sequence[Mapping], media
 
 
 # ---- single clip -----------------------------------------------------------------------------------
-def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | None = None,
+def sync_clip(videofile: str | Path, cfg: Any, weights_dir: str | Path | None = None,
               device: torch.device | str = "cpu") -> ExpertResult:
     """Offset, best score and confidence of one face clip: every decoded frame, whole, is the face.
 
@@ -489,7 +453,7 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     """
     settings = ExpertSettings.from_config(cfg)
     media.check_video_input(videofile, need_audio=True)
-    ckpt_file = str(cfg.wav2lip.checkpoint)
+    ckpt_file = cfg.wav2lip.checkpoint
     audio = media.decode_audio(videofile, settings.sample_rate_hz)
     check_vshift(settings.vshift_frames, int(len(audio) / settings.sample_rate_hz * settings.frame_rate_hz),
                  f"the audio of {videofile}")
@@ -504,9 +468,71 @@ def sync_clip(videofile: str | Path, cfg: Section, weights_dir: str | Path | Non
     return result
 
 
-def demo_report(result: ExpertResult) -> str:
-    """Three lines like SyncNet's demo, with the expert's best score in place of the min dist."""
-    offset = "nan" if not math.isfinite(result.offset_frames) else f"{int(result.offset_frames):d}"
-    return (f"AV offset: \t{offset}\n"
-            f"Best score: \t{_fmt(result.best_score, '.3f')}\n"
-            f"Confidence: \t{_fmt(result.confidence, '.3f')}")
+# ---- the model, as the stages use it -------------------------------------------------------------
+class Wav2LipModel(SyncModel):
+    """Wav2Lip's lip-sync expert: per-frame scores in [0, 1], smoothed here, thresholds in ``wav2lip``."""
+
+    name = MODEL
+    section = "wav2lip"
+    speed_only_keys = SPEED_ONLY_KEYS
+    own_curves = True
+    input_files = ("media.pckl", "tracks.pckl", "crops")
+    channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
+    stage2_what = "Wav2Lip's lip-sync expert on the face tracks"  # diarize.py's stage-2 line
+    plot_what, plot_ylabel = "Wav2Lip expert smoothed score", "lip-sync score (smoothed)"
+
+    def settings(self, cfg: Any) -> ExpertSettings:
+        return ExpertSettings.from_config(cfg)
+
+    def checkpoint_file(self, cfg: Any, weights_dir: str | Path | None) -> str:
+        return cfg.wav2lip.checkpoint
+
+    def networks(self, cfg: Any, weights_dir: str | Path | None) -> list[Network]:
+        file = self.checkpoint_file(cfg, weights_dir)
+        return [Network(file, lambda: load_lipsync_expert(weights_dir, file, "cpu"))]
+
+    def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
+                   ) -> dict[str, Any]:
+        cache.require("media.pckl", STAGE1_SCRIPT)
+        settings = self.settings(cfg)
+        file = self.checkpoint_file(cfg, weights_dir)
+        return stage2_key(cache, cfg, settings, file, sha256_file(checkpoint_path(file, weights_dir)))
+
+    def evidence(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
+                 device: Any, progress: ProgressHook) -> Evidence:
+        media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+        file = self.checkpoint_file(cfg, weights_dir)
+        return Evidence(*expert_evidence(cache, cfg, tracks, media_info, file, weights_dir, device, progress))
+
+    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+        return offsets_text(sync)
+
+    def summary(self, sync: Mapping[str, Any]) -> str:
+        return "Wav2Lip expert"
+
+    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(cfg.wav2lip.conf_thresholds)
+
+    def track_curves(self, cfg: Any, sync: Mapping[str, Any], distances: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The expert's smoothed per-frame scores, one per track of ``distances``."""
+        return own_curves(sync, len(distances), self.name)
+
+    def fusion_curves(self, cfg: Any, sync: Mapping[str, Any], num_tracks: int
+                      ) -> tuple[list[np.ndarray] | None, list[str] | None]:
+        curves = own_curves(sync, num_tracks, self.name)
+        return curves, [self.name] * len(curves)
+
+    def stage3_key(self, cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sync_model": self.name, **self.threshold_key(cfg)}
+
+    def clip_report(self, videofile: str | Path, cfg: Any, weights_dir: str | Path | None, device: Any,
+                    features: str | None = None) -> ClipReport:
+        if features:
+            raise InputError("--features saves SyncNet's embeddings (syncnet_python's demo_feature.py); "
+                             f"it does not apply to --sync_model {self.name}")
+        result = sync_clip(videofile, cfg, weights_dir, device)
+        return ClipReport(demo_report(result.offset_frames, "Best score", result.best_score, result.confidence),
+                          silent_note(videofile, result.silent))
+
+
+WAV2LIP = Wav2LipModel()
