@@ -21,10 +21,12 @@ from pipeline.config import load_config
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.stage2 import OUTPUTS, run_stage2
 from pipeline.sync.syncnet import (
+    LipWindowBuffer,
     SyncSettings,
     _map_tracks,
     compute_mfcc,
     count_windows,
+    lip_windows,
     mfcc_windows,
     offset_search,
     offsets_text,
@@ -253,6 +255,21 @@ def test_offset_search_bad_shape_and_empty():
     assert math.isnan(off) and math.isnan(dist) and conf == 0.0
     with pytest.raises(InputError):
         offset_search(np.zeros((5, 20)), 10)
+
+
+def test_reused_window_buffer_equals_fresh_windows():
+    """The reused buffer gives lip_windows' values and channels-last strides, batch after batch (a shorter last
+    batch included, with nothing left over from the one before), and refuses more windows than it holds."""
+    frames = noise_frames(17, seed=9)
+    buffer = LipWindowBuffer(max_windows=9, window_frames=5)
+    for start, stop in ((0, 13), (9, 17), (3, 10)):  # 9 windows, then 4, then 3
+        got = buffer.fill(frames[start:stop])
+        want = lip_windows(torch.from_numpy(np.stack(frames[start:stop])), 5, channels_last=True)
+        assert got.shape == want.shape == (stop - start - 4, 3, 5, 224, 224)
+        assert got.stride() == want.stride() and got.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError):
+        buffer.fill(frames[:14])  # 10 windows
 
 
 # ---- one track end to end ------------------------------------------------------------------------
