@@ -42,20 +42,17 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 # ---- the limits on this tree ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 20: stage2 -> evidence -> lip_gesture -> stage2 (imports in functions)")
 def test_no_import_cycle_among_pipeline_and_models():
     graph = arch.import_graph()
     cycles = arch.import_cycles(graph)
     assert not cycles, "\n".join(str(p) for c in cycles for p in arch.cycle_edges(graph, c))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20: 22 sync model name comparisons outside pipeline/sync/")
 def test_sync_model_name_compared_in_at_most_3_places_outside_the_sync_package():
     places = arch.sync_name_comparisons()
     assert len(places) <= arch.MAX_SYNC_NAME_COMPARISONS, "\n".join(map(str, places))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20: 154 casts of config values (settings are not typed yet)")
 def test_at_most_20_config_casts():
     places = arch.config_casts()
     assert len(places) <= arch.MAX_CONFIG_CASTS, "\n".join(map(str, places))

@@ -12,6 +12,7 @@ Seeded random weights, an 80-frame flat-colour clip with a tone, evidence comput
 """
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import re
@@ -43,6 +44,7 @@ FACE_BOX = [40.0, 40.0, 120.0, 120.0]
 NOOP = lambda *args, **kwargs: None  # noqa: E731
 
 
+@functools.lru_cache(maxsize=None)
 def _choices(section: str, key: str) -> list[str]:
     """The named choices the config allows for ``section.key`` (from its one-line refusal), else []."""
     try:
@@ -70,7 +72,10 @@ def variants() -> list[tuple[str, tuple[str, ...]]]:
 VARIANTS = variants()
 
 
+@functools.lru_cache(maxsize=None)
 def config(name: str, overrides: tuple[str, ...] = (), *more: str) -> Any:
+    """The config of one variant plus ``more`` overrides (frozen, so one object per distinct argument list;
+    a refused list raises each time)."""
     return load_config(overrides=[f"sync.model={name}", *overrides, *more])
 
 
