@@ -44,7 +44,7 @@ FACE_BOX = [40.0, 40.0, 120.0, 120.0]
 NOOP = lambda *args, **kwargs: None  # noqa: E731
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _choices(section: str, key: str) -> list[str]:
     """The named choices the config allows for ``section.key`` (from its one-line refusal), else []."""
     try:
@@ -72,7 +72,7 @@ def variants() -> list[tuple[str, tuple[str, ...]]]:
 VARIANTS = variants()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config(name: str, overrides: tuple[str, ...] = (), *more: str) -> Any:
     """The config of one variant plus ``more`` overrides (frozen, so one object per distinct argument list;
     a refused list raises each time)."""
