@@ -123,9 +123,9 @@ def test_settings_are_checked_and_read_by_stage_3_only():
     keys = {p: evidence.diarisation_key_extra(load_config(overrides=[f"gestsync.prefer={p}"]), sync)
             for p in ("lips", "gestures")}
     assert keys["lips"] != keys["gestures"]  # stage 3 decides again when the preference changes
-    from pipeline.sync.gestsync import SPEED_ONLY_KEYS
+    from pipeline.sync.gestsync import STAGE3_ONLY_KEYS
 
-    assert "prefer" in SPEED_ONLY_KEYS  # ... and stage 2 does not run again
+    assert "prefer" in STAGE3_ONLY_KEYS  # ... and stage 2 does not run again
     broken = {**sync, "lips": {"model": "wav2lip", "distances": [], "sync": {}}}
     with pytest.raises(CacheError, match="run scripts/run_syncnet.py"):
         evidence.fusion_curves(load_config(), broken, 1)

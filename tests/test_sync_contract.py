@@ -1,8 +1,9 @@
 """What every registered sync model owes the stages (``pipeline.sync.base.SyncModel``), checked through the
 interface only, so that a model added to the registry is tested here without editing this file.
 
-- its stage-2 key changes when any setting of its section outside ``speed_only_keys`` changes, when its
-  checkpoint or any of its declared ``input_files`` changes, and not when a speed-only setting does;
+- its stage-2 key changes when any setting of its section outside ``stage2_excluded_keys`` (speed-only, or
+  read by stage 3 only) changes, when its checkpoint or any of its declared ``input_files`` changes, and not
+  when an excluded setting does;
 - its stage-3 key changes whenever a setting changes what stage 3 reads of it (thresholds or curves);
 - a flat frame with distinct blue, green and red levels reaches its network in ``channel_order``;
 - the networks it declares cover every checkpoint its evidence step loads;
@@ -207,11 +208,12 @@ def test_stage2_key_changes_with_every_setting_that_is_not_speed_only(cache, wei
             except InputError:  # a combination the model's settings refuse (one line): nothing to key
                 continue
             checked.add(key)
-            if key in model.speed_only_keys:
-                assert other == base, f"{model.section}.{key} is speed-only but changes the stage-2 key"
+            if key in model.stage2_excluded_keys:
+                assert other == base, f"{model.section}.{key} is left out of stage 2 but changes its key"
             else:
                 assert other != base, f"changing {model.section}.{key} keeps {name}'s stage-2 key"
-    assert set(model.speed_only_keys) <= checked | {"checkpoint"} and len(checked) > len(model.speed_only_keys)
+    excluded = model.stage2_excluded_keys
+    assert set(excluded) <= checked | {"checkpoint"} and len(checked) > len(excluded)
 
 
 @pytest.mark.parametrize("name, overrides", VARIANTS)

@@ -22,6 +22,7 @@ from pipeline.cache import Cache, content_identity
 from pipeline.errors import CacheError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET
+from pipeline.settings import SECTIONS
 
 STAGE = "run_syncnet"  # the stage name in stage 2's manifests
 
@@ -59,7 +60,7 @@ class SyncModel(ABC):
 
     name: str  # sync.model / --sync_model
     section: str  # its config section
-    speed_only_keys: tuple[str, ...] = ()  # settings of ``section`` no result depends on (left out of keys)
+    stage3_only_keys: tuple[str, ...] = ()  # settings of ``section`` only stage 3 reads (thresholds): not in stage 2's key
     own_curves: bool = False  # gives per-frame curves with thresholds in ``section`` (else: distances)
     input_files: tuple[str, ...] = ()  # the cache files its evidence reads (their digests are in its stage-2 key)
     channel_order: str = "BGR"  # the colour order its reference feeds the network ('BGR': as cv2 reads)
@@ -80,9 +81,15 @@ class SyncModel(ABC):
     def networks(self, cfg: Any, weights_dir: str | Path | None) -> list[Network]:
         """Every network the model's evidence step will load (preflight loads and tries each)."""
 
+    @property
+    def stage2_excluded_keys(self) -> tuple[str, ...]:
+        """Settings of ``section`` outside stage 2's key: the fields marked speed-only in pipeline/settings.py
+        and ``stage3_only_keys``."""
+        return SECTIONS[self.section].speed_only_fields() + self.stage3_only_keys
+
     def section_key(self, cfg: Any) -> dict[str, Any]:
-        """The model's config section without its speed-only settings."""
-        return {k: v for k, v in cfg[self.section].to_dict().items() if k not in self.speed_only_keys}
+        """The model's config section as stage 2's key holds it: every field but ``stage2_excluded_keys``."""
+        return {k: v for k, v in cfg[self.section].key_dict().items() if k not in self.stage3_only_keys}
 
     # ---- stage 2 ----
     @abstractmethod

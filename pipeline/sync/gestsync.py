@@ -83,7 +83,7 @@ MODEL = "gestsync"
 METRIC = "cosine_similarity"
 PERSONS_FILE = "persons.pckl"  # the user's person boxes, in the reference's pywork folder
 TEMPORAL_KERNEL_FRAMES = 5  # net_vid.conv1 kernel (5, 7, 7): the only layer that mixes frames
-SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds", "prefer")  # not in stage 2's key: speed, or read by stage 3
+STAGE3_ONLY_KEYS = ("conf_thresholds", "prefer")  # read by stage 3 only: not in stage 2's key
 
 
 @dataclass(frozen=True)
@@ -717,7 +717,7 @@ class GestSyncModel(SyncModel):
 
     name = MODEL
     section = "gestsync"
-    speed_only_keys = SPEED_ONLY_KEYS
+    stage3_only_keys = STAGE3_ONLY_KEYS
     own_curves = True
     input_files = ("media.pckl", "tracks.pckl", "scene.pckl", "crops", PERSONS_FILE)
     channel_order = "RGB"  # GestSync converts cv2 frames to RGB

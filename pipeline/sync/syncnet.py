@@ -479,7 +479,6 @@ class SyncNetModel(SyncModel):
 
     name = "syncnet"
     section = "syncnet"
-    speed_only_keys = ("batch_size", "parallel_tracks")
     input_files = ("tracks.pckl", "crops")
     channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
     stage2_what = "SyncNet on the face tracks"  # diarize.py's stage-2 line

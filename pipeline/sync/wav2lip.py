@@ -61,7 +61,7 @@ from pipeline.sync.base import (
 
 MODEL = "wav2lip"
 METRIC = "cosine_similarity"
-SPEED_ONLY_KEYS = ("batch_size", "conf_thresholds")  # not in stage 2's key: speed only, or read by stage 3
+STAGE3_ONLY_KEYS = ("conf_thresholds",)  # read by stage 3 only: not in stage 2's key
 CENTRE_FRAME = WINDOW_FRAMES // 2  # window i is centred on frame i + 2
 _U8_TO_UNIT = torch.from_numpy((np.arange(256) / 255.0).astype(np.float32))  # x / 255. in float64, then float32
 
@@ -474,7 +474,7 @@ class Wav2LipModel(SyncModel):
 
     name = MODEL
     section = "wav2lip"
-    speed_only_keys = SPEED_ONLY_KEYS
+    stage3_only_keys = STAGE3_ONLY_KEYS
     own_curves = True
     input_files = ("media.pckl", "tracks.pckl", "crops")
     channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
