@@ -14,12 +14,11 @@ from typing import Any
 from pipeline.cache import Cache
 from pipeline.config import Config, Section, load_config, with_overrides
 from pipeline.errors import InputError
-from pipeline.formats import Turn
+from pipeline.formats import DIARISATION_FILE, STAGE_TIMES_FILE, SYNC_FILE, TRACKS_FILE, Turn
 
 StageHook = Callable[[str], None]
-STAGE_TIMES_FILE = "stage_seconds.json"  # pywork/REF/: per stage, how long the run that wrote its outputs took
 # The output whose modification time tells whether a stage rewrote its outputs (stage 4 always does).
-STAGE_OUTPUTS = {"stage1": "tracks.pckl", "stage2": "sync.pckl", "stage3": "diarization.pckl"}
+STAGE_OUTPUTS = {"stage1": TRACKS_FILE, "stage2": SYNC_FILE, "stage3": DIARISATION_FILE}
 
 
 @dataclass

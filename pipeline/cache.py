@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BusyError, CacheError, DiskFullError, InputError, PipelineError
-from pipeline.formats import RUN_PIPELINE
+from pipeline.formats import AUDIO_FILE, RUN_PIPELINE, SOURCE_FILE
 from pipeline.runtime import runtime_record
 from pipeline.version import __version__
 
@@ -236,13 +236,13 @@ class Cache:
     @property
     def audio_wav(self) -> Path:
         """Whole-video 16 kHz mono audio."""
-        return self.avi_dir / "audio.wav"
+        return self.avi_dir / AUDIO_FILE
 
     @property
     def source_json(self) -> Path:
         """Where the input video was last seen (pywork/REF/source.json); not an intermediate: no manifest,
         no digest, so moving the video changes nothing downstream."""
-        return self.work_dir / "source.json"
+        return self.work_dir / SOURCE_FILE
 
     def record_source(self, videofile: Path, identity: Mapping[str, Any]) -> None:
         """Remember the path of the video with content ``identity`` (for stage 4's video and VIA project)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, first_line
+from pipeline.formats import FACES_FILE, MEDIA_FILE
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 SUMMARY_FIELDS = ("reference", "videofile", "status", "duration_s", "tracks", "speakers", "turns", "speech_s",
@@ -250,7 +251,7 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     try:
         if item.faces is not None:
             cache = Cache(settings.data_dir, item.reference)
-            target = cache.work("faces.pckl")
+            target = cache.work(FACES_FILE)
             if not target.exists():  # adopted like a user's own detections
                 shutil.copyfile(item.faces, target)
         out_dir = Path(settings.out_dir) / "videos" / item.reference
@@ -267,7 +268,7 @@ def diarise_one(item: CorpusVideo, settings: RunSettings) -> VideoSummary:
     rttm_dir = Path(settings.out_dir) / "rttm"
     rttm_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.outputs["rttm"], rttm_dir / f"{item.reference}.rttm")
-    media = Cache(settings.data_dir, item.reference, create=False).load_pickle("media.pckl")
+    media = Cache(settings.data_dir, item.reference, create=False).load_pickle(MEDIA_FILE)
     summary.status = "done"
     summary.duration_s = float(media.get("duration_s") or 0.0)
     summary.tracks = result.num_tracks

@@ -130,10 +130,33 @@ RUN_PIPELINE = "scripts/run_pipeline.py"
 RUN_SYNCNET = "scripts/run_syncnet.py"
 CLUSTER = "scripts/cluster.py"
 
+# The cache's file names (described in this module's docstring), used by these names everywhere.
+# pyavi/REF/ (``Cache.audio_wav``):
+AUDIO_FILE = "audio.wav"
+# pywork/REF/, stage 1:
+MEDIA_FILE = "media.pckl"
+SOURCE_FILE = "source.json"
+FACES_FILE = "faces.pckl"
+SCENE_FILE = "scene.pckl"
+TRACKS_FILE = "tracks.pckl"
+# pywork/REF/, stage 2 (PERSONS_FILE is the user's, read by GestSync):
+ACTIVESD_FILE = "activesd.pckl"
+SYNC_FILE = "sync.pckl"
+OFFSETS_FILE = "offsets.txt"
+PERSONS_FILE = "persons.pckl"
+# pywork/REF/, stage 3:
+VAD_FILE = "vad.pckl"
+EMBEDDINGS_FILE = "embeddings.pckl"
+FACEID_FILE = "faceid.pckl"
+DIARISATION_FILE = "diarization.pckl"
+SYNC_CURVES_FILE = "sync_curves.pckl"
+# pywork/REF/, written by pipeline.diarize:
+STAGE_TIMES_FILE = "stage_seconds.json"
+
 # Stage 3's outputs that stage 4 draws, and the outputs each is made from (recorded in its manifest's key):
 # stage 4 refuses one whose upstream changed since.
-DIARISATION_UPSTREAM = ("media.pckl", "tracks.pckl", "activesd.pckl", "sync.pckl", "faceid.pckl")
-SYNC_CURVES_UPSTREAM = ("activesd.pckl", "sync.pckl", "diarization.pckl")
+DIARISATION_UPSTREAM = (MEDIA_FILE, TRACKS_FILE, ACTIVESD_FILE, SYNC_FILE, FACEID_FILE)
+SYNC_CURVES_UPSTREAM = (ACTIVESD_FILE, SYNC_FILE, DIARISATION_FILE)
 
 
 class Turn(NamedTuple):

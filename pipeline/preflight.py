@@ -15,6 +15,7 @@ from models.loader import resolve_weights_dir
 from pipeline.cache import Cache
 from pipeline.errors import CheckpointError
 from pipeline.evidence import configured_model
+from pipeline.formats import FACES_FILE
 
 
 def _present(file: str, weights_dir: str | Path | None) -> bool:
@@ -28,7 +29,7 @@ def check_networks(cache: Cache, cfg: Any, weights_dir: str | Path | None,
     Raises CheckpointError (one line naming the file) for a bad checkpoint, or for a missing speaker model.
     """
     checked: list[str] = []
-    if not cache.work("faces.pckl").is_file():  # stage 1 will detect faces
+    if not cache.work(FACES_FILE).is_file():  # stage 1 will detect faces
         from models.s3fd import load_s3fd
 
         file = cfg.detect.checkpoint

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.crop import smooth_track, write_track_crops
 from pipeline.detections import drop_note, drop_unusable, sanitize_faces
 from pipeline.errors import InputError
-from pipeline.formats import validate_faces
+from pipeline.formats import AUDIO_FILE, FACES_FILE, MEDIA_FILE, SCENE_FILE, TRACKS_FILE, validate_faces
 from pipeline.prefetch import prefetch
 from pipeline.runtime import apply_threads
 from pipeline.scenes import ShotDetector
@@ -60,14 +60,14 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
 def normalise_audio(videofile: Path, cache: Cache, cfg: Config, identity: dict, force: bool) -> tuple[np.ndarray, bool]:
     """16 kHz mono audio of the video at pyavi/REF/audio.wav; (samples, reused)."""
     key = {"input": identity, "media": cfg.media.key_dict()}
-    if not force and cache.is_valid("audio.wav", key):
+    if not force and cache.is_valid(AUDIO_FILE, key):
         return read_wav(cache.audio_wav, cfg.media.sample_rate_hz), True
-    cache.invalidate("audio.wav")
+    cache.invalidate(AUDIO_FILE)
     samples = media.decode_audio(videofile, cfg.media.sample_rate_hz, max_missing_s=cfg.input.max_missing_s)
     if samples.size == 0:
         raise InputError(f"{videofile} has an audio stream with no decodable samples")
     write_wav(cache.audio_wav, samples, cfg.media.sample_rate_hz)
-    cache.record("audio.wav", STAGE, key, [cache.audio_wav])
+    cache.record(AUDIO_FILE, STAGE, key, [cache.audio_wav])
     return samples, False
 
 
@@ -98,15 +98,15 @@ def save_detections(cache: Cache, faces: list[list[dict]], key: dict) -> None:
     data = pickle.dumps(faces, protocol=4)
     cache.manifest_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(_pipeline_mark(cache), hashlib.sha256(data).hexdigest().encode())
-    cache.invalidate("faces.pckl")
-    write_bytes_atomic(cache.work("faces.pckl"), data)
-    cache.record("faces.pckl", STAGE, key, [cache.work("faces.pckl")])
+    cache.invalidate(FACES_FILE)
+    write_bytes_atomic(cache.work(FACES_FILE), data)
+    cache.record(FACES_FILE, STAGE, key, [cache.work(FACES_FILE)])
 
 
 def _written_by_pipeline(cache: Cache) -> bool:
     """faces.pckl is the pipeline's own detections (by its manifest, or by the mark when it has none)."""
-    path = cache.work("faces.pckl")
-    manifest = cache.read_manifest("faces.pckl")
+    path = cache.work(FACES_FILE)
+    manifest = cache.read_manifest(FACES_FILE)
     if manifest is not None and cache.files_intact(manifest):
         return manifest.get("key", {}).get("source") != "user"
     try:
@@ -119,10 +119,10 @@ def _written_by_pipeline(cache: Cache) -> bool:
 def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
     """A faces.pckl the user placed (no manifest, or one whose hash no longer matches, and not the file the
     pipeline last wrote), validated."""
-    path = cache.work("faces.pckl")
+    path = cache.work(FACES_FILE)
     if not path.is_file() or _written_by_pipeline(cache):
         return None
-    manifest = cache.read_manifest("faces.pckl")
+    manifest = cache.read_manifest(FACES_FILE)
     if manifest is not None and cache.files_intact(manifest):
         key = manifest.get("key", {})
         if key.get("source") != "user":
@@ -131,12 +131,12 @@ def _user_faces(cache: Cache, identity: dict) -> list[list[dict]] | None:
         if recorded != identity and "sha256" in recorded:  # never overwrite the user's own detections
             raise InputError(f"{path} holds detections you placed for another video (the content of the input "
                              f"changed): delete it to detect again, or use another --reference")
-        faces = validate_faces(cache.load_pickle("faces.pckl"), str(path))
+        faces = validate_faces(cache.load_pickle(FACES_FILE), str(path))
         if recorded != identity:  # recorded by an older version, by path and modification time
-            cache.record("faces.pckl", STAGE, {"source": "user", "input": identity}, [path])
+            cache.record(FACES_FILE, STAGE, {"source": "user", "input": identity}, [path])
         return faces
-    faces = validate_faces(cache.load_pickle("faces.pckl"), str(path))
-    cache.record("faces.pckl", STAGE, {"source": "user", "input": identity}, [path])
+    faces = validate_faces(cache.load_pickle(FACES_FILE), str(path))
+    cache.record(FACES_FILE, STAGE, {"source": "user", "input": identity}, [path])
     return faces
 
 
@@ -196,9 +196,9 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Config, identity: dict, 
     """media.pckl, faces.pckl and scene.pckl, reused where valid; (media_info, faces, shots)."""
     media_key = _media_key(cfg, identity)
     detect_key = _detect_key(cfg, identity)
-    info = None if force else cache.load_valid("media.pckl", media_key)
-    shots = None if force else cache.load_valid("scene.pckl", media_key)
-    faces = None if force else cache.load_valid("faces.pckl", detect_key)
+    info = None if force else cache.load_valid(MEDIA_FILE, media_key)
+    shots = None if force else cache.load_valid(SCENE_FILE, media_key)
+    faces = None if force else cache.load_valid(FACES_FILE, detect_key)
     # detections the user brought are kept, even with --force (delete faces.pckl to detect again)
     user_faces = _user_faces(cache, identity) if faces is None else None
 
@@ -211,11 +211,11 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Config, identity: dict, 
             )
 
             detector = FaceDetector(cfg.detect, weights_dir, device)
-        for name in ("media.pckl", "scene.pckl") + (("faces.pckl",) if need_detection else ()):
+        for name in (MEDIA_FILE, SCENE_FILE) + ((FACES_FILE,) if need_detection else ()):
             cache.invalidate(name)
         if need_detection:  # the pipeline's old detections (_user_faces said so): gone before S3FD starts
             with contextlib.suppress(FileNotFoundError):
-                cache.work("faces.pckl").unlink()
+                cache.work(FACES_FILE).unlink()
         num_frames, width, height, shots, detected, drop_message = scan_video(videofile, cfg, detector, progress)
         info = {
             "source": identity,
@@ -230,7 +230,7 @@ def faces_and_shots(videofile: Path, cache: Cache, cfg: Config, identity: dict, 
             save_detections(cache, faces, detect_key)
             if drop_message is not None:
                 result.notes.append(drop_message)
-        cache.save_pickle("scene.pckl", shots, STAGE, media_key)
+        cache.save_pickle(SCENE_FILE, shots, STAGE, media_key)
     else:
         result.reused += ["scenes"]
     if faces is None:
@@ -258,18 +258,18 @@ def _crop_settings(cfg: Config) -> dict:
 def build_tracks(cache: Cache, cfg: Config, faces: list, shots: list, force: bool) -> tuple[list[dict], bool]:
     """tracks.pckl in syncnet_python's layout; (tracks, reused)."""
     key = {
-        "upstream": {"faces.pckl": cache.digest("faces.pckl"), "scene.pckl": cache.digest("scene.pckl")},
+        "upstream": {FACES_FILE: cache.digest(FACES_FILE), SCENE_FILE: cache.digest(SCENE_FILE)},
         **_track_settings(cfg),
     }
     if not force:
-        tracks = cache.load_valid("tracks.pckl", key)
+        tracks = cache.load_valid(TRACKS_FILE, key)
         if tracks is not None:
             return tracks, True
-    cache.invalidate("tracks.pckl")
+    cache.invalidate(TRACKS_FILE)
     tracks = []
     for dense in track_faces(faces, shots, cfg.track):
         tracks.append({"track": dense, "proc_track": smooth_track(dense, cfg.crop.smooth_kernel_frames)})
-    cache.save_pickle("tracks.pckl", tracks, STAGE, key)
+    cache.save_pickle(TRACKS_FILE, tracks, STAGE, key)
     return tracks, False
 
 
@@ -284,7 +284,7 @@ def write_crops(videofile: Path, cache: Cache, cfg: Config, tracks: list[dict], 
     """Crops of every track (pycrop/REF/%05d.{mkv,avi,wav}) under the 'crops' manifest; True if reused."""
     key = {
         "input": identity,
-        "upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "audio.wav": cache.digest("audio.wav")},
+        "upstream": {TRACKS_FILE: cache.digest(TRACKS_FILE), AUDIO_FILE: cache.digest(AUDIO_FILE)},
         **_crop_settings(cfg),
     }
     if not force and cache.is_valid("crops", key):
@@ -328,8 +328,8 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Config, weights_dir=N
     info, faces, shots = faces_and_shots(videofile, cache, cfg, identity, weights_dir, device, force, progress, result)
     info = dict(info, num_samples=int(audio.size), sample_rate_hz=cfg.media.sample_rate_hz, has_audio=True)
     media_key = _media_key(cfg, identity)
-    if cache.load_valid("media.pckl", media_key) != info:
-        cache.save_pickle("media.pckl", info, STAGE, media_key)
+    if cache.load_valid(MEDIA_FILE, media_key) != info:
+        cache.save_pickle(MEDIA_FILE, info, STAGE, media_key)
     if info["duration_s"] - audio.size / cfg.media.sample_rate_hz > cfg.media.audio_short_note_s:
         result.notes.append(f"the audio ({audio.size / cfg.media.sample_rate_hz:.2f} s) is shorter than the video "
                             f"({info['duration_s']:.2f} s); the rest counts as silence")
@@ -361,11 +361,11 @@ def audio_only_outputs(audio_file: Path, cache: Cache, cfg: Config, identity: di
     detect_key = _detect_key(cfg, identity)
     shots = [(0, num_frames)]
     faces: list[list[dict]] = [[] for _ in range(num_frames)]
-    if cache.load_valid("media.pckl", media_key) != info:
-        cache.save_pickle("media.pckl", info, STAGE, media_key)
-    if force or cache.load_valid("scene.pckl", media_key) != shots:
-        cache.save_pickle("scene.pckl", shots, STAGE, media_key)
-    if force or cache.load_valid("faces.pckl", detect_key) != faces:
+    if cache.load_valid(MEDIA_FILE, media_key) != info:
+        cache.save_pickle(MEDIA_FILE, info, STAGE, media_key)
+    if force or cache.load_valid(SCENE_FILE, media_key) != shots:
+        cache.save_pickle(SCENE_FILE, shots, STAGE, media_key)
+    if force or cache.load_valid(FACES_FILE, detect_key) != faces:
         save_detections(cache, faces, detect_key)
     tracks, _ = build_tracks(cache, cfg, faces, shots, force)
     write_crops(audio_file, cache, cfg, tracks, audio, identity, force, _noop)

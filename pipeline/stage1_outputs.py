@@ -12,6 +12,7 @@ from scipy.io import wavfile
 from pipeline.cache import Cache
 from pipeline.errors import CacheError, first_line
 from pipeline.formats import RUN_PIPELINE as SCRIPT
+from pipeline.formats import TRACKS_FILE
 
 
 def read_wav(path: Path, sample_rate_hz: int) -> np.ndarray:
@@ -34,14 +35,14 @@ def require_tracks_and_crops(cache: Cache) -> list[dict]:
 
     For later stages: a CacheError names scripts/run_pipeline.py when anything is missing or stale.
     """
-    tracks = cache.require("tracks.pckl", SCRIPT)
+    tracks = cache.require(TRACKS_FILE, SCRIPT)
     if not isinstance(tracks, list) or not all(isinstance(t, dict) and "track" in t for t in tracks):
-        raise CacheError(f"{cache.work('tracks.pckl')} is not a list of tracks: run {SCRIPT} again")
+        raise CacheError(f"{cache.work(TRACKS_FILE)} is not a list of tracks: run {SCRIPT} again")
     manifest = cache.read_manifest("crops")
     if manifest is None:
         raise CacheError(f"no face-track crops for reference {cache.reference!r} in {cache.data_dir}: run {SCRIPT} first")
-    recorded = (manifest.get("key") or {}).get("upstream", {}).get("tracks.pckl")
-    if recorded is not None and recorded != cache.digest("tracks.pckl"):
+    recorded = (manifest.get("key") or {}).get("upstream", {}).get(TRACKS_FILE)
+    if recorded is not None and recorded != cache.digest(TRACKS_FILE):
         raise CacheError(f"the crops are stale (tracks.pckl changed since): run {SCRIPT} again")
     listed = manifest.get("files", {})
     for idx in range(len(tracks)):

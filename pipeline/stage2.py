@@ -19,12 +19,13 @@ from pipeline.cache import Cache, write_bytes_atomic
 from pipeline.config import Section
 from pipeline.errors import CacheError
 from pipeline.evidence import configured_model
+from pipeline.formats import ACTIVESD_FILE, OFFSETS_FILE, SYNC_FILE
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.runtime import apply_threads
 from pipeline.stage1_outputs import require_tracks_and_crops
 from pipeline.sync.base import STAGE, ProgressHook
 
-OUTPUTS = ("activesd.pckl", "sync.pckl", "offsets.txt")
+OUTPUTS = (ACTIVESD_FILE, SYNC_FILE, OFFSETS_FILE)
 
 
 @dataclass
@@ -48,18 +49,18 @@ def require_stage1(cache: Cache) -> list[dict]:
 # ---- outputs -------------------------------------------------------------------------------------
 def write_outputs(cache: Cache, distances: list[np.ndarray], sync: dict, key: Mapping, offsets: str) -> None:
     """``activesd.pckl``, ``sync.pckl`` and ``offsets.txt`` (text ``offsets``), each atomically with its manifest."""
-    cache.save_pickle("activesd.pckl", distances, STAGE, key)
-    cache.save_pickle("sync.pckl", sync, STAGE, key)
-    path = cache.work("offsets.txt")
+    cache.save_pickle(ACTIVESD_FILE, distances, STAGE, key)
+    cache.save_pickle(SYNC_FILE, sync, STAGE, key)
+    path = cache.work(OFFSETS_FILE)
     write_bytes_atomic(path, offsets.encode())
-    cache.record("offsets.txt", STAGE, key, [path])
+    cache.record(OFFSETS_FILE, STAGE, key, [path])
 
 
 def load_valid(cache: Cache, key: Mapping) -> Stage2Output | None:
     """Stage 2's outputs when all three were written with ``key``, else None."""
     if not all(cache.is_valid(name, key) for name in OUTPUTS):
         return None
-    distances, sync = cache.load_valid("activesd.pckl", key), cache.load_valid("sync.pckl", key)
+    distances, sync = cache.load_valid(ACTIVESD_FILE, key), cache.load_valid(SYNC_FILE, key)
     if distances is None or sync is None:
         return None
     return Stage2Output(distances, sync, reused=True)

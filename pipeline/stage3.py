@@ -40,9 +40,18 @@ from pipeline.evidence import (
     vote_thresholds,
 )
 from pipeline.formats import (
+    ACTIVESD_FILE,
+    DIARISATION_FILE,
     DIARISATION_UPSTREAM,
+    EMBEDDINGS_FILE,
+    FACEID_FILE,
+    MEDIA_FILE,
     SPEAKER_MODELS,
+    SYNC_CURVES_FILE,
     SYNC_CURVES_UPSTREAM,
+    SYNC_FILE,
+    TRACKS_FILE,
+    VAD_FILE,
     VAD_METHODS,
     Turn,
     turns_from_pickle,
@@ -74,24 +83,24 @@ def _no_progress(*args: Any, **kwargs: Any) -> None:
 # ---- earlier stages ------------------------------------------------------------------------------
 def require_stage1(cache: Cache) -> tuple[dict, list[dict]]:
     """Stage 1's media description and tracks, after checking its crops; CacheError names run_pipeline.py."""
-    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+    media_info = cache.require(MEDIA_FILE, STAGE1_SCRIPT)
     if not isinstance(media_info, Mapping) or "num_frames" not in media_info:
-        raise CacheError(f"{cache.work('media.pckl')} is not stage 1's media description: run {STAGE1_SCRIPT} again")
+        raise CacheError(f"{cache.work(MEDIA_FILE)} is not stage 1's media description: run {STAGE1_SCRIPT} again")
     tracks = require_tracks_and_crops(cache)
     return dict(media_info), tracks
 
 
 def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], dict]:
     """Stage 2's distance matrices and sync summary, made from the current tracks and crops."""
-    upstream = {"tracks.pckl": "", "crops": ""}
-    distances = cache.require_fresh("activesd.pckl", STAGE2_SCRIPT, upstream)
-    sync = cache.require_fresh("sync.pckl", STAGE2_SCRIPT, upstream)
+    upstream = {TRACKS_FILE: "", "crops": ""}
+    distances = cache.require_fresh(ACTIVESD_FILE, STAGE2_SCRIPT, upstream)
+    sync = cache.require_fresh(SYNC_FILE, STAGE2_SCRIPT, upstream)
     extra = len(extra_tracks(sync)) if isinstance(sync, Mapping) else 0  # GestSync's faceless person tracks
     if not isinstance(distances, list) or len(distances) != num_tracks + extra:
-        raise CacheError(f"{cache.work('activesd.pckl')} does not hold one distance matrix per track: "
+        raise CacheError(f"{cache.work(ACTIVESD_FILE)} does not hold one distance matrix per track: "
                          f"run {STAGE2_SCRIPT} again")
     if not isinstance(sync, Mapping) or "metric" not in sync:
-        raise CacheError(f"{cache.work('sync.pckl')} does not name its distance metric: run {STAGE2_SCRIPT} again")
+        raise CacheError(f"{cache.work(SYNC_FILE)} does not name its distance metric: run {STAGE2_SCRIPT} again")
     return distances, dict(sync)
 
 
@@ -144,7 +153,7 @@ def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audi
     """``vad.pckl``: speech segments of the whole audio and of each track's audio."""
     rate = cfg.media.sample_rate_hz
     key = {"stage": STAGE, "vad": {**cfg.vad.key_dict(), "method": method}, "sample_rate_hz": rate,
-           "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
+           "audio_sha256": audio_id, "upstream": _upstream(cache, MEDIA_FILE, TRACKS_FILE, "crops")}
 
     def produce() -> dict:
         from pipeline.vad import speech_segments
@@ -159,7 +168,7 @@ def compute_vad(cache: Cache, cfg: Section, method: str, audio: np.ndarray, audi
         progress("vad", num_tracks + 1, num_tracks + 1)
         return {"method": method, "audio": [(float(s), float(e)) for s, e in whole], "tracks": per_track}
 
-    return run_atomic_step(cache, "vad.pckl", produce, STAGE, key, force)[0]
+    return run_atomic_step(cache, VAD_FILE, produce, STAGE, key, force)[0]
 
 
 def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict], audio_id: str,
@@ -169,7 +178,7 @@ def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict]
     rate_hz, frame_rate_hz = cfg.media.sample_rate_hz, cfg.media.frame_rate_hz
     per_frame = rate_hz // frame_rate_hz  # stage 1 cuts a track's audio at whole frames of this many samples
     key = {"stage": STAGE, "speech": given.key(), "sample_rate_hz": rate_hz, "frame_rate_hz": frame_rate_hz,
-           "audio_sha256": audio_id, "upstream": _upstream(cache, "media.pckl", "tracks.pckl", "crops")}
+           "audio_sha256": audio_id, "upstream": _upstream(cache, MEDIA_FILE, TRACKS_FILE, "crops")}
 
     def produce() -> dict:
         per_track = []
@@ -178,7 +187,7 @@ def given_vad(cache: Cache, cfg: Section, given: GivenSpeech, tracks: list[dict]
             per_track.append(track_regions(given.regions, first * per_frame / rate_hz, end * per_frame / rate_hz))
         return {"method": GIVEN_SPEECH, "audio": list(given.regions), "tracks": per_track}
 
-    return run_atomic_step(cache, "vad.pckl", produce, STAGE, key, force)[0]
+    return run_atomic_step(cache, VAD_FILE, produce, STAGE, key, force)[0]
 
 
 def load_given_speech(speech: str | Path, reference: str, num_samples: int, cfg: Section) -> GivenSpeech:
@@ -193,7 +202,7 @@ def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | Non
     rate = cfg.media.sample_rate_hz
     key = {"stage": STAGE, "embed": {**cfg.embed.key_dict(), "speaker_model": name}, "sample_rate_hz": rate,
            "checkpoint": _speaker_checkpoint(cfg.embed, weights_dir, name), "audio_sha256": audio_id,
-           "upstream": _upstream(cache, "media.pckl")}
+           "upstream": _upstream(cache, MEDIA_FILE)}
 
     def produce() -> dict:
         from pipeline.embed import load_speaker_model, sliding_embeddings
@@ -203,7 +212,7 @@ def compute_embeddings(cache: Cache, cfg: Section, weights_dir: str | Path | Non
         return {"model": model.name, "window_s": cfg.embed.window_s, "hop_s": cfg.embed.hop_s,
                 "embeddings": feats}
 
-    return run_atomic_step(cache, "embeddings.pckl", produce, STAGE, key, force)[0]
+    return run_atomic_step(cache, EMBEDDINGS_FILE, produce, STAGE, key, force)[0]
 
 
 def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None, device: Any, tracks: list[dict],
@@ -211,7 +220,7 @@ def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None,
     """``faceid.pckl``: one face identity per track."""
     checkpoint = checkpoint_identity("vggface2", cfg.faces.checkpoint, weights_dir) if tracks else None
     key = {"stage": STAGE, "faces": cfg.faces.key_dict(), "checkpoint": checkpoint,
-           "upstream": _upstream(cache, "tracks.pckl", "crops")}
+           "upstream": _upstream(cache, TRACKS_FILE, "crops")}
 
     def produce() -> list[int]:
         if not tracks:
@@ -230,7 +239,7 @@ def compute_face_ids(cache: Cache, cfg: Section, weights_dir: str | Path | None,
         progress("face identities", len(tracks), len(tracks))
         return identities
 
-    return run_atomic_step(cache, "faceid.pckl", produce, STAGE, key, force)[0]
+    return run_atomic_step(cache, FACEID_FILE, produce, STAGE, key, force)[0]
 
 
 def track_evidence(tracks: list[dict], distances: list[np.ndarray], vad: Mapping,
@@ -288,7 +297,7 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
     model = str(embeddings.get("model", ""))
     cfg_diarise = diarise_settings(cfg, model)
     key = {"stage": STAGE, "diarise": cfg_diarise.key_dict(), **diarisation_key_extra(cfg, sync),
-           "upstream": _upstream(cache, *DIARISATION_UPSTREAM, "vad.pckl", "embeddings.pckl")}
+           "upstream": _upstream(cache, *DIARISATION_UPSTREAM, VAD_FILE, EMBEDDINGS_FILE)}
     backend = None
     if uses_backend(fusion_mode(cfg)):  # the improved rule's own settings (absent from the other modes' keys)
         backend = speaker_backend(cfg, model, embeddings["embeddings"], weights_dir)
@@ -301,7 +310,7 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
                        speaker_model=model, backend=backend)
         return [tuple(turn) for turn in turns]
 
-    rows, _ = run_atomic_step(cache, "diarization.pckl", produce, STAGE, key, force)
+    rows, _ = run_atomic_step(cache, DIARISATION_FILE, produce, STAGE, key, force)
     return turns_from_pickle(rows)
 
 
@@ -327,7 +336,7 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
                 "confidence": [np.asarray(c, dtype=np.float64) for c in curves],
                 "diarise": cfg.diarise.to_dict()}
 
-    return run_atomic_step(cache, "sync_curves.pckl", produce, STAGE, key, force)[0]
+    return run_atomic_step(cache, SYNC_CURVES_FILE, produce, STAGE, key, force)[0]
 
 
 # ---- the stage -----------------------------------------------------------------------------------

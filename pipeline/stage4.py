@@ -31,11 +31,18 @@ from pipeline.errors import CacheError, InputError
 from pipeline.evidence import extra_tracks, model_named
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import (
+    ACTIVESD_FILE,
     CLUSTER,
+    DIARISATION_FILE,
     DIARISATION_UPSTREAM,
+    FACEID_FILE,
+    MEDIA_FILE,
     RUN_PIPELINE,
     RUN_SYNCNET,
+    SYNC_CURVES_FILE,
     SYNC_CURVES_UPSTREAM,
+    SYNC_FILE,
+    TRACKS_FILE,
     Turn,
     turns_from_pickle,
 )
@@ -63,23 +70,23 @@ class Stage4Inputs:
 
 def load_inputs(cache: Cache) -> Stage4Inputs:
     """Stage 4's inputs, checked in pipeline order so a CacheError names the earliest stage to run."""
-    media = cache.require("media.pckl", RUN_PIPELINE)
-    tracks = cache.require("tracks.pckl", RUN_PIPELINE)
-    dists = cache.require("activesd.pckl", RUN_SYNCNET)
-    sync = cache.require("sync.pckl", RUN_SYNCNET)
-    face_ids = cache.require_fresh("faceid.pckl", CLUSTER, {"tracks.pckl": ""})
+    media = cache.require(MEDIA_FILE, RUN_PIPELINE)
+    tracks = cache.require(TRACKS_FILE, RUN_PIPELINE)
+    dists = cache.require(ACTIVESD_FILE, RUN_SYNCNET)
+    sync = cache.require(SYNC_FILE, RUN_SYNCNET)
+    face_ids = cache.require_fresh(FACEID_FILE, CLUSTER, {TRACKS_FILE: ""})
     try:
-        turns = turns_from_pickle(cache.require_fresh("diarization.pckl", CLUSTER, dict.fromkeys(DIARISATION_UPSTREAM)))
+        turns = turns_from_pickle(cache.require_fresh(DIARISATION_FILE, CLUSTER, dict.fromkeys(DIARISATION_UPSTREAM)))
     except (TypeError, ValueError, IndexError):
-        raise CacheError(f"{cache.work('diarization.pckl')} is not a list of turns: run {CLUSTER} again") from None
-    curves = cache.require_fresh("sync_curves.pckl", CLUSTER, dict.fromkeys(SYNC_CURVES_UPSTREAM))
+        raise CacheError(f"{cache.work(DIARISATION_FILE)} is not a list of turns: run {CLUSTER} again") from None
+    curves = cache.require_fresh(SYNC_CURVES_FILE, CLUSTER, dict.fromkeys(SYNC_CURVES_UPSTREAM))
     try:
         confidences = [np.asarray(c, dtype=np.float64) for c in curves["confidence"]]
         thresholds = tuple(float(t) for t in curves["thresholds"])
         model, mode = str(curves.get("model", "syncnet")), str(curves.get("mode", "voxconverse"))
         sources = tuple(str(v) for v in curves.get("sources") or ())
     except (TypeError, ValueError, KeyError):
-        raise CacheError(f"{cache.work('sync_curves.pckl')} is not stage 3's curves: run {CLUSTER} again") from None
+        raise CacheError(f"{cache.work(SYNC_CURVES_FILE)} is not stage 3's curves: run {CLUSTER} again") from None
     face_ids = [int(i) for i in face_ids]
     extra = extra_tracks(sync) if isinstance(sync, dict) else []  # GestSync's person tracks without a face
     face_ids = [*face_ids, *extra_identities(face_ids, len(extra))]

@@ -20,11 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.formats import (
+    ACTIVESD_FILE,
+    DIARISATION_FILE,
+    EMBEDDINGS_FILE,
+    FACEID_FILE,
+    FACES_FILE,
+    OFFSETS_FILE,
+    SYNC_FILE,
+    VAD_FILE,
+)
+
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 REFERENCE = "clip"
 # Outputs compared between the checkouts: files byte for byte, pickles value for value.
-COMPARED_FILES = ("offsets.txt", f"{REFERENCE}.rttm", f"{REFERENCE}_via.json")
-COMPARED_PICKLES = ("activesd.pckl", "sync.pckl", "vad.pckl", "embeddings.pckl", "faceid.pckl", "diarization.pckl")
+COMPARED_FILES = (OFFSETS_FILE, f"{REFERENCE}.rttm", f"{REFERENCE}_via.json")
+COMPARED_PICKLES = (ACTIVESD_FILE, SYNC_FILE, VAD_FILE, EMBEDDINGS_FILE, FACEID_FILE, DIARISATION_FILE)
 
 
 def loop_clip(videofile: Path, faces: Path, seconds: float, out_dir: Path) -> tuple[Path, Path]:
@@ -103,7 +114,7 @@ def one_run(checkout: Path, videofile: Path, faces: Path, weights_dir: Path, wor
     shutil.rmtree(work, ignore_errors=True)
     data_dir, out_dir = work / "data", work / "out"
     (data_dir / "pywork" / REFERENCE).mkdir(parents=True)
-    shutil.copy(faces, data_dir / "pywork" / REFERENCE / "faces.pckl")
+    shutil.copy(faces, data_dir / "pywork" / REFERENCE / FACES_FILE)
     commands = stage_commands(checkout, videofile, data_dir, weights_dir, out_dir, extra)
     return {stage: run_measured(commands[stage], checkout) for stage in STAGES}
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli import add_config_args, add_runtime_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
+from pipeline.formats import EMBEDDINGS_FILE, FACEID_FILE, MEDIA_FILE, VAD_FILE  # noqa: E402
 
 MODES = ("voxconverse", "improved")
 
@@ -81,8 +82,8 @@ def cached_decision(cache: Any, cfg: Any) -> Callable[[], Any]:
     media_info, tracks = stage3.require_stage1(cache)
     distances, sync = stage3.require_stage2(cache, len(tracks))
     curves, _ = stage3.fusion_curves(cfg, sync, len(distances))
-    vad, embeddings = cache.load_pickle("vad.pckl"), cache.load_pickle("embeddings.pckl")
-    face_ids = cache.load_pickle("faceid.pckl")
+    vad, embeddings = cache.load_pickle(VAD_FILE), cache.load_pickle(EMBEDDINGS_FILE)
+    face_ids = cache.load_pickle(FACEID_FILE)
     evidence = stage3.track_evidence(tracks, distances, vad, face_ids, curves)
     model = str(embeddings.get("model", ""))
 
@@ -156,17 +157,17 @@ def laid_end_to_end(data_dir: Path, hop_s: float) -> tuple[list, Any, int, float
     import numpy as np
 
     refs = sorted(p.name for p in (data_dir / "pywork").glob("*")
-                  if (p / "vad.pckl").is_file() and (p / "embeddings.pckl").is_file() and (p / "media.pckl").is_file())
+                  if (p / VAD_FILE).is_file() and (p / EMBEDDINGS_FILE).is_file() and (p / MEDIA_FILE).is_file())
     if not refs:
         raise InputError(f"--cached {data_dir}: no pywork/REF folder with vad.pckl, embeddings.pckl and media.pckl")
     segments, blocks, offset_s = [], [], 0.0
     for ref in refs:
         folder = data_dir / "pywork" / ref
-        with open(folder / "vad.pckl", "rb") as f:
+        with open(folder / VAD_FILE, "rb") as f:
             vad = pickle.load(f)
-        with open(folder / "embeddings.pckl", "rb") as f:
+        with open(folder / EMBEDDINGS_FILE, "rb") as f:
             emb = pickle.load(f)
-        with open(folder / "media.pckl", "rb") as f:
+        with open(folder / MEDIA_FILE, "rb") as f:
             media = pickle.load(f)
         if vad.get("tracks") or abs(float(emb["hop_s"]) - hop_s) > 1e-9:
             raise InputError(f"--cached: {ref} has face tracks or another hop ({emb['hop_s']} s): audio only, "
@@ -233,7 +234,7 @@ def main(args: argparse.Namespace) -> int:
         base = Cache(scratch / "base", "rec")
         run_pipeline(audiofile, base, cfg, args.weights_dir, device)
         run_stage2(base, cfg, args.weights_dir, device)
-        duration_s = float(base.load_pickle("media.pckl")["duration_s"])
+        duration_s = float(base.load_pickle(MEDIA_FILE)["duration_s"])
         figures["duration_s"] = duration_s
         print(f"bench_stage3_modes: {audiofile.name}, {duration_s / 3600:.2f} h, vad {args.vad}, "
               f"{args.speaker_model}, {threads} torch threads", flush=True)

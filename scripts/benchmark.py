@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli import add_config_args, add_runtime_args, config_from_args, input_file, resolve_device, run_main  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
+from pipeline.formats import FACES_FILE  # noqa: E402
 
 
 class Timer:
@@ -135,7 +136,7 @@ def bench_stage1(videofile: Path, cfg, weights_dir, device, faces: Path | None, 
     reference = "with_faces" if faces else "detect"
     cache = Cache(data_dir, reference)
     if faces:
-        shutil.copy(faces, cache.work("faces.pckl"))
+        shutil.copy(faces, cache.work(FACES_FILE))
     start = time.perf_counter()
     result = run_pipeline(videofile, cache, cfg, weights_dir, device, force=False)
     label = "stage 1 without network (faces given)" if faces else "stage 1 total"

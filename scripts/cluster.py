@@ -29,7 +29,14 @@ from pipeline.cli import (  # noqa: E402
     resolve_device,
     run_main,
 )
-from pipeline.formats import FUSION_MODES, RUN_PIPELINE, SPEAKER_MODELS, VAD_METHODS  # noqa: E402
+from pipeline.formats import (  # noqa: E402
+    DIARISATION_FILE,
+    FUSION_MODES,
+    MEDIA_FILE,
+    RUN_PIPELINE,
+    SPEAKER_MODELS,
+    VAD_METHODS,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    existing_reference(args.data_dir, args.reference, "media.pckl", RUN_PIPELINE)  # before any heavy import
+    existing_reference(args.data_dir, args.reference, MEDIA_FILE, RUN_PIPELINE)  # before any heavy import
     if args.fusion:
         args.overrides = [*args.overrides, f"diarise.mode={args.fusion}"]
     cfg = config_from_args(args)
@@ -71,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     unknown = f", {counts['unknown_turns']} unknown" if counts["unknown_turns"] else ""
     print(f"{args.reference}: {counts['turns']} turns ({counts['av_turns']} with a speaking face{unknown}), "
           f"{len(counts['speakers'])} speakers, {counts['speech_s']:.1f} s of turns in "
-          f"{cache.work('diarization.pckl')}", flush=True)
+          f"{cache.work(DIARISATION_FILE)}", flush=True)
     return 0
 
 

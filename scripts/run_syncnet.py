@@ -32,7 +32,7 @@ from pipeline.cli import (  # noqa: E402
     run_main,
 )
 from pipeline.errors import InputError  # noqa: E402
-from pipeline.formats import RUN_PIPELINE, SYNC_MODELS  # noqa: E402
+from pipeline.formats import RUN_PIPELINE, SYNC_MODELS, TRACKS_FILE  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def run_cache(args: argparse.Namespace) -> int:
     reference = args.reference or (default_reference(args.videofile) if args.videofile else None)
     if reference is None:
         raise InputError("--data_dir needs --reference (or --videofile to name it)")
-    existing_reference(args.data_dir, reference, "tracks.pckl", RUN_PIPELINE)
+    existing_reference(args.data_dir, reference, TRACKS_FILE, RUN_PIPELINE)
     cfg = config_from_args(args)
     cache = Cache(args.data_dir, reference)
     with cache.locked():

@@ -21,7 +21,7 @@ from pipeline.cli import (  # noqa: E402
     run_main,
     writable_dir,
 )
-from pipeline.formats import RUN_PIPELINE  # noqa: E402
+from pipeline.formats import MEDIA_FILE, RUN_PIPELINE  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ build_parser = get_parser  # the name the other scripts use
 
 
 def main(args: argparse.Namespace) -> int:
-    existing_reference(args.data_dir, args.reference, "media.pckl", RUN_PIPELINE)  # before any heavy import
+    existing_reference(args.data_dir, args.reference, MEDIA_FILE, RUN_PIPELINE)  # before any heavy import
     cfg = config_from_args(args)
     if args.file_id is not None:
         from pipeline.export import check_file_id

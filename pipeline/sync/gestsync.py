@@ -50,8 +50,8 @@ from models.loader import checkpoint_path
 from pipeline import media
 from pipeline.cache import Cache, sha256_file
 from pipeline.errors import CacheError, InputError
+from pipeline.formats import MEDIA_FILE, PERSONS_FILE, RUN_SYNCNET, SCENE_FILE, TRACKS_FILE, validate_faces
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
-from pipeline.formats import RUN_SYNCNET, validate_faces
 from pipeline.stage1_outputs import read_wav
 from pipeline.sync.base import (
     STAGE,
@@ -81,7 +81,6 @@ from pipeline.sync.lip_gesture import combined_curves, key_extra, lip_evidence, 
 
 MODEL = "gestsync"
 METRIC = "cosine_similarity"
-PERSONS_FILE = "persons.pckl"  # the user's person boxes, in the reference's pywork folder
 TEMPORAL_KERNEL_FRAMES = 5  # net_vid.conv1 kernel (5, 7, 7): the only layer that mixes frames
 STAGE3_ONLY_KEYS = ("conf_thresholds", "prefer")  # read by stage 3 only: not in stage 2's key
 
@@ -541,10 +540,10 @@ def stage2_key(cache: Cache, cfg: Any, settings: GestSyncSettings, ckpt_file: st
         "gestsync": GESTSYNC.section_key(cfg),
         "frame_rate_hz": settings.frame_rate_hz,
         "track": cfg.track.to_dict() if persons_sha256 else None,
-        "persons.pckl": persons_sha256,
+        PERSONS_FILE: persons_sha256,
         "checkpoint": {"file": ckpt_file, "sha256": ckpt_sha256},
-        "upstream": {"media.pckl": cache.digest("media.pckl"), "tracks.pckl": cache.digest("tracks.pckl"),
-                     "scene.pckl": cache.digest("scene.pckl"), "crops": cache.digest("crops")},
+        "upstream": {MEDIA_FILE: cache.digest(MEDIA_FILE), TRACKS_FILE: cache.digest(TRACKS_FILE),
+                     SCENE_FILE: cache.digest(SCENE_FILE), "crops": cache.digest("crops")},
     }
 
 
@@ -566,7 +565,7 @@ def scored_regions(cache: Cache, cfg: Any, tracks: Sequence[Mapping], persons: l
     """Each face track's region (its person's where persons.pckl holds one), then the faceless person tracks."""
     person_tracks: list[dict[str, np.ndarray]] = []
     if persons is not None:
-        shots = cache.require("scene.pckl", STAGE1_SCRIPT)
+        shots = cache.require(SCENE_FILE, STAGE1_SCRIPT)
         person_tracks = track_persons(persons, shots, cfg, width, height)
     regions, from_person, matched = [], [], set()
     for track in tracks:
@@ -602,7 +601,7 @@ def gestsync_evidence(cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights
                       device: torch.device | str, progress: ProgressHook) -> Evidence:
     """GestSync's score blocks and ``sync.pckl`` dict for ``tracks`` of ``cache`` (and the faceless person
     tracks of persons.pckl), with the lip model's evidence when ``gestsync.lip_model`` asks; written nowhere."""
-    media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+    media_info = cache.require(MEDIA_FILE, STAGE1_SCRIPT)
     settings = GestSyncSettings.from_config(cfg)
     ckpt_file = cfg.gestsync.checkpoint
     persons, _ = read_persons(cache)
@@ -719,7 +718,7 @@ class GestSyncModel(SyncModel):
     section = "gestsync"
     stage3_only_keys = STAGE3_ONLY_KEYS
     own_curves = True
-    input_files = ("media.pckl", "tracks.pckl", "scene.pckl", "crops", PERSONS_FILE)
+    input_files = (MEDIA_FILE, TRACKS_FILE, SCENE_FILE, "crops", PERSONS_FILE)
     channel_order = "RGB"  # GestSync converts cv2 frames to RGB
     stage2_what = "GestSync on the face tracks' (or persons.pckl's) people"  # diarize.py's stage-2 line
     plot_what, plot_ylabel = "GestSync smoothed gesture score", "gesture-sync score (smoothed)"
@@ -738,7 +737,7 @@ class GestSyncModel(SyncModel):
 
     def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
                    ) -> dict[str, Any]:
-        cache.require("media.pckl", STAGE1_SCRIPT)
+        cache.require(MEDIA_FILE, STAGE1_SCRIPT)
         settings = self.settings(cfg)
         file = self.checkpoint_file(cfg, weights_dir)
         _, persons_sha = read_persons(cache)

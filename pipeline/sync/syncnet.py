@@ -46,7 +46,7 @@ from pipeline import media
 from pipeline.cache import Cache, atomic_path, sha256_file
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
-from pipeline.formats import SYNC_METRICS
+from pipeline.formats import SYNC_METRICS, TRACKS_FILE
 from pipeline.runtime import apply_threads
 from pipeline.stage1_outputs import read_wav
 from pipeline.sync.base import (
@@ -370,7 +370,7 @@ def stage2_key(cache: Cache, cfg: Any, checkpoint_file: str | None, checkpoint_s
         "syncnet": SYNCNET.section_key(cfg),
         "media": {"frame_rate_hz": cfg.media.frame_rate_hz, "sample_rate_hz": cfg.media.sample_rate_hz},
         "checkpoint": {"file": checkpoint_file, "sha256": checkpoint_sha256},
-        "upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "crops": cache.digest("crops")},
+        "upstream": {TRACKS_FILE: cache.digest(TRACKS_FILE), "crops": cache.digest("crops")},
     }
 
 
@@ -479,7 +479,7 @@ class SyncNetModel(SyncModel):
 
     name = "syncnet"
     section = "syncnet"
-    input_files = ("tracks.pckl", "crops")
+    input_files = (TRACKS_FILE, "crops")
     channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
     stage2_what = "SyncNet on the face tracks"  # diarize.py's stage-2 line
     plot_what, plot_ylabel = "SyncNet confidence", "sync confidence"

@@ -43,6 +43,7 @@ from models.wav2lip import (
 from pipeline import media
 from pipeline.cache import Cache, sha256_file
 from pipeline.errors import InputError
+from pipeline.formats import MEDIA_FILE, TRACKS_FILE
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.stage1_outputs import read_wav
 from pipeline.sync.base import (
@@ -385,7 +386,7 @@ def stage2_key(cache: Cache, cfg: Any, settings: ExpertSettings, ckpt_file: str,
         "wav2lip": WAV2LIP.section_key(cfg),
         "settings": settings.key(),
         "checkpoint": {"file": ckpt_file, "sha256": ckpt_sha256},
-        "upstream": {"media.pckl": cache.digest("media.pckl"), "tracks.pckl": cache.digest("tracks.pckl"),
+        "upstream": {MEDIA_FILE: cache.digest(MEDIA_FILE), TRACKS_FILE: cache.digest(TRACKS_FILE),
                      "crops": cache.digest("crops")},
     }
 
@@ -476,7 +477,7 @@ class Wav2LipModel(SyncModel):
     section = "wav2lip"
     stage3_only_keys = STAGE3_ONLY_KEYS
     own_curves = True
-    input_files = ("media.pckl", "tracks.pckl", "crops")
+    input_files = (MEDIA_FILE, TRACKS_FILE, "crops")
     channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
     stage2_what = "Wav2Lip's lip-sync expert on the face tracks"  # diarize.py's stage-2 line
     plot_what, plot_ylabel = "Wav2Lip expert smoothed score", "lip-sync score (smoothed)"
@@ -493,14 +494,14 @@ class Wav2LipModel(SyncModel):
 
     def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
                    ) -> dict[str, Any]:
-        cache.require("media.pckl", STAGE1_SCRIPT)
+        cache.require(MEDIA_FILE, STAGE1_SCRIPT)
         settings = self.settings(cfg)
         file = self.checkpoint_file(cfg, weights_dir)
         return stage2_key(cache, cfg, settings, file, sha256_file(checkpoint_path(file, weights_dir)))
 
     def evidence(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
                  device: Any, progress: ProgressHook) -> Evidence:
-        media_info = cache.require("media.pckl", STAGE1_SCRIPT)
+        media_info = cache.require(MEDIA_FILE, STAGE1_SCRIPT)
         file = self.checkpoint_file(cfg, weights_dir)
         return Evidence(*expert_evidence(cache, cfg, tracks, media_info, file, weights_dir, device, progress))
 

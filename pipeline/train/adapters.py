@@ -194,11 +194,11 @@ class Wav2LipAdapter:
     def track_frames(self, cache: Cache, tracks: list[dict]) -> list[np.ndarray]:
         """Each track's 96 x 96 face crops, cut from the video stage 1 read as stage 2 cuts them."""
         from pipeline import media
-        from pipeline.formats import RUN_PIPELINE
+        from pipeline.formats import MEDIA_FILE, RUN_PIPELINE
         from pipeline.sync.base import source_video
         from pipeline.sync.wav2lip import face_crop
 
-        source = source_video(cache, cache.require("media.pckl", RUN_PIPELINE), "the Wav2Lip expert cuts its faces")
+        source = source_video(cache, cache.require(MEDIA_FILE, RUN_PIPELINE), "the Wav2Lip expert cuts its faces")
         firsts = [int(t["track"]["frame"][0]) for t in tracks]
         boxes = [np.asarray(t["track"]["bbox"], dtype=np.float64) for t in tracks]
         crops: list[list[np.ndarray]] = [[] for _ in tracks]

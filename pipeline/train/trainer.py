@@ -274,6 +274,113 @@ def _load_resume(path: Path, model_name: str) -> dict:
     return state
 
 
+def _build_model(adapter: Any, settings: TrainSettings, sampling: SamplingSettings, data: TrainData,
+                 init: str | Path | None, resume: bool, device: torch.device) -> tuple[torch.nn.Module, list]:
+    """The model on ``device`` in training mode (from ``init`` unless resuming) and its frozen convolutions,
+    whose BatchNorm statistics a fresh run measures once before freezing them."""
+    model = adapter.build()
+    if init is not None and not resume:
+        init_path = Path(init)
+        if not init_path.is_file():
+            raise CheckpointError(f"--init checkpoint not found: {init_path}")
+        adapter.load_init(model, init_path)
+    model.to(device).train()
+    frozen = adapter.convolutions(model) if settings.freeze_convolutions else []
+    if frozen and not resume:  # measure the statistics the frozen convolutions will use, once
+        recalibrate_batchnorm(adapter, model, validation_batches(
+            data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling,
+            np.random.default_rng([settings.seed, 0, 1])), device, settings.cuda_precision)
+    freeze(frozen)
+    set_train_mode(model, frozen)
+    if frozen:
+        adapter.cache_trunk_features()
+    return model, frozen
+
+
+def _write_info(out: Path, settings: TrainSettings, sampling: SamplingSettings, data: TrainData,
+                init: str | Path | None, checkpoint_file: str) -> None:
+    """``train.json``: the settings and the split."""
+    info = {"model": settings.model, "settings": settings.__dict__, "sampling": sampling.__dict__,
+            "train_references": data.train_refs, "val_references": data.val_refs,
+            "train_tracks": [t.name for t in data.train_tracks], "val_tracks": [t.name for t in data.val_tracks],
+            "init": str(init) if init else None, "checkpoint": checkpoint_file}
+    write_bytes_atomic(out / INFO_FILE, json.dumps(info, indent=1).encode())
+
+
+@dataclass
+class _Run:
+    """One run's parts, and what it has done so far (``last.pt`` keeps that for ``--resume``)."""
+
+    adapter: Any
+    model: torch.nn.Module
+    frozen: list
+    optimizer: torch.optim.Optimizer
+    settings: TrainSettings
+    sampling: SamplingSettings
+    data: TrainData
+    val_batches: list[WindowBatch]
+    device: torch.device
+    out: Path
+    rng: np.random.Generator
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # lip windows per second of each training step
+
+    def resume(self) -> None:
+        """Continue from ``last.pt``: weights, optimiser, step, best loss, history and random states."""
+        state = _load_resume(self.out / LAST_FILE, self.settings.model)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        self.history = json.loads(state["history"])
+        _restore_rng(self.rng, state["rng"])
+
+    def save_last(self) -> None:
+        """``last.pt``: everything ``--resume`` needs."""
+        save_torch_atomic({"model_name": self.settings.model, "model": self.model.state_dict(),
+                           "optimizer": self.optimizer.state_dict(), "step": self.step, "best_val": self.best_val,
+                           "best_step": self.best_step, "history": json.dumps(self.history),
+                           "rng": _rng_state(self.rng)},
+                          self.out / LAST_FILE)
+
+    def train_step(self, progress: ProgressHook | None) -> None:
+        """One optimiser step on a fresh batch, recorded in the history."""
+        started = time.perf_counter()
+        lr = self.settings.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = sample_batch(self.data.train_tracks, self.settings.batch_size, self.sampling, self.rng)
+        loss = batch_loss(self.adapter, self.model, batch, self.device, self.settings.cuda_precision)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        rate = batch.size / (time.perf_counter() - started)
+        self.rates.append(rate)
+        self.history.append({"step": self.step, "train_loss": float(loss.detach()), "lr": lr, "samples_per_s": rate})
+        if progress is not None:
+            progress(self.step, self.settings.steps, float(loss.detach()), rate)
+
+    def validate(self) -> None:
+        """Score the validation set (after recalibrating BatchNorm); keep the model if it is the best so far."""
+        settings = self.settings
+        calib_rng = np.random.default_rng([settings.seed, self.step])  # its own stream: training's is untouched
+        recalibrate_batchnorm(self.adapter, self.model, validation_batches(
+            self.data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, self.sampling, calib_rng),
+            self.device, settings.cuda_precision, self.frozen)
+        val = validation_loss(self.adapter, self.model, self.val_batches, self.device, settings.cuda_precision)
+        set_train_mode(self.model, self.frozen)
+        self.history[-1]["val_loss"] = val
+        if val < self.best_val:
+            self.best_val, self.best_step = val, self.step
+            save_torch_atomic(self.adapter.state_to_save(self.model, self.optimizer, self.step),
+                              self.out / self.adapter.checkpoint_file)
+        write_history(self.out, self.history)
+        self.save_last()
+
+
 def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, references: Sequence[str] | None = None,
                      init: str | Path | None = None, resume: bool = False, device: torch.device | str = "cpu",
                      progress: ProgressHook | None = None, **overrides: Any) -> TrainResult:
@@ -293,86 +400,23 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
 
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = adapter.build()
-    if init is not None and not resume:
-        init_path = Path(init)
-        if not init_path.is_file():
-            raise CheckpointError(f"--init checkpoint not found: {init_path}")
-        adapter.load_init(model, init_path)
-    model.to(device).train()
-    frozen = adapter.convolutions(model) if settings.freeze_convolutions else []
-    if frozen and not resume:  # measure the statistics the frozen convolutions will use, once
-        recalibrate_batchnorm(adapter, model, validation_batches(
-            data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling,
-            np.random.default_rng([settings.seed, 0, 1])), device, settings.cuda_precision)
-    freeze(frozen)
-    set_train_mode(model, frozen)
-    if frozen:
-        adapter.cache_trunk_features()
+    model, frozen = _build_model(adapter, settings, sampling, data, init, resume, device)
     optimizer = make_optimizer(model, settings)
     val_batches = validation_batches(data.val_tracks, settings.val_windows, settings.batch_size, sampling,
                                      settings.seed + 1)
-    history: list[dict[str, float]] = []
-    step, best_val, best_step = 0, math.inf, -1
+    run = _Run(adapter, model, frozen, optimizer, settings, sampling, data, val_batches, device, out, rng)
     if resume:
-        state = _load_resume(out / LAST_FILE, settings.model)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best_val, best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
-        history = json.loads(state["history"])
-        _restore_rng(rng, state["rng"])
-    info = {"model": settings.model, "settings": settings.__dict__, "sampling": sampling.__dict__,
-            "train_references": data.train_refs, "val_references": data.val_refs,
-            "train_tracks": [t.name for t in data.train_tracks], "val_tracks": [t.name for t in data.val_tracks],
-            "init": str(init) if init else None, "checkpoint": adapter.checkpoint_file}
-    write_bytes_atomic(out / INFO_FILE, json.dumps(info, indent=1).encode())
-
-    def save_last() -> None:
-        save_torch_atomic({"model_name": settings.model, "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "step": step, "best_val": best_val,
-                           "best_step": best_step, "history": json.dumps(history), "rng": _rng_state(rng)},
-                          out / LAST_FILE)
-
-    def validate() -> None:
-        nonlocal best_val, best_step
-        calib_rng = np.random.default_rng([settings.seed, step])  # its own stream: training's is untouched
-        recalibrate_batchnorm(adapter, model, validation_batches(
-            data.train_tracks, settings.bn_recalibration_windows, settings.batch_size, sampling, calib_rng),
-            device, settings.cuda_precision, frozen)
-        val = validation_loss(adapter, model, val_batches, device, settings.cuda_precision)
-        set_train_mode(model, frozen)
-        history[-1]["val_loss"] = val
-        if val < best_val:
-            best_val, best_step = val, step
-            save_torch_atomic(adapter.state_to_save(model, optimizer, step), out / adapter.checkpoint_file)
-        write_history(out, history)
-        save_last()
-
-    rates: list[float] = []
+        run.resume()
+    _write_info(out, settings, sampling, data, init, adapter.checkpoint_file)
     try:
-        while step < settings.steps:
-            started = time.perf_counter()
-            lr = settings.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = sample_batch(data.train_tracks, settings.batch_size, sampling, rng)
-            loss = batch_loss(adapter, model, batch, device, settings.cuda_precision)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            rate = batch.size / (time.perf_counter() - started)
-            rates.append(rate)
-            history.append({"step": step, "train_loss": float(loss.detach()), "lr": lr, "samples_per_s": rate})
-            if progress is not None:
-                progress(step, settings.steps, float(loss.detach()), rate)
-            if step % settings.val_every_steps == 0 or step == settings.steps:
-                validate()
+        while run.step < settings.steps:
+            run.train_step(progress)
+            if run.step % settings.val_every_steps == 0 or run.step == settings.steps:
+                run.validate()
     except KeyboardInterrupt:  # keep what was learnt: --resume continues from here
-        save_last()
-        if history:
-            write_history(out, history)
+        run.save_last()
+        if run.history:
+            write_history(out, run.history)
         raise
-    return TrainResult(out, out / adapter.checkpoint_file, step, best_val, best_step, history,
-                       float(np.median(rates)) if rates else math.nan)
-
+    return TrainResult(out, out / adapter.checkpoint_file, run.step, run.best_val, run.best_step, run.history,
+                       float(np.median(run.rates)) if run.rates else math.nan)
