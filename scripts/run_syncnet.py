@@ -53,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_clip(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from pipeline.evidence import configured_model
+    clip = input_file(args.videofile, "video file")
+    from pipeline.evidence import configured_model  # torch and PyAV (the model's module): only after the arguments pass
 
     model = configured_model(cfg)
-    clip = input_file(args.videofile, "video file")
     report = model.clip_report(clip, cfg, args.weights_dir, resolve_device(args.device), features=args.features)
     for note in report.notes:
         info(note, args.quiet)

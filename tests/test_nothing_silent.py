@@ -386,10 +386,13 @@ def test_interrupted_force_rerun_detects_again(random_weights, tmp_path):
     from pipeline.stage1 import save_detections
     from tests.synth import make_video
 
-    video = make_video(tmp_path / "v.mp4", num_frames=75, size=(160, 120), audio_s=3.0,
+    # 250 frames: S3FD runs for seconds, so a loaded machine still sees the window without the manifest (with 75
+    # frames, CI once missed it and interrupted a finished run)
+    num_frames = 250
+    video = make_video(tmp_path / "v.mp4", num_frames=num_frames, size=(160, 120), audio_s=num_frames / 25,
                        frame_fn=lambda k: np.full((120, 160, 3), (k * 7) % 200, np.uint8))
     data = tmp_path / "data"
-    save_detections(Cache(data, "v"), [[] for _ in range(75)], {"input": "an earlier run", "detect": {}})
+    save_detections(Cache(data, "v"), [[] for _ in range(num_frames)], {"input": "an earlier run", "detect": {}})
     manifest = data / "pywork" / "v" / "manifest" / "faces.pckl.json"
     args = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--videofile", str(video), "--data_dir",
             str(data), "--reference", "v", "--weights_dir", str(random_weights), "--set", "detect.conf_threshold=1.0"]
