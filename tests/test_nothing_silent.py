@@ -386,9 +386,7 @@ def test_interrupted_force_rerun_detects_again(random_weights, tmp_path):
     from pipeline.stage1 import save_detections
     from tests.synth import make_video
 
-    # 250 frames: S3FD runs for seconds, so a loaded machine still sees the window without the manifest (with 75
-    # frames, CI once missed it and interrupted a finished run)
-    num_frames = 250
+    num_frames = 75
     video = make_video(tmp_path / "v.mp4", num_frames=num_frames, size=(160, 120), audio_s=num_frames / 25,
                        frame_fn=lambda k: np.full((120, 160, 3), (k * 7) % 200, np.uint8))
     data = tmp_path / "data"
@@ -397,7 +395,10 @@ def test_interrupted_force_rerun_detects_again(random_weights, tmp_path):
     args = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--videofile", str(video), "--data_dir",
             str(data), "--reference", "v", "--weights_dir", str(random_weights), "--set", "detect.conf_threshold=1.0"]
 
-    rerun = subprocess.Popen(args + ["--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    # the child gets the default Ctrl-C action, as in a terminal: a suite started in the background (a
+    # non-interactive shell's `&`) hands its children SIGINT ignored, and the run would finish
+    rerun = subprocess.Popen(args + ["--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while manifest.exists() and rerun.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)  # --force drops the detections' manifest just before S3FD starts
