@@ -121,20 +121,13 @@ def write_weights(folder: Path) -> dict[str, str]:
     import torch
 
     from models.random_weights import write_random_checkpoints
+    from pipeline.cache import sha256_file
     from tests import fakeweights
 
     write_random_checkpoints(folder, seed=0, overwrite=True)
     state = fakeweights.random_state_dict("gestsync_rgb.json", seed=5)  # GestSync's training-script layout
     torch.save({"state_dict": state, "optimizer": None, "global_step": 0, "global_epoch": 0}, folder / "model_rgb.pth")
-    return {path.name: sha256(path) for path in sorted(folder.iterdir())}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {path.name: sha256_file(path) for path in sorted(folder.iterdir())}
 
 
 def run_one(tree: Path, config: str, clip: str, weights: Path, scratch: Path, results: Path) -> str | None:
