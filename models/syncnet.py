@@ -83,6 +83,29 @@ def _fc() -> nn.Sequential:
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, EMBEDDING_DIM))
 
 
+def run_in_place(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``layers(x)`` in inference, with each eval-mode batch norm and ReLU writing over its input.
+
+    The values are bit for bit ``layers(x)``'s (the same kernels, ``native_batch_norm.out`` and ``relu_``), but
+    each convolution's output is the only activation of its size alive: the lip stream's first layer holds one
+    292 MB block per batch of 64 windows instead of two, and maps one instead of three (fewer page faults).
+    Under autograd or in training mode it is ``layers(x)``.
+    """
+    if torch.is_grad_enabled() or layers.training:
+        return layers(x)
+    no_stats = x.new_empty(0)
+    for layer in layers:
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            torch.ops.aten.native_batch_norm.out(x, layer.weight, layer.bias, layer.running_mean, layer.running_var,
+                                                 False, 0.0, layer.eps, out=x, save_mean=no_stats,
+                                                 save_invstd=no_stats)
+        elif isinstance(layer, nn.ReLU):
+            x = x.relu_()
+        else:
+            x = layer(x)
+    return x
+
+
 class SyncNet(nn.Module):
     """The two-stream SyncNet: MFCC windows and 5-frame lip windows to 1024-d embeddings."""
 
@@ -95,12 +118,12 @@ class SyncNet(nn.Module):
 
     def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
         """``[N, 1, 13, 20]`` MFCC windows -> ``[N, 1024]`` audio embeddings."""
-        mid = self.netcnnaud(mfcc)  # [N, 512, 1, 1]
+        mid = run_in_place(self.netcnnaud, mfcc)  # [N, 512, 1, 1]
         return self.netfcaud(mid.reshape(mid.shape[0], -1))
 
     def forward_lipfeat(self, frames: torch.Tensor) -> torch.Tensor:
         """``[N, 3, 5, 224, 224]`` lip windows -> ``[N, 512]`` convolutional features (syncnet_python's name)."""
-        mid = self.netcnnlip(frames)  # [N, 512, 1, 1, 1]
+        mid = run_in_place(self.netcnnlip, frames)  # [N, 512, 1, 1, 1]
         return mid.reshape(mid.shape[0], -1)
 
     def forward_lip(self, frames: torch.Tensor) -> torch.Tensor:

@@ -3,16 +3,26 @@
 Some imports change the count as a side effect: ``silero_vad.model`` calls ``torch.set_num_threads(1)``
 when it is first imported, so a ``--vad silero`` run used one thread and a ``--vad webrtc`` run all cores
 (issue 19). The stages apply the setting when they start (``apply_threads``), and the imports that have
-such a side effect run inside ``keep_threads``, which puts the count back. This module imports nothing
-from the pipeline and imports torch only when a function needs it.
+such a side effect run inside ``keep_threads``, which puts the count back. ``apply_runtime`` also sets how glibc
+reuses freed memory (``runtime.heap_reuse_mb``). This module imports only the settings types from the pipeline, and
+imports torch only when a function needs it.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pipeline.settings import RuntimeConfig
+
 _torch_default: int | None = None  # torch's own count, read before this module first changes it
+_heap_reuse_mb = 0  # what apply_heap_reuse set in this process (0: glibc's defaults)
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 
 def torch_default_threads() -> int:
@@ -37,6 +47,36 @@ def apply_threads(threads: int) -> int:
     return wanted
 
 
+def apply_heap_reuse(heap_reuse_mb: int) -> int:
+    """Let glibc keep and reuse freed blocks up to ``heap_reuse_mb`` MiB instead of unmapping them (0: leave it).
+
+    glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it when
+    freed. A network's activations are such blocks (SyncNet's first layer: 292 MB per batch of 64 windows), so each
+    batch maps and zeroes new pages: page faults, counted as system time. Raising the mmap and trim thresholds
+    makes freed blocks stay in the heap for the next batch; values are unchanged, only where memory comes from.
+    Returns the value in effect; a C library other than glibc (or a refusal) leaves its defaults and returns 0.
+    """
+    global _heap_reuse_mb
+    if heap_reuse_mb < 0:
+        raise ValueError(f"heap_reuse_mb must be at least 0, got {heap_reuse_mb}")
+    if heap_reuse_mb == 0 or heap_reuse_mb == _heap_reuse_mb:
+        return _heap_reuse_mb
+    if platform.libc_ver()[0] != "glibc":
+        return 0
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    limit_bytes = ctypes.c_int(min(heap_reuse_mb * 2**20, 2**31 - 1))
+    if libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes) != 1:
+        return 0
+    _heap_reuse_mb = heap_reuse_mb
+    return _heap_reuse_mb
+
+
+def apply_runtime(runtime: RuntimeConfig) -> int:
+    """Apply the ``runtime`` config section (threads and heap reuse) when a stage starts; returns the threads."""
+    apply_heap_reuse(runtime.heap_reuse_mb)
+    return apply_threads(runtime.threads)
+
+
 @contextmanager
 def keep_threads() -> Iterator[None]:
     """Run an import (or call) that may change torch's thread count, then put the count back."""
@@ -59,4 +99,4 @@ def runtime_record() -> dict:
     return {"torch_threads": int(torch.get_num_threads())}
 
 
-__all__ = ["apply_threads", "keep_threads", "runtime_record", "torch_default_threads"]
+__all__ = ["apply_heap_reuse", "apply_runtime", "apply_threads", "keep_threads", "runtime_record", "torch_default_threads"]

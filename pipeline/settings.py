@@ -143,6 +143,7 @@ class RuntimeConfig(SettingsSection):
     """Config section ``runtime``."""
 
     threads: int = setting(rule=_NON_NEGATIVE, speed_only=True)
+    heap_reuse_mb: int = setting(rule=_NON_NEGATIVE, speed_only=True)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class SyncNetConfig(SettingsSection):
     metric: str = setting(rule=_one_of(*formats.SYNC_METRICS))
     vshift_frames: int = setting(rule=_NON_NEGATIVE)
     batch_size: int = setting(rule=_AT_LEAST_ONE, speed_only=True)
+    cpu_lip_chunk_windows: int = setting(rule=_at_least(2), speed_only=True)
     parallel_tracks: int = setting(rule=_AT_LEAST_ONE, speed_only=True)
 
 

@@ -25,7 +25,7 @@ from pipeline.detections import drop_note, drop_unusable, sanitize_faces
 from pipeline.errors import InputError
 from pipeline.formats import AUDIO_FILE, FACES_FILE, MEDIA_FILE, SCENE_FILE, TRACKS_FILE, validate_faces
 from pipeline.prefetch import prefetch
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.scenes import ShotDetector
 from pipeline.stage1_outputs import read_wav
 from pipeline.track import track_faces
@@ -313,7 +313,7 @@ def run_pipeline(videofile: str | Path, cache: Cache, cfg: Config, weights_dir=N
                  force: bool = False, progress: Progress | None = None) -> Stage1Result:
     """Stage 1 on one video: audio.wav, media/faces/scene/tracks pickles and crops in ``cache``."""
     progress = progress or _noop
-    apply_threads(cfg.runtime.threads)
+    apply_runtime(cfg.runtime)
     videofile = Path(videofile)
     probed = media.check_video_input(videofile, need_audio=True, allow_audio_only=True)
     identity = content_identity(videofile)  # by content: a moved or touched video keeps its cache

@@ -21,7 +21,7 @@ from pipeline.errors import CacheError
 from pipeline.evidence import configured_model
 from pipeline.formats import ACTIVESD_FILE, OFFSETS_FILE, SYNC_FILE
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.stage1_outputs import require_tracks_and_crops
 from pipeline.sync.base import STAGE, ProgressHook
 
@@ -82,7 +82,7 @@ def run_stage2(cache: Cache, cfg: Section, weights_dir: str | Path | None = None
 
     Raises CacheError when stage 1's output is missing or stale, CheckpointError for a bad checkpoint.
     """
-    apply_threads(cfg.runtime.threads)
+    apply_runtime(cfg.runtime)
     model = configured_model(cfg)
     progress = progress or (lambda *args, **kwargs: None)
     tracks = require_stage1(cache)

@@ -61,7 +61,7 @@ from pipeline.formats import RUN_SYNCNET as STAGE2_SCRIPT
 from pipeline.fusion import FusionInputs, get_fusion_rule, uses_backend
 from pipeline.fusion import voxconverse as fuse
 from pipeline.fusion.speaker_backend import SpeakerBackend, find_backend
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.settings import DiariseConfig
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
@@ -351,7 +351,7 @@ def run_cluster(cache: Cache, cfg: Section, weights_dir: str | Path | None = Non
     for a missing or unusable checkpoint, InputError for an unknown VAD method or speaker model.
     """
     progress = progress or _no_progress
-    apply_threads(cfg.runtime.threads)
+    apply_runtime(cfg.runtime)
     method = vad_method or cfg.vad.method
     if method not in VAD_METHODS:
         raise InputError(f"unknown VAD method {method!r}: choose one of {', '.join(VAD_METHODS)}")

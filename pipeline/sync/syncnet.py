@@ -47,7 +47,7 @@ from pipeline.cache import Cache, atomic_path, sha256_file
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import SYNC_METRICS, TRACKS_FILE
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.stage1_outputs import read_wav
 from pipeline.sync.base import (
     STAGE,
@@ -71,6 +71,7 @@ class SyncSettings:
     metric: str = "cosine"
     vshift_frames: int = 10
     batch_size: int = 64
+    cpu_lip_chunk_windows: int = 16
     frame_rate_hz: float = 25.0
     sample_rate_hz: int = 16000
 
@@ -81,6 +82,9 @@ class SyncSettings:
             raise InputError(f"syncnet vshift_frames must be a whole number >= 0, got {self.vshift_frames!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise InputError(f"syncnet batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if int(self.cpu_lip_chunk_windows) != self.cpu_lip_chunk_windows or self.cpu_lip_chunk_windows < 2:
+            raise InputError(  # chunks of one window would all take the single-window kernel (see chunk_bounds)
+                f"syncnet cpu_lip_chunk_windows must be a whole number >= 2, got {self.cpu_lip_chunk_windows!r}")
         spf = self.sample_rate_hz / self.frame_rate_hz
         if spf != int(spf) or spf <= 0:
             raise InputError(
@@ -93,7 +97,8 @@ class SyncSettings:
         if demo:
             sync.update({k: v for k, v in cfg.syncnet_demo.to_dict().items() if k != "checkpoint"})
         return cls(metric=sync["metric"], vshift_frames=sync["vshift_frames"], batch_size=sync["batch_size"],
-                   frame_rate_hz=float(cfg.media.frame_rate_hz), sample_rate_hz=cfg.media.sample_rate_hz)
+                   cpu_lip_chunk_windows=sync["cpu_lip_chunk_windows"], frame_rate_hz=float(cfg.media.frame_rate_hz),
+                   sample_rate_hz=cfg.media.sample_rate_hz)
 
     @property
     def window_frames(self) -> int:
@@ -202,6 +207,16 @@ class LipWindowBuffer:
         return out
 
 
+def chunk_bounds(num_windows: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of at most ``chunk`` windows; a last chunk of one window joins the one
+    before it, since a convolution over a single window picks another oneDNN kernel (its features differ in the
+    last bits from the same window's in a batch, up to 4e-5), while every other batch size gives the same bits."""
+    starts = list(range(0, num_windows, chunk))
+    if len(starts) > 1 and num_windows - starts[-1] == 1:
+        starts.pop()
+    return [(start, min(start + chunk, num_windows) if start != starts[-1] else num_windows) for start in starts]
+
+
 # ---- distances and search ------------------------------------------------------------------------
 def _distance_rows(lip: torch.Tensor, context: torch.Tensor, metric: str) -> torch.Tensor:
     """``[n, S]`` distances of ``n`` lip rows to ``S`` consecutive rows of ``context`` ``[n + S - 1, D]``."""
@@ -307,14 +322,19 @@ def sync_track(model: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, 
     first_window = 0
     num_frames = 0
 
-    reused = LipWindowBuffer(batch, win) if device.type == "cpu" else None
+    chunk = min(settings.cpu_lip_chunk_windows, batch)
+    reused = LipWindowBuffer(chunk + 1, win) if device.type == "cpu" else None  # + 1: a merged last window
+
+    def lip_features(num_windows: int) -> torch.Tensor:
+        """``[num_windows, 512]`` lip-network features of the buffered frames (on the CPU a chunk at a time)."""
+        if reused is None:
+            return model.forward_lipfeat(lip_windows(torch.from_numpy(np.stack(buffer[: num_windows + win - 1]))
+                                                     .to(device), win))
+        return torch.cat([model.forward_lipfeat(reused.fill(buffer[start: stop + win - 1]))
+                          for start, stop in chunk_bounds(num_windows, chunk)])
 
     def run(num_windows: int) -> None:
-        if reused is not None:
-            windows = reused.fill(buffer[: num_windows + win - 1])
-        else:
-            windows = lip_windows(torch.from_numpy(np.stack(buffer[: num_windows + win - 1])).to(device), win)
-        lip_conv = model.forward_lipfeat(windows)  # [n, 512]
+        lip_conv = lip_features(num_windows)  # [n, 512]
         lip = model.netfclip(lip_conv)  # [n, 1024]
         aud = model.forward_aud(mfcc_windows(mfcc, first_window, first_window + num_windows, settings).to(device))
         stream.push(lip, aud)
@@ -435,7 +455,7 @@ def sync_clip(videofile: str | Path, cfg: Any, weights_dir: str | Path | None = 
     Every decoded frame is used as is (no frame-rate conversion), with the clip's audio at 16 kHz mono,
     as the original extracts them with ffmpeg. InputError when the clip has no usable window.
     """
-    apply_threads(cfg.runtime.threads)
+    apply_runtime(cfg.runtime)
     settings = SyncSettings.from_config(cfg, demo=True)
     media.check_video_input(videofile, need_audio=True)  # a bad clip is reported before a missing checkpoint
     ckpt_file = syncnet_checkpoint(weights_dir, cfg.syncnet_demo.checkpoint)

@@ -31,7 +31,7 @@ from pipeline.cache import atomic_path, write_bytes_atomic
 from pipeline.config import Config, replace_checked
 from pipeline.errors import CheckpointError, InputError, first_line
 from pipeline.formats import TRAIN_LAST_FILE, TRAIN_OPTIMIZERS
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.train.adapters import make_adapter
 from pipeline.train.data import (
     SamplingSettings,
@@ -389,7 +389,7 @@ def train_sync_model(data_dir: str | Path, out_dir: str | Path, cfg: Any, refere
     ``overrides``: ``steps``, ``batch_size``, ``model``... replacing config values. Ctrl-C saves ``last.pt``
     and re-raises KeyboardInterrupt. InputError for too little data, CheckpointError for a bad ``init``.
     """
-    apply_threads(cfg.runtime.threads)
+    apply_runtime(cfg.runtime)
     settings = TrainSettings.from_config(cfg, **overrides)
     sampling = SamplingSettings.from_config(cfg.train)
     adapter = make_adapter(settings.model, cfg)

@@ -1,0 +1,113 @@
+"""Issue 23's memory reuse on the CPU: same values, fewer fresh pages (``runtime.heap_reuse_mb``, ``run_in_place``)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.syncnet import SyncNet, run_in_place
+from pipeline.sync.syncnet import SyncSettings, chunk_bounds, sync_track
+
+REPO = Path(__file__).resolve().parent.parent
+
+# SyncNet's lip network on 12 windows, five times (its first activation, 55 MB, is above glibc's largest mmap
+# threshold); prints the page faults of the last two passes.
+FAULTS_OF_REUSE = """
+import resource, sys, torch
+from pipeline.runtime import apply_heap_reuse
+from models.syncnet import SyncNet
+print(apply_heap_reuse(int(sys.argv[1])))
+torch.set_num_threads(1)
+model = SyncNet().eval()
+lips = torch.rand(12, 3, 5, 224, 224).contiguous(memory_format=torch.channels_last_3d)
+with torch.inference_mode():
+    for _ in range(3):
+        model.forward_lipfeat(lips)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        model.forward_lipfeat(lips)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults_of_reuse(heap_reuse_mb: int) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", FAULTS_OF_REUSE, str(heap_reuse_mb)], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_heap_reuse_keeps_freed_activations_for_the_next_batch():
+    applied, faults = _faults_of_reuse(0)
+    assert applied == 0 and faults > 10_000  # glibc's default: fresh mappings, one fault per 4 KiB page (~27k here)
+    applied, faults = _faults_of_reuse(1024)
+    assert applied == 1024 and faults < 2_000  # the freed blocks are reused: their pages are already there
+
+
+def _with_batch_norm_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            for tensor in (module.running_mean, module.weight, module.bias):
+                tensor.data.copy_(torch.randn(tensor.shape, generator=generator))
+            module.running_var.data.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+def test_in_place_layers_give_the_same_bits_as_the_modules():
+    torch.manual_seed(0)
+    model = _with_batch_norm_statistics(SyncNet())
+    lips = (torch.rand(3, 3, 5, 224, 224) * 255).contiguous(memory_format=torch.channels_last_3d)
+    mfcc = torch.randn(3, 1, 13, 20) * 10
+    with torch.inference_mode():
+        assert torch.equal(model.forward_lipfeat(lips), model.netcnnlip(lips).reshape(3, -1))
+        assert torch.equal(model.forward_aud(mfcc), model.netfcaud(model.netcnnaud(mfcc).reshape(3, -1)))
+        kept = lips.clone()
+        model.forward_lipfeat(lips)
+        assert torch.equal(lips, kept)  # the caller's input is never written over, only the layers' outputs
+
+
+def test_in_place_layers_leave_training_and_autograd_to_the_modules():
+    torch.manual_seed(0)
+    model = _with_batch_norm_statistics(SyncNet())
+    mfcc = torch.randn(4, 1, 13, 20, requires_grad=True)
+    out = run_in_place(model.netcnnaud, mfcc)  # grad enabled: the modules themselves, so backward works
+    out.sum().backward()
+    assert mfcc.grad is not None and torch.isfinite(mfcc.grad).all()
+    model.train()
+    before = model.netcnnaud[1].running_mean.clone()
+    with torch.no_grad():
+        run_in_place(model.netcnnaud, mfcc.detach())
+    assert not torch.equal(model.netcnnaud[1].running_mean, before)  # training mode: batch norm updates its stats
+
+
+def test_lip_chunks_give_the_batch_its_own_features():
+    """``syncnet.cpu_lip_chunk_windows``: the lip network sees a batch a chunk at a time (uneven chunks included),
+    and every window keeps its features and distances (a chunk read from the wrong frames would move them, and so
+    would a chunk of a single window: 40 windows in batches of 32 leave 8, i.e. 7 + 1 unless the 1 joins the 7)."""
+    torch.manual_seed(0)
+    model = _with_batch_norm_statistics(SyncNet())
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(45)]
+    audio = (rng.standard_normal(45 * 640) * 3000).astype(np.int16)
+    results = {chunk: sync_track(model, iter(frames), audio, SyncSettings(batch_size=32, cpu_lip_chunk_windows=chunk),
+                                 keep_embeddings=True) for chunk in (32, 7, 2)}
+    whole = results[32]
+    assert whole.distances.shape == (40, 21)
+    for chunk in (7, 2):
+        np.testing.assert_allclose(results[chunk].embeddings["lip_conv"], whole.embeddings["lip_conv"],
+                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(results[chunk].distances, whole.distances, rtol=1e-6, atol=1e-6)
+
+
+def test_chunk_bounds_never_leave_one_window_alone():
+    assert chunk_bounds(64, 16) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert chunk_bounds(17, 16) == [(0, 17)]
+    assert chunk_bounds(33, 16) == [(0, 16), (16, 33)]
+    assert chunk_bounds(18, 16) == [(0, 16), (16, 18)]
+    assert chunk_bounds(1, 16) == [(0, 1)]  # a track of one window: one window whatever the chunk
+    assert chunk_bounds(5, 2) == [(0, 2), (2, 5)]
