@@ -313,7 +313,7 @@ def test_declared_networks_cover_every_checkpoint_the_evidence_loads(evidence, w
     assert loaded, f"{name}'s evidence loaded no checkpoint"
     assert loaded <= declared, f"{name} loads {sorted(loaded - declared)} without declaring them"
     evidence_sync = evidence[(name, overrides)]["evidence"].sync
-    assert all(math.isfinite(v) or math.isnan(v) for v in evidence_sync["offset_frames"])
+    assert all(math.isfinite(v) or math.isnan(v) for v in evidence_sync.offset_frames)
 
 
 # ---- 5. a NaN checkpoint is refused before stage 1 ------------------------------------------------
