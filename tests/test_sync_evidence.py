@@ -55,6 +55,7 @@ def test_an_older_layout_is_recognised_as_outdated(old):
 def test_a_malformed_record_is_one_line_naming_stage_2():
     good = _gestsync_with_lips().to_pickle()
     broken = [dict(good, offset_frames=[0.0]),  # fewer offsets than scores
+              dict(good, confidence=[0.25, 0.0]),  # one confidence short (the per-track lists still match)
               dict(good, model="lipnet"),
               dict(good, score_raw=[np.zeros(1)]),
               {k: v for k, v in good.items() if k != "persons"},
