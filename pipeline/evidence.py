@@ -11,7 +11,6 @@ stage 3 refuses evidence from a model other than the configured ``sync.model``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import FUSION_MODES, RUN_SYNCNET
 from pipeline.sync import SyncModel, get_sync_model
+from pipeline.sync.evidence_record import OutdatedEvidence, SyncEvidence
 
 
 def model_named(name: str) -> SyncModel:
@@ -39,16 +39,25 @@ def fusion_mode(cfg: Any) -> str:
     return mode
 
 
-def evidence_model(sync: Mapping[str, Any]) -> SyncModel:
-    """The model that wrote ``sync.pckl`` (caches written before models were recorded are SyncNet's)."""
+def read_evidence(data: Any) -> SyncEvidence:
+    """``sync.pckl``'s record from its pickled data, for stages 3 and 4: a CacheError (one line, naming
+    stage 2) for an older layout or anything else that is not a valid record."""
     try:
-        return model_named(str(sync.get("model", "syncnet")))
+        return SyncEvidence.from_pickle(data)
+    except OutdatedEvidence as err:
+        raise CacheError(f"{err}: run {RUN_SYNCNET} again") from None
+
+
+def evidence_model(sync: SyncEvidence) -> SyncModel:
+    """The model that wrote ``sync.pckl``."""
+    try:
+        return model_named(sync.model)
     except InputError:
-        raise CacheError(f"sync.pckl names an unknown sync model {sync.get('model')!r}: run {RUN_SYNCNET} again"
+        raise CacheError(f"sync.pckl names an unknown sync model {sync.model!r}: run {RUN_SYNCNET} again"
                          ) from None
 
 
-def check_evidence_model(cfg: Any, sync: Mapping[str, Any]) -> str:
+def check_evidence_model(cfg: Any, sync: SyncEvidence) -> str:
     """The evidence's model's name, or a CacheError when it is not the configured ``sync.model``."""
     wanted, found = configured_model(cfg), evidence_model(sync)
     if found is not wanted:
@@ -58,12 +67,12 @@ def check_evidence_model(cfg: Any, sync: Mapping[str, Any]) -> str:
     return found.name
 
 
-def vote_thresholds(cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+def vote_thresholds(cfg: Any, sync: SyncEvidence) -> tuple[float, ...]:
     """The VoxConverse rule's confidence thresholds on the scale of the evidence's model."""
     return evidence_model(sync).vote_thresholds(cfg, sync)
 
 
-def fusion_curves(cfg: Any, sync: Mapping[str, Any], num_tracks: int
+def fusion_curves(cfg: Any, sync: SyncEvidence, num_tracks: int
                   ) -> tuple[list[np.ndarray] | None, list[str] | None]:
     """The per-track curves stage 3 fuses and what each came from: the model's own curves (with GestSync's lip
     evidence folded in by ``gestsync.prefer``, ``pipeline/sync/lip_gesture.py``); (None, None) for SyncNet,
@@ -71,16 +80,16 @@ def fusion_curves(cfg: Any, sync: Mapping[str, Any], num_tracks: int
     return evidence_model(sync).fusion_curves(cfg, sync, num_tracks)
 
 
-def extra_tracks(sync: Mapping[str, Any]) -> list[dict]:
+def extra_tracks(sync: SyncEvidence) -> list[dict]:
     """Tracks the evidence scores beyond tracks.pckl's face tracks, after them (GestSync's person tracks that
     hold no face, in tracks.pckl's layout); none for the other models."""
     return evidence_model(sync).extra_tracks(sync)
 
 
-def diarisation_key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+def diarisation_key_extra(cfg: Any, sync: SyncEvidence) -> dict[str, Any]:
     """What stage 3's decisions read beyond ``diarise``: the model's own thresholds when it has them."""
     return evidence_model(sync).stage3_key(cfg, sync)
 
 
 __all__ = ["check_evidence_model", "configured_model", "diarisation_key_extra", "evidence_model", "extra_tracks",
-           "fusion_curves", "fusion_mode", "model_named", "vote_thresholds"]
+           "fusion_curves", "fusion_mode", "model_named", "read_evidence", "vote_thresholds"]

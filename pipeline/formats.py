@@ -29,9 +29,13 @@ Stage 2, ``run_syncnet``:
   video window i (frames i .. i + 4) with audio shifted by ``-vshift .. +vshift`` frames.
   ``num_windows = min(num_frames, num_samples // 640) - 5`` as in the original (N x 640 samples give
   4N - 1 MFCC frames); ``(0, 2 * vshift + 1)`` for a track shorter than one window.
-- ``sync.pckl``: dict ``metric`` ('cosine' or 'euclidean'), ``vshift_frames``, ``checkpoint`` (file name), and
-  per track lists ``offset_frames`` (NaN for a track too short or digitally silent), ``min_dist`` (NaN when
-  too short), ``confidence`` (0.0 for both).
+- ``sync.pckl``: the ``SyncEvidence`` record (``pipeline/sync/evidence_record.py``) as plain data: a dict with
+  ``schema`` ('av-diarise.sync_evidence'), ``version`` (1) and one entry per field; fields a model does not
+  use keep their defaults (None, or an empty list). A ``sync.pckl`` without schema (written before it) or of
+  another version is scored again by stage 2 (one note) and refused by stages 3 and 4. SyncNet's: ``model``
+  'syncnet', ``metric`` ('cosine' or 'euclidean'), ``vshift_frames``, ``checkpoint`` (file name),
+  ``score_name`` 'min_dist', and per track lists ``offset_frames`` (NaN for a track too short or digitally
+  silent), ``score`` (the min dist; NaN when too short), ``confidence`` (0.0 for both).
 - ``offsets.txt``: two ``#`` header lines, then ``track offset_frames min_dist confidence`` per line
   (``nan`` where undefined).
 
@@ -47,15 +51,15 @@ every sync model. The audio is the track's ``%05d.wav``, as for SyncNet.
   falls outside the track's audio); row i compares frames i .. i + 4 with the 16 mel frames starting at
   ``int(80 * (i + shift) / 25)``, shift ``-vshift .. +vshift``. ``num_windows = min(num_frames - 4,`` windows
   the audio holds``)``.
-- ``sync.pckl``: dict ``model`` ('wav2lip'), ``metric`` ('cosine_similarity'), ``vshift_frames``,
-  ``checkpoint``, ``smooth_frames``, and per track lists ``offset_frames`` (``vshift`` minus the column with
-  the highest mean score: SyncNet's sign; NaN for a track too short or digitally silent), ``best_score`` (that
-  mean; NaN when too short), ``confidence`` (best minus median of the per-shift means; 0.0 when undefined),
+- ``sync.pckl``: the record with ``model`` 'wav2lip', ``metric`` ('cosine_similarity'), ``vshift_frames``,
+  ``checkpoint``, ``smooth_frames``, ``score_name`` 'best_score', and per track lists ``offset_frames``
+  (``vshift`` minus the column with the highest mean score: SyncNet's sign; NaN for a track too short or
+  digitally silent), ``score`` (that mean, the best score; NaN when too short), ``confidence`` (best minus
+  median of the per-shift means; 0.0 when undefined),
   ``score_raw`` (float32 ``[num_frames]`` per track frame: the score at the best shift of the window centred
   on that frame, i.e. window i on frame i + 2; NaN on frames no window is centred on) and ``score_smooth``
   (float32 ``[num_frames]``: the centred ``smooth_frames`` moving average of ``score_raw`` over its finite
   values; NaN where none). Frame j of both curves is the track's frame ``track.frame[0] + j``.
-  SyncNet's ``sync.pckl`` records ``model`` 'syncnet' (absent in caches written before it: read as SyncNet).
 - ``offsets.txt``: as above with ``best_score`` in place of ``min_dist``.
 
 Stage 2 with ``sync.model: gestsync`` (GestSync's gesture sync, ``pipeline/sync/gestsync.py``): each face
@@ -63,15 +67,16 @@ track is scored on its person's square crop around a box derived from its face b
 ``persons.pckl`` the user placed in pywork/REF (faces.pckl layout, person boxes instead of faces). Its
 ``activesd.pckl`` holds per track the offset search's float32 ``[offset_avg_frames, candidates]`` block of
 scores (``logits_scale`` x cosine; column k: GestSync's offset ``k * stride`` minus the block's first
-window; ``[0, 0]`` when the track is too short). ``sync.pckl`` is the expert's layout with ``model``
+window; ``[0, 0]`` when the track is too short). ``sync.pckl`` is the expert's record with ``model``
 'gestsync', ``num_avg_frames``, ``global_speaker``, ``offset_stride_frames``, ``max_offset_frames``,
 ``offset_avg_frames`` and ``logits_scale`` in place of ``smooth_frames``, ``persons`` (what the regions came
 from), and per track ``offset_range_frames`` (lowest and highest offset searched, SyncNet's sign, or None),
 ``region_bbox`` (int64 ``[num_frames, 4]``, the crop square of each track frame in frame pixels) and
-``region_from_person`` (bool ``[num_frames]``); ``score_raw`` is the scaled score of the (edge-padded)
+``region_from_person`` (bool ``[num_frames]``), ``person_tracks`` (``{'frame', 'bbox'}`` of the person tracks
+without a face track, scored after the face tracks); ``score_raw`` is the scaled score of the (edge-padded)
 window centred on each frame, NaN past the audio.
 With ``gestsync.lip_model`` set, ``sync.pckl`` also holds ``lips``: ``{'model': 'syncnet' | 'wav2lip',
-'distances': that model's activesd.pckl list for the face tracks, 'sync': its sync.pckl dict}`` (else None).
+'distances': that model's activesd.pckl list for the face tracks, 'sync': its own record (as above)}`` (else None).
 
 Stage 3, ``cluster``:
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from pipeline.sync.evidence_record import SyncEvidence
+
 FPS = 25.0
 HOP_S = 0.2
 WINDOW_S = 2.0
@@ -67,7 +69,7 @@ class SimulatedFile:
     media: dict
     tracks: list[dict]
     distances: list[np.ndarray]
-    sync: dict
+    sync: SyncEvidence
     vad: dict
     embeddings: dict
     face_ids: list[int]
@@ -239,7 +241,8 @@ def simulate_file(file_id: str, segments: Sequence[tuple[float, float, str]], pr
     embeddings = simulate_embeddings(mask, rng, profile, duration_s)
     media = {"num_frames": num_frames, "frame_rate_hz": FPS, "duration_s": duration_s, "has_audio": True,
              "sample_rate_hz": 16000, "num_samples": int(duration_s * 16000)}
-    sync = {"model": "syncnet", "metric": "cosine", "vshift_frames": vshift, "checkpoint": "simulated"}
+    sync = SyncEvidence(model="syncnet", metric="cosine", checkpoint="simulated", score_name="min_dist",
+                        vshift_frames=vshift)
     return SimulatedFile(file_id, media, track_dicts, distances, sync,
                          {"method": "simulated", "audio": vad_audio, "tracks": track_vad_frames},
                          {"model": "simulated", "window_s": WINDOW_S, "hop_s": HOP_S, "embeddings": embeddings},

@@ -7,10 +7,10 @@ earlier result is reused unless ``force``. This module keeps reuse, invalidation
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,16 +24,17 @@ from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.runtime import apply_runtime
 from pipeline.stage1_outputs import require_tracks_and_crops
 from pipeline.sync.base import STAGE, ProgressHook
+from pipeline.sync.evidence_record import OutdatedEvidence, SyncEvidence
 
 OUTPUTS = (ACTIVESD_FILE, SYNC_FILE, OFFSETS_FILE)
 
 
 @dataclass
 class Stage2Output:
-    """What stage 2 wrote (or found valid): per-track distance matrices and the ``sync.pckl`` dict."""
+    """What stage 2 wrote (or found valid): per-track distance matrices and the ``sync.pckl`` record."""
 
     distances: list[np.ndarray]
-    sync: dict[str, Any]
+    sync: SyncEvidence
     reused: bool
 
     @property
@@ -47,21 +48,28 @@ def require_stage1(cache: Cache) -> list[dict]:
 
 
 # ---- outputs -------------------------------------------------------------------------------------
-def write_outputs(cache: Cache, distances: list[np.ndarray], sync: dict, key: Mapping, offsets: str) -> None:
-    """``activesd.pckl``, ``sync.pckl`` and ``offsets.txt`` (text ``offsets``), each atomically with its manifest."""
+def write_outputs(cache: Cache, distances: list[np.ndarray], sync: SyncEvidence, key: Mapping, offsets: str) -> None:
+    """``activesd.pckl``, ``sync.pckl`` (the record as plain data) and ``offsets.txt`` (text ``offsets``), each
+    atomically with its manifest."""
     cache.save_pickle(ACTIVESD_FILE, distances, STAGE, key)
-    cache.save_pickle(SYNC_FILE, sync, STAGE, key)
+    cache.save_pickle(SYNC_FILE, sync.to_pickle(), STAGE, key)
     path = cache.work(OFFSETS_FILE)
     write_bytes_atomic(path, offsets.encode())
     cache.record(OFFSETS_FILE, STAGE, key, [path])
 
 
 def load_valid(cache: Cache, key: Mapping) -> Stage2Output | None:
-    """Stage 2's outputs when all three were written with ``key``, else None."""
+    """Stage 2's outputs when all three were written with ``key``, else None. A ``sync.pckl`` of an older
+    layout (before ``SyncEvidence``'s schema, or another version) is not reused: one note on stderr, then None."""
     if not all(cache.is_valid(name, key) for name in OUTPUTS):
         return None
-    distances, sync = cache.load_valid(ACTIVESD_FILE, key), cache.load_valid(SYNC_FILE, key)
-    if distances is None or sync is None:
+    distances, data = cache.load_valid(ACTIVESD_FILE, key), cache.load_valid(SYNC_FILE, key)
+    if distances is None or data is None:
+        return None
+    try:
+        sync = SyncEvidence.from_pickle(data)
+    except OutdatedEvidence as err:
+        print(f"note: {cache.work(SYNC_FILE)}: {err}; scoring the tracks again", file=sys.stderr, flush=True)
         return None
     return Stage2Output(distances, sync, reused=True)
 

@@ -37,6 +37,7 @@ from pipeline.evidence import (
     extra_tracks,
     fusion_curves,
     fusion_mode,
+    read_evidence,
     vote_thresholds,
 )
 from pipeline.formats import (
@@ -65,7 +66,7 @@ from pipeline.runtime import apply_runtime
 from pipeline.settings import DiariseConfig
 from pipeline.speech import GivenSpeech, read_speech, track_regions
 from pipeline.stage1_outputs import read_wav, require_tracks_and_crops
-from pipeline.sync.base import extra_identities, extra_vad
+from pipeline.sync.base import SyncEvidence, extra_identities, extra_vad
 
 STAGE = "cluster"
 # speaker models with their own voice thresholds (a config section of the same name) instead of diarise's
@@ -90,18 +91,16 @@ def require_stage1(cache: Cache) -> tuple[dict, list[dict]]:
     return dict(media_info), tracks
 
 
-def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], dict]:
-    """Stage 2's distance matrices and sync summary, made from the current tracks and crops."""
+def require_stage2(cache: Cache, num_tracks: int) -> tuple[list[np.ndarray], SyncEvidence]:
+    """Stage 2's distance matrices and sync record, made from the current tracks and crops."""
     upstream = {TRACKS_FILE: "", "crops": ""}
     distances = cache.require_fresh(ACTIVESD_FILE, STAGE2_SCRIPT, upstream)
-    sync = cache.require_fresh(SYNC_FILE, STAGE2_SCRIPT, upstream)
-    extra = len(extra_tracks(sync)) if isinstance(sync, Mapping) else 0  # GestSync's faceless person tracks
+    sync = read_evidence(cache.require_fresh(SYNC_FILE, STAGE2_SCRIPT, upstream))
+    extra = len(extra_tracks(sync))  # GestSync's faceless person tracks
     if not isinstance(distances, list) or len(distances) != num_tracks + extra:
         raise CacheError(f"{cache.work(ACTIVESD_FILE)} does not hold one distance matrix per track: "
                          f"run {STAGE2_SCRIPT} again")
-    if not isinstance(sync, Mapping) or "metric" not in sync:
-        raise CacheError(f"{cache.work(SYNC_FILE)} does not name its distance metric: run {STAGE2_SCRIPT} again")
-    return distances, dict(sync)
+    return distances, sync
 
 
 def _whole_audio(cache: Cache, sample_rate_hz: int) -> tuple[np.ndarray, str]:
@@ -274,7 +273,7 @@ def speaker_backend(cfg: Section, speaker_model: str | None, embeddings: np.ndar
 
 
 def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, embeddings: np.ndarray,
-           hop_s: float, num_frames: int, duration_s: float | None, sync: Mapping,
+           hop_s: float, num_frames: int, duration_s: float | None, sync: SyncEvidence,
            speaker_model: str | None = None, backend: SpeakerBackend | None = None) -> list[Turn]:
     """The turns by the configured fusion rule (``diarise.mode``) from stage 3's evidence; also what
     ``pipeline.simulate`` runs on simulated evidence. ``speaker_model`` (embeddings.pckl's ``model``) picks
@@ -285,13 +284,13 @@ def decide(cfg: Section, evidence: list[fuse.TrackEvidence], audio_vad_s: list, 
         backend = speaker_backend(cfg, speaker_model, embeddings, None)
     inputs = FusionInputs(tracks=evidence, audio_vad_s=audio_vad_s, embeddings=embeddings,
                           cfg_diarise=diarise_settings(cfg, str(speaker_model or "")), cfg_diarise_base=cfg.diarise,
-                          cfg_improved=cfg.improved, metric=str(sync["metric"]), hop_s=hop_s, num_frames=num_frames,
+                          cfg_improved=cfg.improved, metric=sync.metric, hop_s=hop_s, num_frames=num_frames,
                           duration_s=duration_s, thresholds=vote_thresholds(cfg, sync), backend=backend)
     return get_fusion_rule(mode)(inputs)
 
 
 def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidence: list[fuse.TrackEvidence],
-                        sync: Mapping, vad: Mapping, embeddings: Mapping, force: bool,
+                        sync: SyncEvidence, vad: Mapping, embeddings: Mapping, force: bool,
                         weights_dir: str | Path | None = None) -> list[Turn]:
     """``diarization.pckl``: the turns, stored as plain tuples."""
     model = str(embeddings.get("model", ""))
@@ -314,7 +313,7 @@ def compute_diarisation(cache: Cache, cfg: Section, media_info: Mapping, evidenc
     return turns_from_pickle(rows)
 
 
-def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sync: Mapping,
+def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sync: SyncEvidence,
                      force: bool = False) -> dict:
     """``sync_curves.pckl``: the per-frame confidence of every track and the voting thresholds the fusion
     used, so that stage 4 draws exactly what was decided whatever its own config says."""
@@ -322,7 +321,7 @@ def save_sync_curves(cache: Cache, cfg: Section, distances: list[np.ndarray], sy
            "upstream": _upstream(cache, *SYNC_CURVES_UPSTREAM)}
 
     def produce() -> dict:
-        metric = str(sync.get("metric", "cosine"))
+        metric = sync.metric
         curves, sources = fusion_curves(cfg, sync, len(distances))  # the sync model's own curves, else None
         if curves is None:
             curves = [fuse.track_confidence(np.asarray(d), cfg.diarise) for d in distances]

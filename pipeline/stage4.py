@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.cache import Cache, atomic_path
 from pipeline.config import Section
 from pipeline.errors import CacheError, InputError
-from pipeline.evidence import extra_tracks, model_named
+from pipeline.evidence import extra_tracks, model_named, read_evidence
 from pipeline.export import available_writers, get_writer
 from pipeline.formats import (
     ACTIVESD_FILE,
@@ -47,7 +47,7 @@ from pipeline.formats import (
     turns_from_pickle,
 )
 from pipeline.plots import track_labels
-from pipeline.sync.base import extra_identities
+from pipeline.sync.base import SyncEvidence, extra_identities
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Stage4Inputs:
     media: dict
     tracks: list
     dists: list  # activesd.pckl: per track float32 [num_windows, num_shifts]
-    sync: dict
+    sync: SyncEvidence
     face_ids: list[int]
     turns: list[Turn]
     confidences: list  # sync_curves.pckl: per track float64 [num_frames], as stage 3 computed them
@@ -73,7 +73,7 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
     media = cache.require(MEDIA_FILE, RUN_PIPELINE)
     tracks = cache.require(TRACKS_FILE, RUN_PIPELINE)
     dists = cache.require(ACTIVESD_FILE, RUN_SYNCNET)
-    sync = cache.require(SYNC_FILE, RUN_SYNCNET)
+    sync = read_evidence(cache.require(SYNC_FILE, RUN_SYNCNET))
     face_ids = cache.require_fresh(FACEID_FILE, CLUSTER, {TRACKS_FILE: ""})
     try:
         turns = turns_from_pickle(cache.require_fresh(DIARISATION_FILE, CLUSTER, dict.fromkeys(DIARISATION_UPSTREAM)))
@@ -88,7 +88,7 @@ def load_inputs(cache: Cache) -> Stage4Inputs:
     except (TypeError, ValueError, KeyError):
         raise CacheError(f"{cache.work(SYNC_CURVES_FILE)} is not stage 3's curves: run {CLUSTER} again") from None
     face_ids = [int(i) for i in face_ids]
-    extra = extra_tracks(sync) if isinstance(sync, dict) else []  # GestSync's person tracks without a face
+    extra = extra_tracks(sync)  # GestSync's person tracks without a face
     face_ids = [*face_ids, *extra_identities(face_ids, len(extra))]
     inputs = Stage4Inputs(media=media, tracks=[*tracks, *extra], dists=list(dists), sync=sync,
                           face_ids=face_ids, turns=turns, confidences=confidences,

@@ -4,7 +4,9 @@ Used by ``benchmark.py --compare OTHER_CHECKOUT``. Each stage runs as its own pr
 its CPU seconds (user + system), wall time and peak RSS come from ``os.wait4``; run k starts with this checkout
 when k is even and with the other when k is odd, so slow spells of a shared machine fall on both. After the
 runs, every output file of the two checkouts is compared byte for byte, and the pickled intermediates value
-for value (``embeddings``, ``faceid``, ``vad``, ``diarization``, ``sync``, ``activesd``).
+for value (``embeddings``, ``faceid``, ``vad``, ``diarization``, ``sync``, ``activesd``); ``sync.pckl`` by its
+evidence record's values, so that a checkout writing the typed record and one writing an older dict compare
+equal when their numbers are (``pipeline.sync.evidence_record.SyncEvidence.from_legacy``).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pipeline.formats import (
     SYNC_FILE,
     VAD_FILE,
 )
+from pipeline.sync.evidence_record import SyncEvidence
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 REFERENCE = "clip"
@@ -133,6 +136,15 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+def _values(name: str, data: object) -> object:
+    """What is compared of a pickled intermediate: ``sync.pckl`` as its record's plain data (read from either
+    layout), the others as loaded."""
+    if name != SYNC_FILE:
+        return data
+    typed = isinstance(data, dict) and "schema" in data
+    return (SyncEvidence.from_pickle(data) if typed else SyncEvidence.from_legacy(data)).to_pickle()
+
+
 def _content(path: Path) -> bytes:
     """The file's bytes; for a VIA project, without its creation time (``project.created``, the clock's)."""
     if path.name.endswith("_via.json"):
@@ -154,7 +166,7 @@ def compare_outputs(work_a: Path, work_b: Path) -> list[str]:
         paths = [w / "data" / "pywork" / REFERENCE / name for w in (work_a, work_b)]
         if not paths[0].is_file() and not paths[1].is_file():
             continue
-        same = all(p.is_file() for p in paths) and _same(*(pickle.loads(p.read_bytes()) for p in paths))
+        same = all(p.is_file() for p in paths) and _same(*(_values(name, pickle.loads(p.read_bytes())) for p in paths))
         lines.append(f"{name:<20} {'same' if same else 'DIFFERENT'}")
     return lines
 

@@ -184,11 +184,11 @@ def bench_cached(args: argparse.Namespace, cfg: Any) -> int:
     """--cached: the decision alone in each mode on the cached evidence laid end to end."""
     from pipeline.config import with_overrides
     from pipeline.stage3 import decide, speaker_backend
+    from pipeline.sync.evidence_record import SyncEvidence
 
     hop_s = float(cfg.embed.hop_s)
     segments, embeddings, num_frames, duration_s, refs = laid_end_to_end(Path(args.cached), hop_s)
-    sync = {"metric": "cosine", "vshift_frames": int(cfg.syncnet.vshift_frames), "offset_frames": [],
-            "min_dist": [], "confidence": [], "checkpoint": None, "model": "syncnet"}
+    sync = SyncEvidence(model="syncnet", metric="cosine", score_name="min_dist", vshift_frames=cfg.syncnet.vshift_frames)
     print(f"bench_stage3_modes: {len(refs)} cached recordings of {args.cached} end to end, {duration_s / 3600:.2f} h, "
           f"{len(embeddings)} windows, speaker model {args.speaker_model}", flush=True)
 

@@ -78,12 +78,12 @@ def test_clip_runs_through_every_stage_with_wav2lip(tmp_path, random_weights, na
     stage1 = run_pipeline(VIDEOS / f"{name}.mp4", cache, cfg)
 
     stage2 = run_stage2(cache, cfg, random_weights, "cpu")
-    assert stage2.sync["model"] == "wav2lip" and len(stage2.distances) == stage1.num_tracks
+    assert stage2.sync.model == "wav2lip" and len(stage2.distances) == stage1.num_tracks
     for idx, (scores, track) in enumerate(zip(stage2.distances, cache.load_pickle("tracks.pckl"))):
         track_frames = len(track["track"]["frame"])
         assert scores.shape[1] == 2 * cfg.wav2lip.vshift_frames + 1 and scores.shape[0] <= track_frames - 4
         assert np.all((scores >= 0) & (scores <= 1 + 1e-6))
-        assert stage2.sync["score_raw"][idx].shape == stage2.sync["score_smooth"][idx].shape == (track_frames,)
+        assert stage2.sync.score_raw[idx].shape == stage2.sync.score_smooth[idx].shape == (track_frames,)
     assert run_stage2(cache, cfg, random_weights, "cpu").reused
 
     turns = run_cluster(cache, cfg, random_weights, "cpu")

@@ -19,6 +19,7 @@ from pipeline.cache import Cache
 from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.formats import turns_from_pickle
+from pipeline.sync.evidence_record import SyncEvidence
 from tests import fakespeaker, fakeweights
 from tests.conftest import DETECTIONS, clip
 from tests.synth import make_video
@@ -92,9 +93,9 @@ def fake_stage1(data_dir: Path, tracks: list | None = None, seconds: float = 3.0
 def fake_stage2(cache: Cache, num_tracks: int = 0) -> None:
     key = {"upstream": {"tracks.pckl": cache.digest("tracks.pckl"), "crops": cache.digest("crops")}}
     cache.save_pickle("activesd.pckl", [np.ones((95, 21), np.float32)] * num_tracks, "run_syncnet", key)
-    sync = {"metric": "cosine", "vshift_frames": 10, "offset_frames": [0] * num_tracks,
-            "min_dist": [1.0] * num_tracks, "confidence": [0.0] * num_tracks}
-    cache.save_pickle("sync.pckl", sync, "run_syncnet", key)
+    sync = SyncEvidence("syncnet", "cosine", score_name="min_dist", vshift_frames=10,
+                        offset_frames=(0.0,) * num_tracks, score=(1.0,) * num_tracks, confidence=(0.0,) * num_tracks)
+    cache.save_pickle("sync.pckl", sync.to_pickle(), "run_syncnet", key)
 
 
 def one_track() -> list[dict]:

@@ -17,6 +17,7 @@ from pipeline.formats import Turn
 from pipeline.fusion import voxconverse as fuse
 from pipeline.fusion.argmax import NO_FACE, argmax_faces, diarise_argmax
 from pipeline.plots import argmax_spans
+from pipeline.sync.evidence_record import SyncEvidence
 
 CFG = load_config().diarise
 HOP_S = 0.2
@@ -88,7 +89,7 @@ def test_voxconverse_rule_on_expert_curves_reads_its_thresholds_from_the_config(
     curve = steps(250, [(50, 150, 0.6)], base=0.3)
     tracks = [expert_track(0, curve, identity=0, vad_s=[(0.0, 10.0)])]
     emb = voices(45, [(0, 45, A)])
-    sync = {"model": "wav2lip", "metric": "cosine_similarity"}
+    sync = SyncEvidence("wav2lip", "cosine_similarity")
     default = evidence.vote_thresholds(load_config(), sync)
     assert default == (0.5, 0.75)
     turns = fuse.diarise(tracks, [(2.0, 6.0)], emb, CFG, "cosine_similarity", HOP_S, 250, 10.0, thresholds=default)
@@ -98,19 +99,20 @@ def test_voxconverse_rule_on_expert_curves_reads_its_thresholds_from_the_config(
     turns = fuse.diarise(tracks, [(2.0, 6.0)], emb, CFG, "cosine_similarity", HOP_S, 250, 10.0, thresholds=raised)
     assert [t.source for t in turns] == ["audio"]
     # SyncNet evidence keeps the diarise thresholds of its metric
-    assert evidence.vote_thresholds(load_config(), {"metric": "cosine"}) == (0.5, 0.9)
+    assert evidence.vote_thresholds(load_config(), SyncEvidence("syncnet", "cosine")) == (0.5, 0.9)
 
 
 def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
     syncnet_cfg = load_config()
     expert_cfg = load_config(overrides=["sync.model=wav2lip"])
-    assert evidence.check_evidence_model(expert_cfg, {"model": "wav2lip"}) == "wav2lip"
-    assert evidence.check_evidence_model(syncnet_cfg, {"metric": "cosine"}) == "syncnet"  # caches before `model`
+    expert, syncnet = SyncEvidence("wav2lip", "cosine_similarity"), SyncEvidence("syncnet", "cosine")
+    assert evidence.check_evidence_model(expert_cfg, expert) == "wav2lip"
+    assert evidence.check_evidence_model(syncnet_cfg, syncnet) == "syncnet"
     with pytest.raises(CacheError, match="holds wav2lip evidence but sync.model is syncnet") as err:
-        evidence.check_evidence_model(syncnet_cfg, {"model": "wav2lip"})
+        evidence.check_evidence_model(syncnet_cfg, expert)
     assert "\n" not in str(err.value) and "--sync_model syncnet" in str(err.value)
     with pytest.raises(CacheError, match="holds syncnet evidence but sync.model is wav2lip"):
-        evidence.check_evidence_model(expert_cfg, {"model": "syncnet"})
+        evidence.check_evidence_model(expert_cfg, syncnet)
     with pytest.raises(InputError, match="sync.model must be one of syncnet, wav2lip, gestsync, got 'lipnet'"):
         load_config(overrides=["sync.model=lipnet"])  # refused when the config is read, before any stage runs
     with pytest.raises(InputError, match="diarise.mode must be one of voxconverse, argmax, improved"):
@@ -120,7 +122,8 @@ def test_stage3_refuses_evidence_of_another_model_and_unknown_names():
     with pytest.raises(InputError, match="unknown fusion mode"):
         evidence.fusion_mode(SimpleNamespace(diarise=SimpleNamespace(mode="vote")))
     with pytest.raises(CacheError, match="smoothed wav2lip score curve per track"):
-        evidence.fusion_curves(load_config(), {"model": "wav2lip", "score_smooth": [np.zeros(3)]}, 2)
+        evidence.fusion_curves(load_config(), SyncEvidence("wav2lip", "cosine_similarity",
+                                                           score_smooth=(np.zeros(3, np.float32),)), 2)
 
 
 def test_argmax_rule_keeps_a_won_run_of_a_fifth_of_a_second():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from pipeline.config import load_config
 from pipeline.errors import CacheError, InputError
 from pipeline.formats import Turn
 from pipeline.fusion import voxconverse as fuse
+from pipeline.sync.evidence_record import LipEvidence, SyncEvidence
 from pipeline.sync.lip_gesture import choose_curves, scale_map
 from tests.conftest import DETECTIONS, clip
 from tests.test_fuse_argmax import expert_track, steps, voices
@@ -72,12 +74,15 @@ def test_choose_curves_by_preference():
     np.testing.assert_array_equal(got[0], [0.2, 0.6, 0.4, 0.9])  # frame by frame, the longer curve's tail kept
 
 
-def _gestsync_sync(gesture_curves, lip_curves, lip_offsets=(0.0, 0.0)) -> dict:
+def _gestsync_sync(gesture_curves, lip_curves, lip_offsets=(0.0, 0.0)) -> SyncEvidence:
     """GestSync's sync.pckl with the Wav2Lip expert's evidence as its lips (thresholds [0.5, 0.75])."""
-    return {"model": "gestsync", "metric": "cosine_similarity", "offset_frames": [0.0] * len(gesture_curves),
-            "score_smooth": gesture_curves,
-            "lips": {"model": "wav2lip", "distances": [np.zeros((0, 21), np.float32)] * len(lip_curves),
-                     "sync": {"model": "wav2lip", "offset_frames": list(lip_offsets), "score_smooth": lip_curves}}}
+    lips = SyncEvidence("wav2lip", "cosine_similarity", offset_frames=tuple(lip_offsets),
+                        score=(0.0,) * len(lip_offsets), confidence=(0.0,) * len(lip_offsets),
+                        score_smooth=tuple(lip_curves))
+    return SyncEvidence("gestsync", "cosine_similarity", offset_frames=(0.0,) * len(gesture_curves),
+                        score=(0.0,) * len(gesture_curves), confidence=(0.0,) * len(gesture_curves),
+                        score_smooth=tuple(gesture_curves),
+                        lips=LipEvidence("wav2lip", (np.zeros((0, 21), np.float32),) * len(lip_curves), lips))
 
 
 @pytest.mark.parametrize("prefer, speaking_tracks", [("lips", {1}), ("gestures", {0}), ("stronger", {0, 1})])
@@ -126,9 +131,12 @@ def test_settings_are_checked_and_read_by_stage_3_only():
     from pipeline.sync.gestsync import STAGE3_ONLY_KEYS
 
     assert "prefer" in STAGE3_ONLY_KEYS  # ... and stage 2 does not run again
-    broken = {**sync, "lips": {"model": "wav2lip", "distances": [], "sync": {}}}
-    with pytest.raises(CacheError, match="run scripts/run_syncnet.py"):
-        evidence.fusion_curves(load_config(), broken, 1)
+    broken = dict(sync.to_pickle(), lips={"model": "wav2lip", "distances": [], "sync": {}})
+    with pytest.raises(CacheError, match="malformed.*run scripts/run_syncnet.py"):
+        SyncEvidence.from_pickle(broken)
+    mislabelled = replace(sync, lips=LipEvidence("syncnet", sync.lips.distances, sync.lips.sync))
+    with pytest.raises(CacheError, match="malformed lip evidence.*run scripts/run_syncnet.py"):
+        evidence.fusion_curves(load_config(), mislabelled, 1)
 
 
 @pytest.mark.filterwarnings("ignore:.*differs from the published")
@@ -171,15 +179,15 @@ def test_real_clip_with_lips_beside_gestures_through_all_four_stages(tmp_path, c
 
     run("run_pipeline", "--videofile", str(video), *common, *ref)
     run("run_syncnet", *common, *ref)  # SyncNet alone, for comparison
-    syncnet_dists, syncnet_sync = load("activesd.pckl"), load("sync.pckl")
-    assert len(syncnet_dists) == 1 and syncnet_sync["model"] == "syncnet"
+    syncnet_dists, syncnet_sync = load("activesd.pckl"), SyncEvidence.from_pickle(load("sync.pckl"))
+    assert len(syncnet_dists) == 1 and syncnet_sync.model == "syncnet"
 
     lips_on = ["--set", "gestsync.lip_model=syncnet"]
     run("run_syncnet", *common, *ref, "--sync_model", "gestsync", *lips_on)
-    sync = load("sync.pckl")
-    assert sync["model"] == "gestsync" and sync["lips"]["model"] == "syncnet"
-    assert np.array_equal(sync["lips"]["distances"][0], syncnet_dists[0])
-    assert sync["lips"]["sync"]["offset_frames"] == syncnet_sync["offset_frames"]
+    sync = SyncEvidence.from_pickle(load("sync.pckl"))
+    assert sync.model == "gestsync" and sync.lips.model == "syncnet"
+    assert np.array_equal(sync.lips.distances[0], syncnet_dists[0])
+    assert sync.lips.sync.offset_frames == syncnet_sync.offset_frames
     stage2_mtime = (work / "sync.pckl").stat().st_mtime_ns
 
     on_gestsync = ["--set", "sync.model=gestsync", *lips_on]
@@ -188,7 +196,7 @@ def test_real_clip_with_lips_beside_gestures_through_all_four_stages(tmp_path, c
     assert curves["sources"] == ["lips+gestures"]
     cfg = load_config()
     lip_curve = scale_map(fuse.track_confidence(syncnet_dists[0], cfg.diarise), [0.5, 0.9], [0.1, 0.3])
-    gesture_curve = np.asarray(sync["score_smooth"][0], dtype=np.float64)
+    gesture_curve = np.asarray(sync.score_smooth[0], dtype=np.float64)
     n = min(lip_curve.size, gesture_curve.size)
     np.testing.assert_array_equal(curves["confidence"][0][:n], np.maximum(lip_curve[:n], gesture_curve[:n]))
 

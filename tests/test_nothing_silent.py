@@ -130,8 +130,9 @@ def test_stage3_reruns_when_wav2lips_thresholds_change_under_gestsync_with_wav2l
 
     cache = Cache(tmp_path / "data", "clip")
     seen: list[tuple] = []
-    sync = {"model": "gestsync", "metric": "cosine", "score_smooth": [], "offset_frames": [],
-            "lips": {"model": "wav2lip", "distances": [], "sync": {"offset_frames": [], "score_smooth": []}}}
+    from pipeline.sync.evidence_record import LipEvidence, SyncEvidence
+
+    sync = SyncEvidence("gestsync", "cosine", lips=LipEvidence("wav2lip", (), SyncEvidence("wav2lip", "cosine_similarity")))
 
     def fake_decide(cfg, *args, **kwargs):
         seen.append(tuple(cfg.wav2lip.conf_thresholds))

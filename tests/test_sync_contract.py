@@ -9,10 +9,13 @@ interface only, so that a model added to the registry is tested here without edi
 - the networks it declares cover every checkpoint its evidence step loads;
 - a checkpoint of it whose weights are NaN is refused before stage 1 with one line.
 
-Seeded random weights, an 80-frame flat-colour clip with a tone, evidence computed once per model variant.
+Seeded random weights, a 34-frame flat-colour clip with a tone, evidence computed once per model variant. Every
+variant runs with a short GestSync offset search (``FAST``: 5 windows averaged, offsets up to +-2 frames in steps
+of 1) so that 34 frames are enough for every model's search; the checks do not depend on the search's size.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import pickle
@@ -33,6 +36,7 @@ from pipeline.config import load_config
 from pipeline.errors import CheckpointError, InputError
 from pipeline.stage1 import run_pipeline
 from pipeline.sync import get_sync_model, registered_models
+from pipeline.sync.evidence_record import SyncEvidence
 from tests.conftest import REPO
 from tests.synth import make_video
 from tests.test_nothing_silent import error_lines, nan_checkpoint
@@ -40,7 +44,9 @@ from tests.test_nothing_silent import error_lines, nan_checkpoint
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published")
 
 BGR_PIXEL = (30, 110, 220)  # distinct blue, green, red levels
-NUM_FRAMES = 80  # enough for every model's offset search (GestSync: 50 windows of 25 frames)
+NUM_FRAMES = 34  # enough for every model's offset search (GestSync under FAST: 25-frame windows, 5 candidates
+# 1 frame apart, each averaging 5 windows, and 25 frames for its smoothed curve)
+FAST = ("gestsync.offset_avg_frames=5", "gestsync.offset_stride_frames=1", "gestsync.max_offset_frames=2")
 FACE_BOX = [40.0, 40.0, 120.0, 120.0]
 NOOP = lambda *args, **kwargs: None  # noqa: E731
 
@@ -77,7 +83,7 @@ VARIANTS = variants()
 def config(name: str, overrides: tuple[str, ...] = (), *more: str) -> Any:
     """The config of one variant plus ``more`` overrides (frozen, so one object per distinct argument list;
     a refused list raises each time)."""
-    return load_config(overrides=[f"sync.model={name}", *overrides, *more])
+    return load_config(overrides=[f"sync.model={name}", *FAST, *overrides, *more])
 
 
 def candidates(value: Any) -> list[Any]:
@@ -109,7 +115,30 @@ def changed_configs(name: str, overrides: tuple[str, ...], section: str, key: st
     return out
 
 
-# ---- fixtures: weights, a stage-1 cache, evidence -------------------------------------------------
+# ---- fixtures: the config file read once, weights, a stage-1 cache, evidence --------------------------
+@pytest.fixture(autouse=True, scope="module")
+def _default_config_parsed_once():
+    """``configs/default.yaml`` parsed once for the module (a copy each time, keyed by the file's size and
+    mtime): the key tests load a config per candidate setting, some two thousand in all, and parsing the YAML
+    was most of that. The values and checks of ``load_config`` are unchanged."""
+    from pipeline import config as config_module
+
+    read, parsed = config_module._read_yaml, {}
+
+    def read_once(path: Path) -> dict:
+        stat = Path(path).stat()
+        ident = (str(path), stat.st_size, stat.st_mtime_ns)
+        if ident not in parsed:
+            parsed[ident] = read(path)
+        return copy.deepcopy(parsed[ident])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config_module, "_read_yaml", read_once)
+        config.cache_clear()
+        yield
+    config.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     from tests.test_gestsync import published_checkpoint
@@ -129,7 +158,8 @@ def cache(tmp_path_factory) -> Cache:
     faces = [[{"frame": k, "bbox": FACE_BOX, "conf": 1.0}] for k in range(NUM_FRAMES)]
     with open(cache.work("faces.pckl"), "wb") as handle:
         pickle.dump(faces, handle, protocol=4)
-    assert run_pipeline(video, cache, load_config()).num_tracks == 1
+    short_tracks = load_config(overrides=[f"track.min_track_frames={NUM_FRAMES - 4}"])  # the default wants 51 frames
+    assert run_pipeline(video, cache, short_tracks).num_tracks == 1
     return cache
 
 
@@ -143,6 +173,9 @@ def evidence(cache, weights, tmp_path_factory) -> dict:
             _record_loads_and_images(patch, loaded, seen)
             tracks = cache.load_pickle("tracks.pckl")
             result = get_sync_model(name).evidence(cache, config(name, overrides), tracks, weights, "cpu", NOOP)
+        # the clip is long enough for every model's offset search (else stage 3's reads could not show a
+        # preference between lip and gesture evidence, which needs both offsets)
+        assert all(math.isfinite(v) for v in result.sync.offset_frames), (name, overrides, result.sync.offset_frames)
         out[(name, overrides)] = {"evidence": result, "loaded": loaded, "images": seen}
     return out
 
@@ -265,7 +298,7 @@ def _assert_key_follows(cache: Cache, file: str, key_now, what: str) -> None:
 
 
 # ---- 2. stage-3 key -------------------------------------------------------------------------------
-def stage3_reads(model, cfg: Any, sync: dict, num_tracks: int) -> tuple:
+def stage3_reads(model, cfg: Any, sync: SyncEvidence, num_tracks: int) -> tuple:
     curves, sources = model.fusion_curves(cfg, sync, num_tracks)
     thresholds = model.vote_thresholds(cfg, sync)
     return thresholds, sources, None if curves is None else [np.nan_to_num(c, nan=-9.0).tolist() for c in curves]
@@ -313,7 +346,7 @@ def test_declared_networks_cover_every_checkpoint_the_evidence_loads(evidence, w
     assert loaded, f"{name}'s evidence loaded no checkpoint"
     assert loaded <= declared, f"{name} loads {sorted(loaded - declared)} without declaring them"
     evidence_sync = evidence[(name, overrides)]["evidence"].sync
-    assert all(math.isfinite(v) or math.isnan(v) for v in evidence_sync["offset_frames"])
+    assert all(math.isfinite(v) or math.isnan(v) for v in evidence_sync.offset_frames)
 
 
 # ---- 5. a NaN checkpoint is refused before stage 1 ------------------------------------------------

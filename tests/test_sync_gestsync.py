@@ -21,6 +21,7 @@ from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.sync import gestsync as gs
 from pipeline.sync.base import extra_identities, extra_vad
+from pipeline.sync.evidence_record import SyncEvidence
 from pipeline.sync.gestsync_frontend import filterbanks, masked_frame
 from tests.conftest import DETECTIONS, REPO, clip
 
@@ -153,7 +154,7 @@ def test_person_boxes_are_tracked_per_shot_and_matched_to_faces():
     assert gs.match_person(_person_track(range(5), [600, 300, 630, 340]), tracks, 0.5) is None
     none, flags = gs.track_regions(face, None, _settings(), 640, 360)
     assert not flags.any() and len(none) == 20
-    extra = gs.person_only_tracks({"person_tracks": [tracks[1]]})
+    extra = gs.person_only_tracks(SyncEvidence("gestsync", "cosine_similarity", person_tracks=(tracks[1],)))
     assert extra[0]["proc_track"]["x"][0] == 455.0 and extra[0]["proc_track"]["s"][0] == 160.0
     assert extra_identities([0, 2, 1], 2) == [3, 4]
     vad = extra_vad([(0.0, 0.5), (0.7, 2.0)], {"track": {"frame": np.arange(10, 30)}}, 25.0)  # 0.4 .. 1.2 s
@@ -200,15 +201,15 @@ def test_real_clip_with_person_boxes_through_all_four_stages(tmp_path, capsys, w
     assert code == 0, err
     assert "GestSync" in err
     with open(work / "sync.pckl", "rb") as handle:
-        sync = pickle.load(handle)
+        sync = SyncEvidence.from_pickle(pickle.load(handle))
     with open(work / "tracks.pckl", "rb") as handle:
         tracks = pickle.load(handle)
-    assert sync["model"] == "gestsync" and len(tracks) == 1 and len(sync["person_tracks"]) == 1
-    assert len(sync["score_smooth"]) == 2 and sync["region_from_person"][0].mean() > 0.9
-    face_box, region = tracks[0]["track"]["bbox"][0], sync["region_bbox"][0][0]
+    assert sync.model == "gestsync" and len(tracks) == 1 and len(sync.person_tracks) == 1
+    assert len(sync.score_smooth) == 2 and sync.region_from_person[0].mean() > 0.9
+    face_box, region = tracks[0]["track"]["bbox"][0], sync.region_bbox[0][0]
     assert region[0] <= face_box[0] and region[2] >= face_box[2] and region[3] - region[1] > 400  # a body
-    assert sync["person_tracks"][0]["bbox"][0][0] > 640  # Deadpool stands on the right
-    assert all(np.isfinite(c[12:-12]).all() for c in sync["score_raw"])
+    assert sync.person_tracks[0]["bbox"][0][0] > 640  # Deadpool stands on the right
+    assert all(np.isfinite(c[12:-12]).all() for c in sync.score_raw)
     lines = (work / "offsets.txt").read_text().splitlines()
     assert "1 without a face track" in lines[0] and len(lines) == 4
     with open(work / "diarization.pckl", "rb") as handle:
@@ -219,14 +220,14 @@ def test_real_clip_with_person_boxes_through_all_four_stages(tmp_path, capsys, w
     assert "spk" in (out / f"{name}.rttm").read_text()
     import av
 
-    first = int(sync["person_tracks"][0]["frame"][0])
+    first = int(sync.person_tracks[0]["frame"][0])
     with av.open(str(out / f"{name}_annotated.mp4")) as container:
         for idx, decoded in enumerate(container.decode(video=0)):
             if idx == first + 10:
                 frame = decoded.to_ndarray(format="bgr24")
                 break
-    person = sync["person_tracks"][0]["bbox"][10]
-    square = sync["region_bbox"][1][10]  # GestSync's crop of that person: a square around the person box
+    person = sync.person_tracks[0]["bbox"][10]
+    square = sync.region_bbox[1][10]  # GestSync's crop of that person: a square around the person box
     assert square[0] <= person[0] and square[2] >= person[2] and abs((square[2] - square[0]) - (square[3] - square[1])) <= 1
     edge = frame[max(square[1], 0) + 10:min(square[3], frame.shape[0]) - 10, square[0] - 1:square[0] + 2]
     assert edge.std(axis=(0, 1)).max() < 40  # one solid colour: the crop square's left side is drawn

@@ -20,6 +20,8 @@ from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.errors import CacheError, CheckpointError, InputError
 from pipeline.stage2 import OUTPUTS, run_stage2
+from pipeline.stage3 import require_stage2
+from pipeline.sync.evidence_record import SyncEvidence
 from pipeline.sync.syncnet import (
     LipWindowBuffer,
     SyncSettings,
@@ -358,12 +360,12 @@ def test_stage2_writes_reuses_and_redoes(tmp_path, weights_dir, model):
     activesd = pickle.loads(cache.work("activesd.pckl").read_bytes())
     assert [d.shape for d in activesd] == [(11, 21), (0, 21), (4, 21)]
     assert all(d.dtype == np.float32 for d in activesd)
-    sync = pickle.loads(cache.work("sync.pckl").read_bytes())
-    assert sync["metric"] == "cosine" and sync["vshift_frames"] == 10
-    assert math.isnan(sync["offset_frames"][1]) and sync["confidence"][1] == 0.0
+    sync = SyncEvidence.from_pickle(pickle.loads(cache.work("sync.pckl").read_bytes()))
+    assert sync.model == "syncnet" and sync.metric == "cosine" and sync.vshift_frames == 10
+    assert math.isnan(sync.offset_frames[1]) and sync.confidence[1] == 0.0
     direct = sync_track(model, iter(crops[0][0]), crops[0][1], SyncSettings.from_config(cfg))
     np.testing.assert_allclose(activesd[0], direct.distances, rtol=1e-5, atol=1e-6)
-    assert sync["offset_frames"][0] == direct.offset_frames
+    assert sync.offset_frames[0] == direct.offset_frames
     lines = cache.work("offsets.txt").read_text().splitlines()
     assert lines[2].startswith("00000\t") and lines[3] == "00001\tnan\tnan\t0.000" and len(lines) == 5
     manifest = cache.read_manifest("activesd.pckl")
@@ -375,7 +377,7 @@ def test_stage2_writes_reuses_and_redoes(tmp_path, weights_dir, model):
     assert run_stage2(cache, cfg, weights_dir).reused
     assert not run_stage2(cache, cfg, weights_dir, force=True).reused
     euclid = run_stage2(cache, load_config(overrides=["syncnet.metric=euclidean"]), weights_dir)
-    assert not euclid.reused and euclid.sync["metric"] == "euclidean"
+    assert not euclid.reused and euclid.sync.metric == "euclidean"
     assert cache.read_manifest("sync.pckl")["key"]["syncnet"]["metric"] == "euclidean"
 
 
@@ -384,9 +386,33 @@ def test_stage2_zero_tracks(tmp_path, weights_dir):
     out = run_stage2(cache, load_config(), weights_dir)
     assert out.num_tracks == 0 and out.distances == []
     assert pickle.loads(cache.work("activesd.pckl").read_bytes()) == []
-    assert pickle.loads(cache.work("sync.pckl").read_bytes())["offset_frames"] == []
+    assert SyncEvidence.from_pickle(pickle.loads(cache.work("sync.pckl").read_bytes())).offset_frames == ()
     assert all(cache.read_manifest(name) for name in OUTPUTS)
     assert offsets_text(out.sync).count("\n") == 2
+
+
+def test_stage2_redoes_an_older_sync_pckl_with_one_note(tmp_path, weights_dir, capsys):
+    """A cache written before SyncEvidence (SyncNet's old dict, its manifest valid) is not reused: stage 2
+    scores again with exactly one note on stderr and writes the typed record; stage 3 refuses the old file
+    with one line naming stage 2."""
+    cache = make_stage1_cache(tmp_path, "old", [(noise_frames(16, seed=1), speechlike(16 * SPF, seed=2))])
+    cfg = load_config()
+    first = run_stage2(cache, cfg, weights_dir)
+    key = cache.read_manifest("sync.pckl")["key"]
+    old = {"metric": "cosine", "vshift_frames": 10, "offset_frames": [float(first.sync.offset_frames[0])],
+           "min_dist": [float(first.sync.score[0])], "confidence": [float(first.sync.confidence[0])],
+           "checkpoint": "syncnet.model", "model": "syncnet"}
+    cache.save_pickle("sync.pckl", old, "run_syncnet", key)
+    with pytest.raises(CacheError, match="older version.*run_syncnet.py") as err:
+        require_stage2(cache, 1)
+    assert "\n" not in str(err.value)
+    capsys.readouterr()
+    again = run_stage2(cache, cfg, weights_dir)
+    err_lines = capsys.readouterr().err.splitlines()
+    assert not again.reused and len(err_lines) == 1 and "older version" in err_lines[0], err_lines
+    typed = SyncEvidence.from_pickle(pickle.loads(cache.work("sync.pckl").read_bytes()))
+    assert typed.offset_frames == first.sync.offset_frames and typed.score == first.sync.score
+    assert run_stage2(cache, cfg, weights_dir).reused and capsys.readouterr().err == ""
 
 
 def test_stage2_missing_and_stale_stage1(tmp_path, weights_dir):

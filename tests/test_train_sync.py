@@ -86,7 +86,7 @@ def _offsets(data_dir: Path, plans, weights: Path) -> list[tuple[int, float]]:
         if plan.distractor:
             continue
         out = run_stage2(Cache(data_dir, plan.reference), cfg, weights, "cpu", force=True)
-        found.append((plan.audio_delay_frames, out.sync["offset_frames"][0]))
+        found.append((plan.audio_delay_frames, out.sync.offset_frames[0]))
     return found
 
 

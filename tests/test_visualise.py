@@ -19,6 +19,7 @@ from pipeline.media import iter_frames
 from pipeline.plots import identity_speakers, plot_sync, plot_timeline, speaker_colours, track_labels
 from pipeline.stage3 import save_sync_curves
 from pipeline.stage4 import output_names, visualise
+from pipeline.sync.evidence_record import SyncEvidence
 from tests.synth import make_video, make_wav
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "visualise.py"
@@ -59,8 +60,8 @@ def cache_dir(tmp_path) -> Path:
                        "sample_rate_hz": 16000, "has_audio": True},
         "tracks.pckl": tracks,
         "activesd.pckl": [_dists(50, 10, 0), _dists(36, 3, 1)],
-        "sync.pckl": {"metric": "cosine", "vshift_frames": 10, "offset_frames": [0, -7], "min_dist": [0.4, 0.5],
-                      "confidence": [0.6, 0.5]},
+        "sync.pckl": SyncEvidence("syncnet", "cosine", score_name="min_dist", vshift_frames=10,
+                                  offset_frames=(0.0, -7.0), score=(0.4, 0.5), confidence=(0.6, 0.5)).to_pickle(),
     }
     for name, obj in objects.items():
         cache.save_pickle(name, obj, stage="test", key={})
@@ -74,7 +75,8 @@ def save_stage3_turns(cache: Cache, turns: list, cfg=None) -> None:
     """diarization.pckl and sync_curves.pckl as stage 3 records them (made from the cache's current upstream)."""
     upstream = {name: cache.digest(name) for name in DIARISATION_UPSTREAM}
     cache.save_pickle("diarization.pckl", turns, stage="test", key={"upstream": upstream})
-    save_sync_curves(cache, cfg or load_config(), cache.load_pickle("activesd.pckl"), cache.load_pickle("sync.pckl"))
+    save_sync_curves(cache, cfg or load_config(), cache.load_pickle("activesd.pckl"),
+                     SyncEvidence.from_pickle(cache.load_pickle("sync.pckl")))
 
 
 def _decode(path: Path):

@@ -26,6 +26,7 @@ from models.wav2lip import MEL, load_lipsync_expert, strip_module_prefix
 from pipeline.cli import run_main
 from pipeline.errors import CheckpointError, InputError
 from pipeline.sync import wav2lip as w2l
+from pipeline.sync.evidence_record import SyncEvidence
 from tests import fakeweights
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_syncnet import SPF, noise_frames, speechlike, write_clip
@@ -450,21 +451,21 @@ def test_stage2_cache_reuse_model_switch_and_refusals(tmp_path, capsys, weights_
     args = ["--data_dir", str(tmp_path / "data"), "--reference", "talk", "--weights_dir", str(weights)]
     assert run_main(script.main, script.build_parser(), args + ["--sync_model", "wav2lip"]) == 0
     assert "Wav2Lip expert on 1 tracks" in capsys.readouterr().out  # the result goes to stdout (issue 22)
-    sync = cache.load_pickle("sync.pckl")
-    assert sync["model"] == "wav2lip" and sync["metric"] == "cosine_similarity"
+    sync = SyncEvidence.from_pickle(cache.load_pickle("sync.pckl"))
+    assert sync.model == "wav2lip" and sync.metric == "cosine_similarity"
     num_frames = len(cache.load_pickle("tracks.pckl")[0]["track"]["frame"])
-    assert sync["score_raw"][0].shape == (num_frames,) and np.isfinite(sync["score_smooth"][0]).all()
+    assert sync.score_raw[0].shape == (num_frames,) and np.isfinite(sync.score_smooth[0]).all()
     lines = cache.work("offsets.txt").read_text().splitlines()
     assert lines[1] == "# track\toffset_frames\tbest_score\tconfidence" and lines[2].startswith("00000\t")
     assert run_stage2(cache, cfg, weights, "cpu").reused
 
     syncnet = run_stage2(cache, load_config(), weights, "cpu")  # the other model's key: redone
-    assert not syncnet.reused and syncnet.sync["model"] == "syncnet"
+    assert not syncnet.reused and syncnet.sync.model == "syncnet"
     with pytest.raises(CacheError, match="holds syncnet evidence but sync.model is wav2lip"):
         run_cluster(cache, cfg, weights, "cpu")
 
     expert = run_stage2(cache, cfg, weights, "cpu")
-    assert not expert.reused and expert.sync["model"] == "wav2lip"
+    assert not expert.reused and expert.sync.model == "wav2lip"
     cluster = _stage_script("cluster")
     assert run_main(cluster.main, cluster.build_parser(),
                     args + ["--set", "sync.model=wav2lip", "--fusion", "argmax"]) == 0

@@ -2,12 +2,15 @@
 
 Layout (imports run down this list; no module here imports a stage):
 
+- ``evidence_record.py``: ``SyncEvidence``, the typed ``sync.pckl`` record every model writes;
 - ``base.py``: the ``SyncModel`` interface the stages use, and the plumbing the models share;
 - ``syncnet.py``: SyncNet (VoxConverse's), its offset search and one-clip demo;
 - ``wav2lip.py``: Wav2Lip's lip-sync expert;
 - ``gestsync_frontend.py``: GestSync's input (person crops, masks, filterbanks);
+- ``gestsync_scoring.py``: GestSync's settings, offset search, curves and streaming scorer;
+- ``gestsync_regions.py``: GestSync's regions, its pass over the frames, person tracks and overlays;
 - ``lip_gesture.py``: a lip model's evidence beside GestSync's gestures (``gestsync.lip_model``);
-- ``gestsync.py``: GestSync's gesture sync on each face track's person.
+- ``gestsync.py``: GestSync's gesture sync on each face track's person (stage 2, one clip, the model).
 
 Adding a model: ``docs/adding_a_sync_model.md``.
 """

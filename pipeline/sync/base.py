@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from pipeline.errors import CacheError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
 from pipeline.formats import RUN_SYNCNET
 from pipeline.settings import SECTIONS
+from pipeline.sync.evidence_record import SyncEvidence
 
 STAGE = "run_syncnet"  # the stage name in stage 2's manifests
 
@@ -39,10 +40,38 @@ class Network:
 
 @dataclass
 class Evidence:
-    """A model's stage-2 evidence: per scored track a matrix (``activesd.pckl``) and the ``sync.pckl`` dict."""
+    """A model's stage-2 evidence: per scored track a matrix (``activesd.pckl``) and the ``sync.pckl`` record."""
 
     distances: list[np.ndarray]
-    sync: dict[str, Any]
+    sync: SyncEvidence
+
+
+@dataclass
+class TrackResult:
+    """One track's (or clip's) result of a model with its own per-frame curves (Wav2Lip's expert, GestSync)."""
+
+    scores: np.ndarray  # float32: the matrix or block the offset search read (activesd.pckl)
+    offset_frames: float  # SyncNet's sign; NaN when not measurable
+    best_score: float  # the winning offset's mean score; NaN when too short
+    confidence: float  # best_score minus the median of the candidates' means; 0.0 when undefined
+    num_frames: int  # frames received
+    score_raw: np.ndarray  # float32 [num_frames]: the per-frame score; NaN where there is none
+    score_smooth: np.ndarray  # float32 [num_frames]: what stage 3 fuses
+    silent: bool = False
+    num_windows: int = 0  # windows with audio (what the offset search saw)
+    offset_range_frames: tuple[int, int] | None = None  # offsets searched (SyncNet's sign); None: not recorded
+
+
+def curve_evidence(model: str, metric: str, results: Sequence[TrackResult], checkpoint: str | None,
+                   **params: Any) -> SyncEvidence:
+    """The ``sync.pckl`` record of a model with its own curves: per track offset, best score, confidence and
+    both curves from ``results``; ``params`` the settings it records (``SyncEvidence``'s fields)."""
+    return SyncEvidence(model=model, metric=metric, checkpoint=checkpoint, score_name="best_score",
+                        offset_frames=tuple(float(r.offset_frames) for r in results),
+                        score=tuple(float(r.best_score) for r in results),
+                        confidence=tuple(float(r.confidence) for r in results),
+                        score_raw=tuple(r.score_raw for r in results),
+                        score_smooth=tuple(r.score_smooth for r in results), **params)
 
 
 @dataclass
@@ -103,25 +132,25 @@ class SyncModel(ABC):
         """The model's evidence for ``tracks`` of ``cache``, written nowhere (stage 2 writes it)."""
 
     @abstractmethod
-    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+    def offsets_text(self, sync: SyncEvidence) -> str:
         """``offsets.txt`` of the model's ``sync.pckl``."""
 
-    def summary(self, sync: Mapping[str, Any]) -> str:
+    def summary(self, sync: SyncEvidence) -> str:
         """A few words for ``run_syncnet.py``'s line: which model, on what."""
         return self.name
 
     # ---- stage 3 ----
     @abstractmethod
-    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+    def vote_thresholds(self, cfg: Any, sync: SyncEvidence) -> tuple[float, ...]:
         """The VoxConverse rule's thresholds on the scale of the model's curves."""
 
-    def fusion_curves(self, cfg: Any, sync: Mapping[str, Any], num_tracks: int
+    def fusion_curves(self, cfg: Any, sync: SyncEvidence, num_tracks: int
                       ) -> tuple[list[np.ndarray] | None, list[str] | None]:
         """Per-track curves stage 3 fuses and what each came from; (None, None): stage 3 computes SyncNet's
         confidence from the distances."""
         return None, None
 
-    def stage3_key(self, cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+    def stage3_key(self, cfg: Any, sync: SyncEvidence) -> dict[str, Any]:
         """What stage 3's decisions read of the model's settings beyond ``diarise``."""
         return {}
 
@@ -129,12 +158,12 @@ class SyncModel(ABC):
         """The model's own vote thresholds, for stage 3's keys (none when they live in ``diarise``)."""
         return {f"{self.section}_conf_thresholds": list(cfg[self.section].conf_thresholds)} if self.own_curves else {}
 
-    def extra_tracks(self, sync: Mapping[str, Any]) -> list[dict]:
+    def extra_tracks(self, sync: SyncEvidence) -> list[dict]:
         """Tracks the evidence scores beyond tracks.pckl's face tracks, after them, in tracks.pckl's layout."""
         return []
 
     # ---- stage 4 ----
-    def add_overlays(self, overlays: dict[int, list], tracks: Sequence[Mapping], sync: Mapping[str, Any],
+    def add_overlays(self, overlays: dict[int, list], tracks: Sequence[Mapping], sync: SyncEvidence,
                      labels: Sequence[str], colours_bgr: Mapping[str, tuple[int, int, int]],
                      turns: Sequence[Any], frame_rate_hz: float) -> None:
         """Add what the model scored beyond the face boxes to stage 4's per-frame overlays (default: nothing)."""
@@ -153,16 +182,39 @@ def fmt(value: float, spec: str) -> str:
     return "nan" if not math.isfinite(value) else format(value, spec)
 
 
-def offsets_table(header: str, score_name: str, sync: Mapping[str, Any],
-                  extra: tuple[str, Callable[[int], str]] | None = None) -> str:
+def offsets_table(header: str, sync: SyncEvidence, extra: tuple[str, Callable[[int], str]] | None = None) -> str:
     """``offsets.txt``: a '#' header line, a '#' column line, then per track ``track offset_frames <score_name>
-    confidence`` (and ``extra``'s column), tab-separated; ``score_name`` is also the ``sync.pckl`` list read."""
-    columns = ["track", "offset_frames", score_name, "confidence"] + ([extra[0]] if extra else [])
+    confidence`` (and ``extra``'s column), tab-separated."""
+    columns = ["track", "offset_frames", sync.score_name, "confidence"] + ([extra[0]] if extra else [])
     lines = [header, "# " + "\t".join(columns)]
-    for idx, (off, score, conf) in enumerate(zip(sync["offset_frames"], sync[score_name], sync["confidence"])):
+    for idx, (off, score, conf) in enumerate(zip(sync.offset_frames, sync.score, sync.confidence)):
         row = [f"{idx:05d}", fmt(off, ".0f"), fmt(score, ".3f"), fmt(conf, ".3f")] + ([extra[1](idx)] if extra else [])
         lines.append("\t".join(row))
     return "\n".join(lines) + "\n"
+
+
+def score_in_one_pass(frames: Iterable[np.ndarray], firsts: Sequence[int], lengths: Sequence[int],
+                      feed: Callable[[int, int, np.ndarray], None], finish: Callable[[int], TrackResult],
+                      progress: ProgressHook, what: str) -> list[TrackResult]:
+    """Every track's result from one pass over the video's frames: ``feed(track, offset, frame)`` for each
+    frame ``firsts[track] + offset`` of a track (``lengths[track]`` consecutive frames), ``finish(track)`` after
+    its last one (and, for a video shorter than its tracks, which should not happen, after the pass). Decoding
+    stops after the last frame any track needs. ``progress(what, done, total)`` as tracks finish."""
+    last_frame = max(f + n - 1 for f, n in zip(firsts, lengths))
+    results: list[TrackResult | None] = [None] * len(firsts)
+    done = 0
+    progress(what, 0, len(firsts))
+    for frame_idx, frame in enumerate(frames):
+        for idx, (first, length) in enumerate(zip(firsts, lengths)):
+            offset = frame_idx - first
+            if 0 <= offset < length:
+                feed(idx, offset, frame)
+                if offset == length - 1:
+                    results[idx], done = finish(idx), done + 1
+                    progress(what, done, len(firsts))
+        if frame_idx >= last_frame:
+            break
+    return [finish(idx) if result is None else result for idx, result in enumerate(results)]
 
 
 def demo_report(offset_frames: float, score_label: str, score: float, confidence: float) -> str:
@@ -189,10 +241,10 @@ def source_video(cache: Cache, media_info: Mapping, model_what: str) -> Path:
     return path
 
 
-def own_curves(sync: Mapping[str, Any], num_tracks: int, model: str) -> list[np.ndarray]:
+def own_curves(sync: SyncEvidence, num_tracks: int, model: str) -> list[np.ndarray]:
     """The per-track smoothed curves (``score_smooth``) a model with its own curves keeps in ``sync.pckl``."""
-    curves = sync.get("score_smooth")
-    if not isinstance(curves, Sequence) or len(curves) != num_tracks:
+    curves = sync.score_smooth
+    if len(curves) != num_tracks:
         raise CacheError(f"sync.pckl lacks one smoothed {model} score curve per track: run {RUN_SYNCNET} again")
     return [np.asarray(c, dtype=np.float64) for c in curves]
 
@@ -214,5 +266,6 @@ def extra_vad(audio_vad_s: Sequence[tuple[float, float]], track: Mapping[str, An
             if min(e, end_s) > max(s, start_s)]
 
 
-__all__ = ["ClipReport", "Evidence", "Network", "STAGE", "SyncModel", "demo_report", "extra_identities", "extra_vad",
+__all__ = ["ClipReport", "Evidence", "Network", "STAGE", "SyncEvidence", "SyncModel", "TrackResult", "curve_evidence",
+           "demo_report", "extra_identities", "score_in_one_pass", "extra_vad",
            "fmt", "offsets_table", "own_curves", "silent_note", "source_video"]

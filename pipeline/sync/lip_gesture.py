@@ -2,8 +2,8 @@
 model on every face track, and stage 3 chooses per track which evidence the fusion reads (``gestsync.prefer``).
 
 Stage 2 (``gestsync.lip_model: syncnet | wav2lip``) keeps the lip model's own stage-2 evidence, exactly what
-``run_syncnet.py --sync_model syncnet`` (or ``wav2lip``) would write, inside GestSync's ``sync.pckl`` under
-``lips``: ``{'model', 'distances': [per face track matrix], 'sync': that model's sync.pckl dict}``.
+``run_syncnet.py --sync_model syncnet`` (or ``wav2lip``) would write, inside GestSync's ``sync.pckl`` record under
+``lips`` (``LipEvidence``: ``model``, ``distances`` per face track, ``sync``: that model's own record).
 
 Stage 3 puts both on GestSync's scale. The VoxConverse rule counts, per frame, the thresholds a track's curve
 exceeds; the lip curve (SyncNet's smoothed confidence, or the expert's smoothed score) is mapped onto the
@@ -33,6 +33,7 @@ from pipeline.formats import GESTSYNC_LIP_MODELS as LIP_MODELS
 from pipeline.formats import GESTSYNC_PREFERENCES as PREFERENCES
 from pipeline.formats import RUN_SYNCNET
 from pipeline.sync.base import SyncModel
+from pipeline.sync.evidence_record import LipEvidence, SyncEvidence
 from pipeline.sync.syncnet import SYNCNET
 from pipeline.sync.wav2lip import WAV2LIP
 
@@ -68,13 +69,13 @@ def lip_key(cfg: Any, weights_dir: Any) -> dict[str, Any] | None:
 
 
 def lip_evidence(cache: Any, cfg: Any, tracks: Sequence[Mapping], weights_dir: Any, device: Any,
-                 progress: Any) -> dict[str, Any] | None:
+                 progress: Any) -> LipEvidence | None:
     """The lip model's stage-2 evidence on the face tracks (``sync.pckl`` ``lips``), None without a lip model."""
     model = lip_model(cfg)
     if model is None:
         return None
     evidence = model.evidence(cache, cfg, tracks, weights_dir, device, progress)
-    return {"model": model.name, "distances": evidence.distances, "sync": evidence.sync}
+    return LipEvidence(model.name, tuple(evidence.distances), evidence.sync)
 
 
 # ---- stage 3 -------------------------------------------------------------------------------------
@@ -104,12 +105,12 @@ def scale_map(values: np.ndarray, from_thresholds: Sequence[float], to_threshold
     return out
 
 
-def lip_curves_and_thresholds(cfg: Any, lips: Mapping[str, Any]) -> tuple[list[np.ndarray], tuple[float, ...]]:
+def lip_curves_and_thresholds(cfg: Any, lips: LipEvidence) -> tuple[list[np.ndarray], tuple[float, ...]]:
     """Per face track the lip model's per-frame curve on its own scale, and that model's vote thresholds."""
-    model, sync, distances = LIP_SYNC_MODELS.get(lips.get("model")), lips.get("sync"), lips.get("distances")
-    if model is None or not isinstance(sync, Mapping) or not isinstance(distances, Sequence):
+    model = LIP_SYNC_MODELS.get(lips.model)
+    if model is None or lips.sync.model != lips.model:
         raise CacheError(f"sync.pckl holds malformed lip evidence: run {RUN_SYNCNET} --sync_model gestsync again")
-    return model.track_curves(cfg, sync, distances), model.vote_thresholds(cfg, sync)
+    return model.track_curves(cfg, lips.sync, lips.distances), model.vote_thresholds(cfg, lips.sync)
 
 
 def _frame_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,11 +153,11 @@ def choose_curves(gesture_curves: Sequence[np.ndarray], gesture_offsets: Sequenc
     return curves, sources
 
 
-def combined_curves(cfg: Any, sync: Mapping[str, Any], gesture_curves: Sequence[np.ndarray]
+def combined_curves(cfg: Any, sync: SyncEvidence, gesture_curves: Sequence[np.ndarray]
                     ) -> tuple[list[np.ndarray], list[str]]:
     """GestSync's curves with its lip evidence folded in by ``gestsync.prefer`` (see the module docstring)."""
-    lips = sync.get("lips")
-    gesture_offsets = [float(v) for v in sync["offset_frames"]]
+    lips = sync.lips
+    gesture_offsets = list(sync.offset_frames)
     if not lips:
         return [np.asarray(c, dtype=np.float64) for c in gesture_curves], [SOURCE_GESTURES] * len(gesture_curves)
     raw_curves, thresholds = lip_curves_and_thresholds(cfg, lips)
@@ -164,17 +165,17 @@ def combined_curves(cfg: Any, sync: Mapping[str, Any], gesture_curves: Sequence[
         raise CacheError(f"sync.pckl holds lip evidence for more tracks than GestSync scored: run {RUN_SYNCNET} again")
     gesture_thresholds = tuple(cfg.gestsync.conf_thresholds)
     mapped = [scale_map(c, thresholds, gesture_thresholds) for c in raw_curves]
-    lip_offsets = [float(v) for v in lips["sync"]["offset_frames"]]
+    lip_offsets = list(lips.sync.offset_frames)
     return choose_curves(gesture_curves, gesture_offsets, mapped, lip_offsets, preference(cfg))
 
 
-def key_extra(cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+def key_extra(cfg: Any, sync: SyncEvidence) -> dict[str, Any]:
     """What stage 3's decisions read of the lip evidence's settings (empty without lip evidence)."""
-    lips = sync.get("lips")
-    if not lips:
+    lips = sync.lips
+    if lips is None:
         return {}
-    model = LIP_SYNC_MODELS.get(lips.get("model"))
-    return {"gestsync_prefer": preference(cfg), "lip_model": lips.get("model"),
+    model = LIP_SYNC_MODELS.get(lips.model)
+    return {"gestsync_prefer": preference(cfg), "lip_model": lips.model,
             **(model.threshold_key(cfg) if model is not None else {})}
 
 

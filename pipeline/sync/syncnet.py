@@ -55,6 +55,7 @@ from pipeline.sync.base import (
     Evidence,
     Network,
     ProgressHook,
+    SyncEvidence,
     SyncModel,
     demo_report,
     offsets_table,
@@ -240,6 +241,9 @@ def offset_search(distances: np.ndarray, vshift_frames: int) -> tuple[float, flo
         raise InputError(f"distance matrix must be [W, {2 * vshift_frames + 1}], got {dists.shape}")
     if dists.shape[0] == 0:
         return math.nan, math.nan, 0.0
+    # Not shared with Wav2Lip's search (``pipeline.sync.wav2lip.offset_search``): this one is syncnet_python's
+    # float32 torch mean and min, that one a float64 numpy mean and argmax. A merged search would need the
+    # library, the dtype and min/max as parameters to keep both bit-identical, for six lines each.
     mean_dist = torch.from_numpy(np.ascontiguousarray(dists.T)).mean(1)  # [S], float32 like the original
     min_val, min_idx = torch.min(mean_dist, 0)
     confidence = torch.median(mean_dist) - min_val
@@ -370,16 +374,13 @@ def _too_short(settings: SyncSettings, num_frames: int, silent: bool, keep: bool
     return SyncResult(empty, math.nan, math.nan, 0.0, num_frames, silent, embeddings)
 
 
-def summarise(results: list[SyncResult], settings: SyncSettings) -> dict[str, Any]:
-    """The ``sync.pckl`` dict: metric, vshift and per-track offset, min dist, confidence (plain floats)."""
-    return {
-        "metric": settings.metric,
-        "vshift_frames": settings.vshift_frames,
-        "offset_frames": [float(r.offset_frames) for r in results],
-        "min_dist": [float(r.min_dist) for r in results],
-        "confidence": [float(r.confidence) for r in results],
-    }
-
+def summarise(results: list[SyncResult], settings: SyncSettings, checkpoint: str | None) -> SyncEvidence:
+    """The ``sync.pckl`` record: metric, vshift and per-track offset, min dist, confidence (plain floats)."""
+    return SyncEvidence(model="syncnet", metric=settings.metric, checkpoint=checkpoint, score_name="min_dist",
+                        offset_frames=tuple(float(r.offset_frames) for r in results),
+                        score=tuple(float(r.min_dist) for r in results),
+                        confidence=tuple(float(r.confidence) for r in results),
+                        vshift_frames=settings.vshift_frames)
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
@@ -420,16 +421,15 @@ def _map_tracks(work: Callable[[int], SyncResult], num_tracks: int, workers: int
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def offsets_text(sync: Mapping[str, Any]) -> str:
+def offsets_text(sync: SyncEvidence) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames min_dist confidence`` per line, tab-separated."""
-    return offsets_table(f"# metric {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short or silent",
-                         "min_dist", sync)
+    return offsets_table(f"# metric {sync.metric}, vshift {sync.vshift_frames} frames; nan: too short or silent", sync)
 
 
 def syncnet_evidence(cache: Cache, cfg: Any, num_tracks: int, ckpt_file: str | None,
                      weights_dir: str | Path | None, device: torch.device | str,
-                     progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """SyncNet's distance matrices and ``sync.pckl`` dict for the first ``num_tracks`` crops of ``cache``,
+                     progress: ProgressHook) -> tuple[list[np.ndarray], SyncEvidence]:
+    """SyncNet's distance matrices and ``sync.pckl`` record for the first ``num_tracks`` crops of ``cache``,
     written nowhere (stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
     settings = SyncSettings.from_config(cfg)
     device = torch.device(device)
@@ -441,10 +441,7 @@ def syncnet_evidence(cache: Cache, cfg: Any, num_tracks: int, ckpt_file: str | N
         for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device), num_tracks, workers):
             results.append(result)
             progress("syncnet", len(results), num_tracks)
-    sync = summarise(results, settings)
-    sync["checkpoint"] = ckpt_file
-    sync["model"] = "syncnet"
-    return [r.distances for r in results], sync
+    return [r.distances for r in results], summarise(results, settings, ckpt_file)
 
 
 # ---- single clip (syncnet_python's demo_syncnet.py / demo_feature.py) ---------------------------
@@ -530,18 +527,18 @@ class SyncNetModel(SyncModel):
         file = self.checkpoint_file(cfg, weights_dir) if tracks else None
         return Evidence(*syncnet_evidence(cache, cfg, len(tracks), file, weights_dir, device, progress))
 
-    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+    def offsets_text(self, sync: SyncEvidence) -> str:
         return offsets_text(sync)
 
-    def summary(self, sync: Mapping[str, Any]) -> str:
-        return f"SyncNet ({sync.get('metric')})"
+    def summary(self, sync: SyncEvidence) -> str:
+        return f"SyncNet ({sync.metric})"
 
-    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+    def vote_thresholds(self, cfg: Any, sync: SyncEvidence) -> tuple[float, ...]:
         from pipeline.fusion.voxconverse import conf_thresholds
 
-        return conf_thresholds(cfg.diarise, str(sync["metric"]))
+        return conf_thresholds(cfg.diarise, sync.metric)
 
-    def track_curves(self, cfg: Any, sync: Mapping[str, Any], distances: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def track_curves(self, cfg: Any, sync: SyncEvidence, distances: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per-track smoothed confidence curves from the distances (``diarise``'s settings), as stage 3 fuses."""
         from pipeline.fusion.voxconverse import track_confidence
 

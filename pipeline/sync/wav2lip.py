@@ -52,10 +52,14 @@ from pipeline.sync.base import (
     Evidence,
     Network,
     ProgressHook,
+    SyncEvidence,
     SyncModel,
+    TrackResult,
+    curve_evidence,
     demo_report,
     offsets_table,
     own_curves,
+    score_in_one_pass,
     silent_note,
     source_video,
 )
@@ -215,6 +219,8 @@ def offset_search(scores: np.ndarray, vshift_frames: int) -> tuple[float, float,
         raise InputError(f"score matrix must be [W, {2 * vshift_frames + 1}], got {values.shape}")
     if values.shape[0] == 0:
         return math.nan, math.nan, 0.0
+    # float64 means (SyncNet's search keeps syncnet_python's float32 torch: see pipeline.sync.syncnet.offset_search;
+    # GestSync's searches blocks of candidates: pipeline.sync.gestsync_scoring.offset_search)
     mean_per_shift = values.mean(axis=0, dtype=np.float64)
     best = int(np.argmax(mean_per_shift))
     confidence = float(mean_per_shift[best] - np.median(mean_per_shift))
@@ -249,23 +255,6 @@ def moving_average(curve: np.ndarray, width_frames: int) -> np.ndarray:
         mean = (sums[hi] - sums[lo]) / num
     return np.where(num > 0, mean, np.nan).astype(np.float32)
 
-
-@dataclass
-class ExpertResult:
-    """One track's (or clip's) expert result."""
-
-    scores: np.ndarray  # float32 [num_windows, 2 * vshift + 1]
-    offset_frames: float  # vshift - argmax; NaN when not measurable
-    best_score: float
-    confidence: float
-    num_frames: int  # face frames received
-    score_raw: np.ndarray  # float32 [num_frames]
-    score_smooth: np.ndarray  # float32 [num_frames]
-    silent: bool = False
-
-    @property
-    def num_windows(self) -> int:
-        return int(self.scores.shape[0])
 
 
 class ExpertScorer:
@@ -331,7 +320,7 @@ class ExpertScorer:
         self._kept_audio = (first_window + num_windows - vshift, out[out.shape[0] - 2 * vshift:])
         return out
 
-    def finish(self) -> ExpertResult:
+    def finish(self) -> TrackResult:
         """Score the windows left and summarise the track."""
         if len(self.buffer) >= WINDOW_FRAMES:
             self._run(len(self.buffer) - WINDOW_FRAMES + 1)
@@ -342,12 +331,12 @@ class ExpertScorer:
         raw = frame_curve(scores, best_column, self.num_frames)
         if self.silent:
             offset, confidence = math.nan, 0.0
-        return ExpertResult(scores, offset, best, confidence, self.num_frames, raw,
-                            moving_average(raw, self.settings.smooth_frames), self.silent)
+        return TrackResult(scores, offset, best, confidence, self.num_frames, raw,
+                           moving_average(raw, self.settings.smooth_frames), self.silent, int(scores.shape[0]))
 
 
 def sync_faces(model: LipSyncExpert, faces: Iterable[np.ndarray], audio: np.ndarray, settings: ExpertSettings,
-               device: torch.device | str = "cpu") -> ExpertResult:
+               device: torch.device | str = "cpu") -> TrackResult:
     """The expert's result for one sequence of 96 x 96 BGR face crops and its int16 audio (aligned at frame 0)."""
     scorer = ExpertScorer(model, audio, settings, device)
     for face in faces:
@@ -355,26 +344,16 @@ def sync_faces(model: LipSyncExpert, faces: Iterable[np.ndarray], audio: np.ndar
     return scorer.finish()
 
 
-def summarise(results: Sequence[ExpertResult], settings: ExpertSettings, checkpoint: str) -> dict[str, Any]:
-    """The ``sync.pckl`` dict of the expert (layout: ``pipeline/formats.py``)."""
-    return {
-        "model": MODEL,
-        "metric": METRIC,
-        "vshift_frames": settings.vshift_frames,
-        "smooth_frames": settings.smooth_frames,
-        "checkpoint": checkpoint,
-        "offset_frames": [float(r.offset_frames) for r in results],
-        "best_score": [float(r.best_score) for r in results],
-        "confidence": [float(r.confidence) for r in results],
-        "score_raw": [r.score_raw for r in results],
-        "score_smooth": [r.score_smooth for r in results],
-    }
+def summarise(results: Sequence[TrackResult], settings: ExpertSettings, checkpoint: str) -> SyncEvidence:
+    """The ``sync.pckl`` record of the expert (layout: ``pipeline/formats.py``)."""
+    return curve_evidence(MODEL, METRIC, results, checkpoint, vshift_frames=settings.vshift_frames,
+                          smooth_frames=settings.smooth_frames)
 
 
-def offsets_text(sync: Mapping[str, Any]) -> str:
+def offsets_text(sync: SyncEvidence) -> str:
     """``offsets.txt``: a '#' header, then ``track offset_frames best_score confidence`` per line."""
-    return offsets_table(f"# model wav2lip, {sync['metric']}, vshift {sync['vshift_frames']} frames; nan: too short "
-                         "or silent", "best_score", sync)
+    return offsets_table(f"# model wav2lip, {sync.metric}, vshift {sync.vshift_frames} frames; nan: too short "
+                         "or silent", sync)
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
@@ -402,38 +381,25 @@ def check_vshift(vshift_frames: int, longest_frames: int, what: str) -> None:
 
 def score_tracks(model: LipSyncExpert, frames: Iterable[np.ndarray], tracks: Sequence[Mapping],
                  audios: Sequence[np.ndarray], settings: ExpertSettings, device: torch.device | str,
-                 progress: ProgressHook) -> list[ExpertResult]:
+                 progress: ProgressHook) -> list[TrackResult]:
     """Every track's result from one pass over the normalised frames (each track's crops as they pass)."""
     scorers = [ExpertScorer(model, audio, settings, device) for audio in audios]
-    firsts = [int(t["track"]["frame"][0]) for t in tracks]
     boxes = [np.asarray(t["track"]["bbox"], dtype=np.float64) for t in tracks]
-    last_frame = max(f + len(b) - 1 for f, b in zip(firsts, boxes))
-    results: list[ExpertResult | None] = [None] * len(tracks)
-    done = 0
-    progress(MODEL, 0, len(tracks))
-    for frame_idx, frame in enumerate(frames):
-        for idx, (first, track_boxes) in enumerate(zip(firsts, boxes)):
-            offset = frame_idx - first
-            if 0 <= offset < len(track_boxes):
-                scorers[idx].push(face_crop(frame, track_boxes[offset], settings.box_expand))
-                if offset == len(track_boxes) - 1:
-                    results[idx], done = scorers[idx].finish(), done + 1
-                    progress(MODEL, done, len(tracks))
-        if frame_idx >= last_frame:
-            break
-    for idx, result in enumerate(results):  # a video shorter than its tracks (should not happen): what there is
-        if result is None:
-            results[idx] = scorers[idx].finish()
-    return results  # type: ignore[return-value]
+
+    def feed(idx: int, offset: int, frame: np.ndarray) -> None:
+        scorers[idx].push(face_crop(frame, boxes[idx][offset], settings.box_expand))
+
+    return score_in_one_pass(frames, [int(t["track"]["frame"][0]) for t in tracks], [len(b) for b in boxes], feed,
+                             lambda idx: scorers[idx].finish(), progress, MODEL)
 
 
 def expert_evidence(cache: Cache, cfg: Any, tracks: Sequence[Mapping], media_info: Mapping, ckpt_file: str,
                     weights_dir: str | Path | None, device: torch.device | str,
-                    progress: ProgressHook) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The expert's score matrices and ``sync.pckl`` dict for ``tracks`` of ``cache``, written nowhere (its
+                    progress: ProgressHook) -> tuple[list[np.ndarray], SyncEvidence]:
+    """The expert's score matrices and ``sync.pckl`` record for ``tracks`` of ``cache``, written nowhere (its
     stage 2 writes them; GestSync's stage 2 keeps them as its lip evidence)."""
     settings = ExpertSettings.from_config(cfg)
-    results: list[ExpertResult] = []
+    results: list[TrackResult] = []
     if tracks:
         check_vshift(settings.vshift_frames, max(len(t["track"]["frame"]) for t in tracks), "the longest face track")
         source = source_video(cache, media_info, "the Wav2Lip expert cuts its faces")
@@ -446,7 +412,7 @@ def expert_evidence(cache: Cache, cfg: Any, tracks: Sequence[Mapping], media_inf
 
 # ---- single clip -----------------------------------------------------------------------------------
 def sync_clip(videofile: str | Path, cfg: Any, weights_dir: str | Path | None = None,
-              device: torch.device | str = "cpu") -> ExpertResult:
+              device: torch.device | str = "cpu") -> TrackResult:
     """Offset, best score and confidence of one face clip: every decoded frame, whole, is the face.
 
     As SyncNet's single-clip mode, frames are used as decoded (no frame-rate conversion) with the clip's audio
@@ -505,25 +471,25 @@ class Wav2LipModel(SyncModel):
         file = self.checkpoint_file(cfg, weights_dir)
         return Evidence(*expert_evidence(cache, cfg, tracks, media_info, file, weights_dir, device, progress))
 
-    def offsets_text(self, sync: Mapping[str, Any]) -> str:
+    def offsets_text(self, sync: SyncEvidence) -> str:
         return offsets_text(sync)
 
-    def summary(self, sync: Mapping[str, Any]) -> str:
+    def summary(self, sync: SyncEvidence) -> str:
         return "Wav2Lip expert"
 
-    def vote_thresholds(self, cfg: Any, sync: Mapping[str, Any]) -> tuple[float, ...]:
+    def vote_thresholds(self, cfg: Any, sync: SyncEvidence) -> tuple[float, ...]:
         return tuple(cfg.wav2lip.conf_thresholds)
 
-    def track_curves(self, cfg: Any, sync: Mapping[str, Any], distances: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def track_curves(self, cfg: Any, sync: SyncEvidence, distances: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The expert's smoothed per-frame scores, one per track of ``distances``."""
         return own_curves(sync, len(distances), self.name)
 
-    def fusion_curves(self, cfg: Any, sync: Mapping[str, Any], num_tracks: int
+    def fusion_curves(self, cfg: Any, sync: SyncEvidence, num_tracks: int
                       ) -> tuple[list[np.ndarray] | None, list[str] | None]:
         curves = own_curves(sync, num_tracks, self.name)
         return curves, [self.name] * len(curves)
 
-    def stage3_key(self, cfg: Any, sync: Mapping[str, Any]) -> dict[str, Any]:
+    def stage3_key(self, cfg: Any, sync: SyncEvidence) -> dict[str, Any]:
         return {"sync_model": self.name, **self.threshold_key(cfg)}
 
     def clip_report(self, videofile: str | Path, cfg: Any, weights_dir: str | Path | None, device: Any,
