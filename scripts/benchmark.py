@@ -178,7 +178,7 @@ def bench_stage2_gestsync(cache, cfg, weights_dir, device, timer: Timer) -> None
     start = time.perf_counter()
     out = run_stage2(cache, load_config(overrides=["sync.model=gestsync"]), weights_dir, device, force=True)
     _sync(device)
-    frames = sum(len(curve) for curve in out.sync["score_raw"])  # one window per frame, centred on it
+    frames = sum(len(curve) for curve in out.sync.score_raw)  # one window per frame, centred on it
     timer.add("stage 2 GestSync", time.perf_counter() - start, frames, "frames")
 
 
