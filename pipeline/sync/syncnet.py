@@ -72,7 +72,7 @@ class SyncSettings:
     metric: str = "cosine"
     vshift_frames: int = 10
     batch_size: int = 64
-    cpu_lip_chunk_windows: int = 16
+    cpu_lip_chunk_windows: int = 32
     frame_rate_hz: float = 25.0
     sample_rate_hz: int = 16000
 
