@@ -93,6 +93,17 @@ def stage_commands(checkout: Path, videofile: Path, data_dir: Path, weights_dir:
     }
 
 
+# Runs one stage script and prints its rusage. A process's peak RSS counts the memory image it was forked from
+# (Linux carries the forked copy's high-water mark over the exec), and this process holds the looped clip, so
+# each stage is started from this small launcher instead: its own peak is then what ru_maxrss reports.
+LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"status": status, "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def run_measured(command: list[str], cwd: Path) -> dict[str, float]:
     """Run one stage script; its user and system CPU seconds, wall seconds, peak RSS (MB) and the load before."""
     from pipeline.cpu_runtime import APPLIED
@@ -100,15 +111,15 @@ def run_measured(command: list[str], cwd: Path) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in APPLIED}  # the user's environment, not our defaults
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=str(cwd), env=env, capture_output=True,
+                          text=True)
     wall = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        errors = [line for line in stderr.splitlines() if "warning:" not in line] or stderr.splitlines()
+    usage = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {"status": -1}
+    if usage["status"] != 0:
+        errors = [line for line in done.stderr.splitlines() if "warning:" not in line] or done.stderr.splitlines()
         raise RuntimeError(f"{Path(command[1]).name} failed in {cwd}: {' / '.join(errors)[-400:]}")
-    return {"user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "load_1min": load}
+    return {"user_s": usage["user_s"], "sys_s": usage["sys_s"], "cpu_s": usage["user_s"] + usage["sys_s"],
+            "wall_s": wall, "peak_rss_mb": usage["maxrss_kb"] / 1024, "load_1min": load}
 
 
 def one_run(checkout: Path, videofile: Path, faces: Path, weights_dir: Path, work: Path,
