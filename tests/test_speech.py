@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,19 @@ def _diarize(conversation: Path, data_dir: Path, speech: Path | None, mode: str 
                    vad="webrtc", speaker_model="resemblyzer", weights_dir=data_dir / "no-weights", speech=speech)
 
 
-def test_given_speech_boundaries_are_kept_in_the_faithful_mode(conversation, tmp_path):
+@pytest.fixture(scope="module")
+def diarized(conversation, tmp_path_factory) -> Path:
+    """The conversation diarised once with the VAD (no speech file): a data dir that tests copy, so the
+    embeddings (their key holds no speech regions) are computed once for the module."""
+    data_dir = tmp_path_factory.mktemp("diarized") / "d"
+    _diarize(conversation, data_dir, None)
+    return data_dir
+
+
+def test_given_speech_boundaries_are_kept_in_the_faithful_mode(conversation, diarized, tmp_path):
+    """Starting from a VAD run's cache: the given speech must replace the cached VAD regions."""
+    shutil.copytree(diarized, tmp_path / "d")
+    assert Cache(tmp_path / "d", "talk", create=False).load_pickle("vad.pckl")["method"] == "webrtc"
     given = tmp_path / "talk.rttm"
     given.write_bytes((conversation / "rttm" / "talk.rttm").read_bytes())
     regions = union([(s, e) for s, e, _ in read_rttm(given)["talk"]])
@@ -145,10 +158,10 @@ def test_a_bad_speech_file_writes_nothing(conversation, tmp_path, name, text):
     assert list(data_dir.iterdir()) == []
 
 
-def test_cluster_with_a_bad_speech_file_keeps_the_cache(conversation, tmp_path):
+def test_cluster_with_a_bad_speech_file_keeps_the_cache(diarized, tmp_path):
     from pipeline.stage3 import run_cluster
 
-    _diarize(conversation, tmp_path / "d", None)
+    shutil.copytree(diarized, tmp_path / "d")
     cache = Cache(tmp_path / "d", "talk", create=False)
     before = {p.name: p.read_bytes() for p in cache.work_dir.rglob("*") if p.is_file()}
     bad = tmp_path / "s.lab"
