@@ -104,40 +104,44 @@ def test_rerun_resumes_from_the_cache_and_scores_zero_against_its_own_rttms(loca
 
 
 def test_ray_gives_the_same_rttms(local_run, weights, tmp_path):
+    """Two of the four clips (the two shortest), one Ray task each on two workers: every clip takes the same
+    path through the tasks, so two show whether Ray's results equal the local workers'."""
     pytest.importorskip("ray")
     root, _ = local_run
-    items, _ = assign_references([VIDEOS / f"{name}.mp4" for name in CLIPS], FACES)
+    ray_clips = CLIPS[1:3]
+    items, _ = assign_references([VIDEOS / f"{name}.mp4" for name in ray_clips], FACES)
     settings = RunSettings(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), weights_dir=str(weights),
                            device="cpu", threads_per_worker=1)
     summaries, _ = run_corpus(items, settings, workers=2, use_ray=True)
-    assert sorted(s.reference for s in summaries if s.status == "done") == sorted(CLIPS)
-    for name in CLIPS:
+    assert sorted(s.reference for s in summaries if s.status == "done") == sorted(ray_clips)
+    for name in ray_clips:
         assert (tmp_path / "out" / "rttm" / f"{name}.rttm").read_text() == \
             (root / "out" / "rttm" / f"{name}.rttm").read_text()
 
 
 def test_killed_run_completes_redoing_only_the_unfinished(tmp_path, weights):
+    first, second = CLIPS[2], CLIPS[1]  # the two shortest clips (5.0 s and 6.5 s)
     listing = tmp_path / "two.txt"
-    listing.write_text("\n".join(str(VIDEOS / f"{name}.mp4") for name in (CLIPS[0], CLIPS[3])) + "\n")
+    listing.write_text("\n".join(str(VIDEOS / f"{name}.mp4") for name in (first, second)) + "\n")
     args = ["--videos", str(listing), "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"),
             "--workers", "1", "--weights_dir", str(weights), "--faces", FACES, "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stderr=subprocess.PIPE, text=True)
     first_done = False
     deadline = time.monotonic() + 600
     for line in proc.stderr:  # the per-video line says the first video is finished
-        if f"[1/2] {CLIPS[0]}: done" in line:
+        if f"[1/2] {first}: done" in line:
             first_done = True
             break
         assert time.monotonic() < deadline
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert first_done
-    finished = tmp_path / "data" / "pywork" / CLIPS[0] / "diarization.pckl"
+    finished = tmp_path / "data" / "pywork" / first / "diarization.pckl"
     before = finished.stat().st_mtime_ns
     again = corpus(*args, "--quiet")
     assert again.returncode == 0, again.stderr
     assert finished.stat().st_mtime_ns == before  # the finished video was reused
-    assert (tmp_path / "out" / "rttm" / f"{CLIPS[3]}.rttm").is_file()
+    assert (tmp_path / "out" / "rttm" / f"{second}.rttm").is_file()
 
 
 def test_reference_names_from_file_names_with_clashes_reported(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,19 @@ def _diarize(conversation: Path, data_dir: Path, speech: Path | None, mode: str 
                    vad="webrtc", speaker_model="resemblyzer", weights_dir=data_dir / "no-weights", speech=speech)
 
 
-def test_given_speech_boundaries_are_kept_in_the_faithful_mode(conversation, tmp_path):
+@pytest.fixture(scope="module")
+def diarized(conversation, tmp_path_factory) -> Path:
+    """The conversation diarised once with the VAD (no speech file): a data dir that tests copy, so the
+    embeddings (their key holds no speech regions) are computed once for the module."""
+    data_dir = tmp_path_factory.mktemp("diarized") / "d"
+    _diarize(conversation, data_dir, None)
+    return data_dir
+
+
+def test_given_speech_boundaries_are_kept_in_the_faithful_mode(conversation, diarized, tmp_path):
+    """Starting from a VAD run's cache: the given speech must replace the cached VAD regions."""
+    shutil.copytree(diarized, tmp_path / "d")
+    assert Cache(tmp_path / "d", "talk", create=False).load_pickle("vad.pckl")["method"] == "webrtc"
     given = tmp_path / "talk.rttm"
     given.write_bytes((conversation / "rttm" / "talk.rttm").read_bytes())
     regions = union([(s, e) for s, e, _ in read_rttm(given)["talk"]])
@@ -131,24 +144,43 @@ def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.parametrize("name, text", [("late.lab", "1 2\n30 400\n"), ("empty.uem", ""),
-                                        ("garbled.rttm", "SPEAKER talk 1 one two\n")])
-def test_a_bad_speech_file_writes_nothing(conversation, tmp_path, name, text):
+def _run_in_process(name: str, capsys, *args: str) -> subprocess.CompletedProcess:
+    """The script's ``main`` through ``run_main`` as its ``__main__`` calls it, in this process: the same exit
+    code and stderr line, without a second interpreter and its imports."""
+    import importlib.util
+
+    from pipeline.cli import run_main
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = run_main(module.main, module.build_parser(), list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([name, *args], code, out, err)
+
+
+# the first as a command; the other two formats through diarize.py's main in this process (one interpreter
+# start-up is enough to show the command's behaviour; every format takes the same path, read before stage 1)
+@pytest.mark.parametrize("name, text, as_command", [("late.lab", "1 2\n30 400\n", True), ("empty.uem", "", False),
+                                                    ("garbled.rttm", "SPEAKER talk 1 one two\n", False)])
+def test_a_bad_speech_file_writes_nothing(conversation, tmp_path, capsys, name, text, as_command):
     speech = tmp_path / name
     speech.write_text(text)
     data_dir = tmp_path / "d"
     data_dir.mkdir()
-    done = _run_script("diarize.py", "--videofile", str(conversation / "wav" / "talk.wav"), "--data_dir",
-                       str(data_dir), "--speech", str(speech), "--speaker_model", "resemblyzer", "--quiet")
+    args = ("--videofile", str(conversation / "wav" / "talk.wav"), "--data_dir", str(data_dir), "--speech",
+            str(speech), "--speaker_model", "resemblyzer", "--quiet")
+    done = _run_script("diarize.py", *args) if as_command else _run_in_process("diarize.py", capsys, *args)
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "error" in done.stderr, done.stderr
     assert list(data_dir.iterdir()) == []
 
 
-def test_cluster_with_a_bad_speech_file_keeps_the_cache(conversation, tmp_path):
+def test_cluster_with_a_bad_speech_file_keeps_the_cache(diarized, tmp_path):
     from pipeline.stage3 import run_cluster
 
-    _diarize(conversation, tmp_path / "d", None)
+    shutil.copytree(diarized, tmp_path / "d")
     cache = Cache(tmp_path / "d", "talk", create=False)
     before = {p.name: p.read_bytes() for p in cache.work_dir.rglob("*") if p.is_file()}
     bad = tmp_path / "s.lab"
