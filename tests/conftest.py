@@ -1,7 +1,9 @@
 """Shared fixtures: the real clips in ../shared/data and a folder of seeded random checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def run_script_in_process(script: str, capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """``scripts/<script>``'s ``main`` through ``run_main``, as its ``__main__`` calls it, in this process (no second
+    interpreter and its imports): the same exit code, stdout and stderr."""
+    from pipeline.cli import run_main
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", REPO / "scripts" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = run_main(module.main, module.build_parser(), list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], code, out, err)

@@ -19,7 +19,7 @@ from pipeline.conversations import FilePlan, list_recordings, make_conversation,
 from pipeline.errors import InputError
 from pipeline.export import read_rttm, to_rttm
 from pipeline.speech import read_speech, track_regions, union
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, run_script_in_process
 
 CI_AUDIO = SHARED_DATA / "audio" / "librispeech_train-clean-100"
 FRAME_S = 0.04  # stage 3 decides on 25 fps frames
@@ -144,22 +144,6 @@ def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _run_in_process(name: str, capsys, *args: str) -> subprocess.CompletedProcess:
-    """The script's ``main`` through ``run_main`` as its ``__main__`` calls it, in this process: the same exit
-    code and stderr line, without a second interpreter and its imports."""
-    import importlib.util
-
-    from pipeline.cli import run_main
-
-    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", REPO / "scripts" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    capsys.readouterr()
-    code = run_main(module.main, module.build_parser(), list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess([name, *args], code, out, err)
-
-
 # the first as a command; the other two formats through diarize.py's main in this process (one interpreter
 # start-up is enough to show the command's behaviour; every format takes the same path, read before stage 1)
 @pytest.mark.parametrize("name, text, as_command", [("late.lab", "1 2\n30 400\n", True), ("empty.uem", "", False),
@@ -171,7 +155,7 @@ def test_a_bad_speech_file_writes_nothing(conversation, tmp_path, capsys, name, 
     data_dir.mkdir()
     args = ("--videofile", str(conversation / "wav" / "talk.wav"), "--data_dir", str(data_dir), "--speech",
             str(speech), "--speaker_model", "resemblyzer", "--quiet")
-    done = _run_script("diarize.py", *args) if as_command else _run_in_process("diarize.py", capsys, *args)
+    done = _run_script("diarize.py", *args) if as_command else run_script_in_process("diarize.py", capsys, *args)
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "error" in done.stderr, done.stderr
     assert list(data_dir.iterdir()) == []

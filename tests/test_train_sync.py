@@ -9,7 +9,6 @@ speech to the talking face, while the same checks with the untrained weights fai
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -22,7 +21,6 @@ import torch
 
 from models.syncnet import SyncNet
 from pipeline.cache import Cache
-from pipeline.cli import run_main
 from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.stage2 import run_stage2
@@ -30,7 +28,7 @@ from pipeline.stage3 import run_cluster
 from pipeline.train.trainer import LAST_FILE, train_sync_model
 from tests import fakeweights
 from tests import talkingfaces as tf
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script_in_process
 
 SEED = 0
 CLIP_S = 4.0
@@ -147,18 +145,6 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=300)
 
 
-def _run_in_process(script: str, capsys, *args: str) -> subprocess.CompletedProcess:
-    """The script's ``main`` through ``run_main``, as its ``__main__`` calls it, in this process (no second
-    interpreter and torch import); the same exit code, stdout and stderr."""
-    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", REPO / "scripts" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    capsys.readouterr()
-    code = run_main(module.main, module.build_parser(), list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess([script, *args], code, out, err)
-
-
 @pytest.mark.filterwarnings("ignore:.*differs from the published")  # the trained model, loaded in this process
 def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp_path, capsys):
     """The first run as a command (what --quiet prints); the refusal, --resume, --force/--init and stage 2 on the
@@ -173,20 +159,20 @@ def test_script_trains_resumes_and_its_model_loads_in_run_syncnet(synthetic, tmp
     # --quiet: no progress, but the result, where the model went, on stdout
     assert done.stderr == "" and done.stdout.startswith("train_sync: trained 1 steps")
     assert f"-> {run / 'syncnet.model'} (use --weights_dir {run})" in done.stdout
-    again = _run_in_process("train_sync.py", capsys, *common, "--steps", "1")  # a finished run is not overwritten
+    again = run_script_in_process("train_sync.py", capsys, *common, "--steps", "1")  # a finished run is not overwritten
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume continues it" in again.stderr
-    done = _run_in_process("train_sync.py", capsys, *common, "--steps", "2", "--resume")
+    done = run_script_in_process("train_sync.py", capsys, *common, "--steps", "2", "--resume")
     assert done.returncode == 0, done.stderr
     with open(run / "losses.csv", newline="") as handle:
         assert [r["step"] for r in csv.DictReader(handle)] == ["1", "2"]
     shutil.copy(run / "syncnet.model", tmp_path / "trained.model")
-    stage2 = _run_in_process("run_syncnet.py", capsys, "--data_dir", str(root / "held"), "--reference", "held00",
+    stage2 = run_script_in_process("run_syncnet.py", capsys, "--data_dir", str(root / "held"), "--reference", "held00",
                              "--weights_dir", str(run), "--force", "--quiet")
     assert stage2.returncode == 0, stage2.stderr
     lines = [x for x in (root / "held" / "pywork" / "held00" / "offsets.txt").read_text().splitlines() if x[0] != "#"]
     assert len(lines) == 1
     # --force starts over in the same folder; a bare --init name is found in --weights_dir
-    done = _run_in_process("train_sync.py", capsys, *common, "--steps", "1", "--force", "--init", "trained.model",
+    done = run_script_in_process("train_sync.py", capsys, *common, "--steps", "1", "--force", "--init", "trained.model",
                            "--weights_dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     with open(run / "losses.csv", newline="") as handle:
@@ -271,7 +257,7 @@ def test_wav2lip_expert_trains_in_its_published_format_and_loads_in_stage2(synth
     assert set(saved) == {"state_dict", "optimizer", "global_step", "global_epoch"}  # Wav2Lip's save_checkpoint
     manifest = {e["key"]: tuple(e["shape"]) for e in fakeweights.manifest_keys("wav2lip_lipsync_expert.json")}
     assert {k: tuple(v.shape) for k, v in saved["state_dict"].items()} == manifest
-    stage2 = _run_in_process("run_syncnet.py", capsys, "--data_dir", str(root / "held"), "--reference", "held01",
+    stage2 = run_script_in_process("run_syncnet.py", capsys, "--data_dir", str(root / "held"), "--reference", "held01",
                              "--weights_dir", str(run), "--sync_model", "wav2lip", "--force", "--quiet")
     assert stage2.returncode == 0, stage2.stderr
     assert "wav2lip" in (root / "held" / "pywork" / "held01" / "offsets.txt").read_text()
