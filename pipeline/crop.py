@@ -10,16 +10,16 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from scipy import signal
 
 from pipeline.cache import atomic_path
 from pipeline.errors import InputError
+from pipeline.medfilt import medfilt
 
 
 def smooth_track(track: dict[str, np.ndarray], kernel_frames: int) -> dict[str, np.ndarray]:
     """Crop centre (x, y) and half-size s per frame, median-filtered like the references.
 
-    ``scipy.signal.medfilt`` pads with zeros, so the first and last ``kernel_frames // 2`` values are
+    ``scipy.signal.medfilt`` (``pipeline.medfilt``) pads with zeros, so the first and last ``kernel_frames // 2`` values are
     pulled towards the smaller neighbours exactly as in syncnet_python.
     """
     boxes = track["bbox"]
@@ -27,9 +27,9 @@ def smooth_track(track: dict[str, np.ndarray], kernel_frames: int) -> dict[str, 
     centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
     centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
     return {
-        "x": signal.medfilt(centre_x, kernel_size=kernel_frames),
-        "y": signal.medfilt(centre_y, kernel_size=kernel_frames),
-        "s": signal.medfilt(half_size, kernel_size=kernel_frames),
+        "x": medfilt(centre_x, kernel_frames),
+        "y": medfilt(centre_y, kernel_frames),
+        "s": medfilt(half_size, kernel_frames),
     }
 
 

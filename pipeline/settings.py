@@ -415,7 +415,7 @@ class GestSyncConfig(SettingsSection):
     max_offset_frames: int = setting(rule=_NON_NEGATIVE)
     offset_avg_frames: int = setting(rule=_AT_LEAST_ONE)
     num_avg_frames: int = setting(rule=_AT_LEAST_ONE)
-    crop_median_kernel_frames: int = setting(rule=_AT_LEAST_ONE)
+    crop_median_kernel_frames: int = setting(rule=_odd_positive())
     crop_pad_grey: int = setting(rule=_between(0, 255))
     global_speaker: bool = setting()
     batch_size: int = setting(rule=_AT_LEAST_ONE, speed_only=True)

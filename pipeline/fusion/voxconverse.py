@@ -28,18 +28,17 @@ named ``spk00``, ``spk01``... in order of first appearance.
 from __future__ import annotations
 
 import heapq
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import signal
 from scipy.cluster.hierarchy import linkage
 from scipy.ndimage import binary_closing
 
 from pipeline.errors import CacheError
 from pipeline.formats import RUN_SYNCNET, Turn
+from pipeline.medfilt import medfilt
 from pipeline.settings import DiariseConfig
 
 UNKNOWN_SPEAKER = "unknown"
@@ -178,9 +177,7 @@ def sync_confidence(dists: np.ndarray, pad_frames: int, pad_value: float, medfil
     best_shift = int(np.argmin(mean_per_shift))
     frame_dist = np.pad(dists[:, best_shift], (pad_frames, pad_frames), "constant", constant_values=pad_value)
     confidence = np.median(mean_per_shift) - frame_dist
-    with warnings.catch_warnings():  # kernel longer than a very short track: zero-padded, as in the reference
-        warnings.simplefilter("ignore")
-        return signal.medfilt(confidence, kernel_size=medfilt_frames)
+    return medfilt(confidence, medfilt_frames)  # a kernel longer than a short track: zero-padded, as in the reference
 
 
 def track_confidence(dists: np.ndarray, cfg_diarise) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
+from pipeline.medfilt import medfilt
 
 
 @dataclass(frozen=True)
@@ -163,15 +164,13 @@ def crop_squares(boxes: np.ndarray, settings: FrontEndSettings = DEFAULTS) -> np
     """``float64 [n, 3]``: per box ``(centre_x, centre_y, half_side)``, half the larger of width and height,
     each median-filtered over the sequence as ``crop_video`` does (``scipy.signal.medfilt``: zero padding, so
     the first and last ``kernel // 2`` values lean towards the smaller ones, as upstream's do)."""
-    from scipy import signal
-
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if not len(b):
         return np.zeros((0, 3))
     raw = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
                     np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2], axis=1)
     kernel = settings.crop_median_kernel_frames
-    return np.stack([signal.medfilt(raw[:, k], kernel_size=kernel) for k in range(3)], axis=1)
+    return np.stack([medfilt(raw[:, k], kernel) for k in range(3)], axis=1)
 
 
 def _square_span(centre: float, half: float, pad: int, size: int) -> tuple[int, int]:
