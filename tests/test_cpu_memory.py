@@ -111,3 +111,18 @@ def test_chunk_bounds_never_leave_one_window_alone():
     assert chunk_bounds(18, 16) == [(0, 16), (16, 18)]
     assert chunk_bounds(1, 16) == [(0, 1)]  # a track of one window: one window whatever the chunk
     assert chunk_bounds(5, 2) == [(0, 2), (2, 5)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((3, 3), (1, 2), (0, 0)), ((3, 3), (2, 2), (0, 0)),
+                                                   ((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 1), (1, 0))])
+def test_separable_max_pool_gives_max_pool2d_bits(kernel, stride, padding):
+    from models.syncnet import separable_max_pool2d
+
+    x = torch.randn(4, 5, 13, 20, generator=torch.Generator().manual_seed(1))
+    x[0, 0, 3, 4] = float("nan")  # NaN wins its windows in both
+    layer = torch.nn.MaxPool2d(kernel, stride, padding)
+    expected, got = layer(x), separable_max_pool2d(x, layer)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert torch.equal(got.isnan(), expected.isnan())  # NaN wherever max_pool2d has one (its bit pattern may differ)
+    finite = ~expected.isnan()
+    assert got[finite].numpy().tobytes() == expected[finite].numpy().tobytes()
