@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.errors import CacheError, InputError, PipelineError, first_line
+from pipeline.runtime import release_heap
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -196,3 +197,5 @@ def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.
         print(f"{prog}: internal error: {type(err).__name__}: {detail} (re-run with --debug for details)",
               file=sys.stderr)
         return 1
+    finally:
+        release_heap()  # the stage is done: its kept heap is not carried into the interpreter's shutdown
