@@ -299,3 +299,26 @@ def test_script_lists_outputs(cache_dir, capsys):
                                                        "--file_id", "a b"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--file_id must be one word" in err
+
+
+# visualise.py in a fresh interpreter; prints whether torch was imported, then the exit code.
+STAGE4_IMPORTS = """
+import runpy, sys
+sys.argv = ["visualise.py", *sys.argv[1:]]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as done:
+    print("torch" in sys.modules, done.code)
+"""
+
+
+def test_stage4_of_syncnet_evidence_does_not_load_torch(cache_dir, tmp_path):
+    # stage 4 only reads what stages 2 and 3 wrote: importing torch cost it about 2 of its 4.9 CPU s (issue 23)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STAGE4_IMPORTS.format(script=str(SCRIPT)), "--data_dir",
+                           str(cache_dir), "--reference", REF, "--out_dir", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    assert done.stdout.splitlines()[-1].split() == ["False", "0"], done.stdout[-300:] + done.stderr[-500:]
+    assert (tmp_path / "out" / f"{REF}.rttm").is_file()

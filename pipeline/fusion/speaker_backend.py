@@ -30,7 +30,6 @@ import numpy as np
 from scipy.linalg import eigh
 
 from models.errors import CheckpointError
-from models.loader import resolve_weights_dir
 
 PACKAGED_DIR = Path(__file__).resolve().parents[2] / "models" / "backends"  # the models package's folder
 _FIELDS = ("mean1", "lda", "mean2", "plda_mu", "plda_tr", "plda_psi")
@@ -230,6 +229,8 @@ def load_backend(path: Path, model: str, dim: int) -> SpeakerBackend:
 def find_backend(model: str | None, dim: int, weights_dir: str | Path | None) -> SpeakerBackend:
     """``model``'s fitted transform (weights folder, then the package), else the default with a one-time
     note on stderr (no note for unnamed embeddings, e.g. the simulator's)."""
+    from models.loader import resolve_weights_dir  # torch: not for the stages that only read turns (stage 4)
+
     if model:
         for folder in (resolve_weights_dir(weights_dir), PACKAGED_DIR):
             path = folder / backend_file(model)

@@ -5,6 +5,7 @@ Layout (imports run down this list; no module here imports a stage):
 - ``evidence_record.py``: ``SyncEvidence``, the typed ``sync.pckl`` record every model writes;
 - ``base.py``: the ``SyncModel`` interface the stages use, and the plumbing the models share;
 - ``syncnet.py``: SyncNet (VoxConverse's), its offset search and one-clip demo;
+- ``syncnet_model.py``: SyncNet's ``SyncModel``, importing ``syncnet.py`` (torch) only in the methods that compute;
 - ``wav2lip.py``: Wav2Lip's lip-sync expert;
 - ``gestsync_frontend.py``: GestSync's input (person crops, masks, filterbanks);
 - ``gestsync_scoring.py``: GestSync's settings, offset search, curves and streaming scorer;
@@ -24,7 +25,7 @@ from pipeline.sync.base import SyncModel
 
 # name -> (module, model object); imported on first use, so that choosing a model does not load torch
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "syncnet": ("pipeline.sync.syncnet", "SYNCNET"),
+    "syncnet": ("pipeline.sync.syncnet_model", "SYNCNET"),
     "wav2lip": ("pipeline.sync.wav2lip", "WAV2LIP"),
     "gestsync": ("pipeline.sync.gestsync", "GESTSYNC"),
 }

@@ -34,7 +34,7 @@ from pipeline.formats import GESTSYNC_PREFERENCES as PREFERENCES
 from pipeline.formats import RUN_SYNCNET
 from pipeline.sync.base import SyncModel
 from pipeline.sync.evidence_record import LipEvidence, SyncEvidence
-from pipeline.sync.syncnet import SYNCNET
+from pipeline.sync.syncnet_model import SYNCNET
 from pipeline.sync.wav2lip import WAV2LIP
 
 SOURCE_LIPS, SOURCE_GESTURES, SOURCE_BOTH = "lips", "gestures", "lips+gestures"

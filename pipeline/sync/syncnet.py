@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,26 +40,18 @@ import python_speech_features
 import torch
 import torch.nn.functional as F
 
-from models.loader import checkpoint_path
 from models.syncnet import CROP_SIZE_PX, MFCC_PER_FRAME, WINDOW_FRAMES, SyncNet, load_syncnet, syncnet_checkpoint
 from pipeline import media
-from pipeline.cache import Cache, atomic_path, sha256_file
-from pipeline.errors import CacheError, CheckpointError, InputError
+from pipeline.cache import Cache, atomic_path
+from pipeline.errors import CacheError, InputError
 from pipeline.formats import RUN_PIPELINE as STAGE1_SCRIPT
-from pipeline.formats import SYNC_METRICS, TRACKS_FILE
+from pipeline.formats import SYNC_METRICS
 from pipeline.runtime import apply_runtime
 from pipeline.stage1_outputs import read_wav
 from pipeline.sync.base import (
-    STAGE,
-    ClipReport,
-    Evidence,
-    Network,
     ProgressHook,
     SyncEvidence,
-    SyncModel,
-    demo_report,
     offsets_table,
-    silent_note,
 )
 
 METRICS = SYNC_METRICS
@@ -384,17 +376,6 @@ def summarise(results: list[SyncResult], settings: SyncSettings, checkpoint: str
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
-def stage2_key(cache: Cache, cfg: Any, checkpoint_file: str | None, checkpoint_sha256: str | None) -> dict[str, Any]:
-    """What SyncNet's stage-2 outputs depend on."""
-    return {
-        "stage": STAGE,
-        "syncnet": SYNCNET.section_key(cfg),
-        "media": {"frame_rate_hz": cfg.media.frame_rate_hz, "sample_rate_hz": cfg.media.sample_rate_hz},
-        "checkpoint": {"file": checkpoint_file, "sha256": checkpoint_sha256},
-        "upstream": {TRACKS_FILE: cache.digest(TRACKS_FILE), "crops": cache.digest("crops")},
-    }
-
-
 def _sync_crop(cache: Cache, idx: int, model: SyncNet, settings: SyncSettings, device: torch.device) -> SyncResult:
     audio = read_wav(cache.crop_wav(idx), settings.sample_rate_hz)
     frames_path = cache.crop_frames(idx)
@@ -488,71 +469,3 @@ def save_features(path: str | Path, result: SyncResult, settings: SyncSettings) 
     except OSError as err:
         raise InputError(f"cannot write --features {final}: {err.strerror or err}") from None
     return final
-
-
-# ---- the model, as the stages use it -------------------------------------------------------------
-class SyncNetModel(SyncModel):
-    """SyncNet (VoxConverse's): distance matrices; stage 3 turns them into a confidence (``diarise``)."""
-
-    name = "syncnet"
-    section = "syncnet"
-    input_files = (TRACKS_FILE, "crops")
-    channel_order = "BGR"  # syncnet_python and Wav2Lip read frames with cv2
-    stage2_what = "SyncNet on the face tracks"  # diarize.py's stage-2 line
-    plot_what, plot_ylabel = "SyncNet confidence", "sync confidence"
-
-    def settings(self, cfg: Any) -> SyncSettings:
-        return SyncSettings.from_config(cfg)
-
-    def checkpoint_file(self, cfg: Any, weights_dir: str | Path | None) -> str:
-        return syncnet_checkpoint(weights_dir, cfg.syncnet.checkpoint)
-
-    def networks(self, cfg: Any, weights_dir: str | Path | None) -> list[Network]:
-        try:
-            file = self.checkpoint_file(cfg, weights_dir)
-        except CheckpointError:  # neither published file: stage 2 says so if a face track needs it
-            return []
-        return [Network(file, lambda: load_syncnet(weights_dir, file))]
-
-    def stage2_key(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None
-                   ) -> dict[str, Any]:
-        self.settings(cfg)  # a bad syncnet section fails here, before the checkpoint is looked for
-        if not tracks:  # no face track (no faces, or an audio-only input): nothing to sync, no checkpoint needed
-            return stage2_key(cache, cfg, None, None)
-        file = self.checkpoint_file(cfg, weights_dir)
-        return stage2_key(cache, cfg, file, sha256_file(checkpoint_path(file, weights_dir)))
-
-    def evidence(self, cache: Cache, cfg: Any, tracks: Sequence[Mapping], weights_dir: str | Path | None,
-                 device: Any, progress: ProgressHook) -> Evidence:
-        file = self.checkpoint_file(cfg, weights_dir) if tracks else None
-        return Evidence(*syncnet_evidence(cache, cfg, len(tracks), file, weights_dir, device, progress))
-
-    def offsets_text(self, sync: SyncEvidence) -> str:
-        return offsets_text(sync)
-
-    def summary(self, sync: SyncEvidence) -> str:
-        return f"SyncNet ({sync.metric})"
-
-    def vote_thresholds(self, cfg: Any, sync: SyncEvidence) -> tuple[float, ...]:
-        from pipeline.fusion.voxconverse import conf_thresholds
-
-        return conf_thresholds(cfg.diarise, sync.metric)
-
-    def track_curves(self, cfg: Any, sync: SyncEvidence, distances: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per-track smoothed confidence curves from the distances (``diarise``'s settings), as stage 3 fuses."""
-        from pipeline.fusion.voxconverse import track_confidence
-
-        return [track_confidence(np.asarray(d), cfg.diarise) for d in distances]
-
-    def clip_report(self, videofile: str | Path, cfg: Any, weights_dir: str | Path | None, device: Any,
-                    features: str | None = None) -> ClipReport:
-        result = sync_clip(videofile, cfg, weights_dir, device, keep_embeddings=bool(features))
-        report = ClipReport(demo_report(result.offset_frames, "Min dist", result.min_dist, result.confidence),
-                            silent_note(videofile, result.silent))
-        if features:
-            path = save_features(features, result, SyncSettings.from_config(cfg, demo=True))
-            report.after.append(f"saved {result.num_windows} windows of lip and audio embeddings to {path}")
-        return report
-
-
-SYNCNET = SyncNetModel()
