@@ -86,6 +86,20 @@ def check_video_input(path: str | Path, need_audio: bool = True, allow_audio_onl
     return info
 
 
+def _gbrp_to_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """A planar G, B, R frame (what H.264 RGB decodes to: stage 1's lossless crops) interleaved as B, G, R.
+
+    The same bytes as swscale's ``gbrp`` -> ``bgr24`` (a copy, no arithmetic), about 4x faster on 224 x 224 crops
+    (0.22 against 1.0 ms a frame), which stage 2 reads frame by frame (issue 23).
+    """
+    height, width = frame.height, frame.width
+    green, blue, red = (np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
+                        for plane in frame.planes)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = blue, green, red
+    return image
+
+
 def to_bgr(frame: av.VideoFrame) -> np.ndarray:
     """BGR uint8 pixels of a decoded frame, upright.
 
@@ -93,7 +107,8 @@ def to_bgr(frame: av.VideoFrame) -> np.ndarray:
     bytes as ffmpeg's `-pix_fmt bgr24` on the test clips (tests/test_media.py), 3x faster than the default.
     A display rotation (phone videos) is applied as ffmpeg's default autorotation does.
     """
-    image = frame.reformat(format="bgr24", interpolation="POINT").to_ndarray()
+    image = _gbrp_to_bgr(frame) if frame.format.name == "gbrp" else \
+        frame.reformat(format="bgr24", interpolation="POINT").to_ndarray()
     quarter_turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
     return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 

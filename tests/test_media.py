@@ -189,3 +189,29 @@ def test_truncated_file(tmp_path):
         media.check_video_input(path)
     with pytest.raises(InputError, match="truncated"):  # decoding it directly says the same
         list(media.iter_frames(path))
+
+
+@pytest.mark.parametrize("width,height", [(224, 224), (170, 98)])  # 170: rows padded beyond the width
+def test_lossless_rgb_crops_decode_to_the_frames_written(tmp_path, width, height):
+    # stage 1 writes crops as H.264 RGB (libx264rgb, qp 0): they decode to planar G, B, R, which to_bgr
+    # interleaves itself; the bytes must be those written and those of swscale's conversion
+    if "libx264rgb" not in av.codecs_available:
+        pytest.skip("this FFmpeg build has no libx264rgb")
+    rng = np.random.default_rng(width)
+    written = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(5)]
+    path = tmp_path / "crop.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=25, options={"preset": "ultrafast", "qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "bgr24"
+        for image in written:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert decoded[0].format.name == "gbrp"
+    for image, frame in zip(written, decoded, strict=True):
+        bgr = media.to_bgr(frame)
+        assert bgr.dtype == np.uint8 and bgr.flags.c_contiguous
+        assert np.array_equal(bgr, image)
+        assert np.array_equal(bgr, frame.reformat(format="bgr24", interpolation="POINT").to_ndarray())
+    assert all(np.array_equal(a, b) for a, b in zip(media.iter_video_frames(path), written, strict=True))
