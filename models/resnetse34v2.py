@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.inference import batch_norm_, in_place_ok
 from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 SAMPLE_RATE_HZ = 16000
@@ -124,10 +125,21 @@ class SEBasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_place_ok(self):
+            return self._forward_in_place(x)
         residual = x if self.downsample is None else self.downsample(x)
         out = self.bn1(self.relu(self.conv1(x)))
         out = self.se(self.bn2(self.conv2(out)))
         return self.relu(out + residual)
+
+    def _forward_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` in inference, each step written over the convolution's output: the same kernels and bits
+        (``out * scale`` as ``mul_``, ``out + residual`` as ``add_``), 2-3 % faster on the CPU (issue 23)."""
+        out = batch_norm_(self.bn1, self.conv1(x).relu_())
+        out = batch_norm_(self.bn2, self.conv2(out))
+        out.mul_(self.se.fc(out.mean(dim=(2, 3)))[:, :, None, None])
+        residual = x if self.downsample is None else batch_norm_(self.downsample[1], self.downsample[0](x))
+        return out.add_(residual).relu_()
 
 
 class ResNetSE34V2(nn.Module):
@@ -185,7 +197,7 @@ class ResNetSE34V2(nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         x = self.features(waveforms)
-        x = self.bn1(self.relu(self.conv1(x)))
+        x = batch_norm_(self.bn1, self.conv1(x).relu_()) if in_place_ok(self) else self.bn1(self.relu(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 256, n_mels / 8, frames / 8]
         x = x.reshape(x.shape[0], -1, x.shape[-1])  # [B, 256 * n_mels / 8, frames / 8]
         weights = self.attention(x)

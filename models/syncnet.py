@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.inference import batch_norm_, in_place_ok
 from models.loader import find_network_checkpoint, load_checkpoint, probe_input
 
 EMBEDDING_DIM = 1024
@@ -136,18 +137,15 @@ def run_in_place(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
     Under autograd or in training mode it is ``layers(x)``.
     """
-    if torch.is_grad_enabled() or layers.training:
+    if not in_place_ok(layers):
         return layers(x)
-    no_stats = x.new_empty(0)
     steps = list(layers)
     k = 0
     while k < len(steps):
         layer = steps[k]
         following = steps[k + 1] if k + 1 < len(steps) else None
         if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-            torch.ops.aten.native_batch_norm.out(x, layer.weight, layer.bias, layer.running_mean, layer.running_var,
-                                                 False, 0.0, layer.eps, out=x, save_mean=no_stats,
-                                                 save_invstd=no_stats)
+            batch_norm_(layer, x)
         elif isinstance(layer, nn.ReLU) and isinstance(following, (nn.MaxPool2d, nn.MaxPool3d)):
             x = _max_pool(following, x).relu_()
             k += 1

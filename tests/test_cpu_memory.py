@@ -152,3 +152,16 @@ def test_separable_max_pool_gives_max_pool2d_bits(kernel, stride, padding):
     assert torch.equal(got.isnan(), expected.isnan())  # NaN wherever max_pool2d has one (its bit pattern may differ)
     finite = ~expected.isnan()
     assert got[finite].numpy().tobytes() == expected[finite].numpy().tobytes()
+
+
+def test_resnetse34_in_place_blocks_give_the_same_bits_as_the_modules():
+    from models.resnetse34v2 import ResNetSE34V2
+
+    torch.manual_seed(0)
+    model = _with_batch_norm_statistics(ResNetSE34V2()).to(memory_format=torch.channels_last)
+    waveforms = torch.randn(3, 16000, generator=torch.Generator().manual_seed(2)) * 0.1
+    with torch.inference_mode():
+        in_place = model(waveforms)  # SEBasicBlock._forward_in_place
+    with torch.enable_grad():
+        modules = model(waveforms).detach()  # autograd on: the modules, as written in voxceleb_trainer
+    assert in_place.numpy().tobytes() == modules.numpy().tobytes()
