@@ -216,6 +216,7 @@ class SyncNetConfig(SettingsSection):
     vshift_frames: int = setting(rule=_NON_NEGATIVE)
     batch_size: int = setting(rule=_AT_LEAST_ONE, speed_only=True)
     cpu_lip_chunk_windows: int = setting(rule=_at_least(2), speed_only=True)
+    cpu_audio_memo_windows: int = setting(rule=_NON_NEGATIVE, speed_only=True)
     parallel_tracks: int = setting(rule=_AT_LEAST_ONE, speed_only=True)
 
 

@@ -212,7 +212,8 @@ def test_the_key_holds_every_field_but_the_speed_only_ones(section):
 def test_speed_only_fields_are_the_ones_results_do_not_depend_on():
     marked = {f"{name}.{field}" for name, section in SECTIONS.items() for field in section.speed_only_fields()}
     assert marked == {"runtime.threads", "runtime.heap_reuse_mb", "input.max_missing_s", "detect.batch_size",
-                      "syncnet.batch_size", "syncnet.cpu_lip_chunk_windows", "syncnet.parallel_tracks",
+                      "syncnet.batch_size", "syncnet.cpu_lip_chunk_windows", "syncnet.cpu_audio_memo_windows",
+                      "syncnet.parallel_tracks",
                       "vad.given_speech_tolerance_s", "embed.batch_size",
                       "wav2lip.batch_size", "gestsync.batch_size"}
 

@@ -485,3 +485,62 @@ def test_demo_golden_result(tmp_path):
     assert result.offset_frames == 3
     assert result.min_dist == pytest.approx(5.353, abs=0.05)
     assert result.confidence == pytest.approx(10.021, abs=0.05)
+
+
+# ---- audio embeddings shared by a clip's tracks (issue 23) ----------------------------------------
+class _CountingModel:
+    """``forward_aud`` of a SyncNet, counting the windows it is asked for."""
+
+    def __init__(self, model):
+        self.model, self.windows = model, 0
+
+    def forward_aud(self, batch):
+        self.windows += int(batch.shape[0])
+        return self.model.forward_aud(batch)
+
+
+def test_audio_network_rows_do_not_depend_on_the_other_windows_of_the_batch(model):
+    # what AudioEmbeddings relies on: at one batch size, a window's embedding is the same whatever shares its batch
+    windows = torch.randn(16, 1, 13, 20, generator=torch.Generator().manual_seed(5)) * 10
+    with torch.inference_mode():
+        whole = model.forward_aud(windows)
+        shuffled = model.forward_aud(windows[torch.arange(15, -1, -1)]).flip(0)
+        padded = model.forward_aud(torch.cat([windows[:3], windows[:1].expand(13, 1, 13, 20)]))[:3]
+    assert whole.numpy().tobytes() == shuffled.numpy().tobytes()
+    assert whole[:3].numpy().tobytes() == padded.numpy().tobytes()
+
+
+@pytest.mark.parametrize("batch", [8, 64])
+def test_tracks_sharing_audio_reuse_its_embeddings_bit_for_bit(model, batch):
+    from pipeline.sync.syncnet import AudioEmbeddings
+
+    settings = SyncSettings(batch_size=batch)
+    audio = speechlike(90 * SPF, seed=3)
+    # three faces on screen together: track 1 starts 10 frames after track 0 and cuts the same audio from there;
+    # track 2 is a second copy of track 0's span (the same windows, other frames)
+    spans = [(0, 70), (10, 90), (0, 70)]
+    tracks = [(noise_frames(stop - start, seed=k), audio[start * SPF: stop * SPF]) for k, (start, stop) in enumerate(spans)]
+    own = [sync_track(model, iter(frames), track_audio, settings) for frames, track_audio in tracks]
+    counting = _CountingModel(model)
+    memo = AudioEmbeddings(counting, max_windows=10_000)
+    shared = [sync_track(model, iter(frames), track_audio, settings, audio_embeddings=memo)
+              for frames, track_audio in tracks]
+    for a, b in zip(own, shared, strict=True):
+        assert a.distances.tobytes() == b.distances.tobytes()
+        assert (a.offset_frames, a.min_dist, a.confidence) == (b.offset_frames, b.min_dist, b.confidence)
+    # a batch with any window unknown is computed whole (padded to its size, so no call is dearer than before);
+    # with batches of 8, track 2 entirely and most of track 1 come from the memo
+    total = sum(r.num_windows for r in own)
+    assert counting.windows <= total and (batch != 8 or counting.windows < 0.6 * total)
+
+
+def test_audio_memo_stays_within_its_bound(model):
+    from pipeline.sync.syncnet import AudioEmbeddings
+
+    memo = AudioEmbeddings(model, max_windows=20)
+    windows = torch.randn(64, 1, 13, 20, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        first = memo(windows[:32])
+        assert len(memo.known) == 20
+        again = memo(windows[:32])  # 12 of them were dropped: computed again, in a batch of 32 as before
+    assert first.numpy().tobytes() == again.numpy().tobytes() and len(memo.known) == 20

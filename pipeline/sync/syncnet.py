@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -167,6 +168,49 @@ def lip_windows(frames_u8: torch.Tensor, window_frames: int = 5, channels_last: 
     return windows.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
+class AudioEmbeddings:
+    """SyncNet's audio embeddings, each MFCC window computed once per clip (on the CPU).
+
+    Face tracks on screen together cut the same stretch of the video's audio, so their MFCC windows are the same
+    bytes (not at a track's first window: pre-emphasis starts there). The audio network's output for a window
+    depends on the window and on the batch's size (oneDNN picks its kernels by shape), not on the other windows
+    in the batch, so a window is remembered with the size of the batch it came in, and missing windows are
+    computed in a batch of that same size (padded with copies): every embedding is bit for bit what the track's
+    own batch gives (``tests/test_syncnet.py``). On the 60 s benchmark clip (4 tracks over the same minute) this
+    runs the audio network on about a quarter of the windows.
+    """
+
+    def __init__(self, model: SyncNet, max_windows: int) -> None:
+        self.model = model
+        self.max_windows = max_windows  # the least recently used go first: memory stays bounded on long videos
+        self.known: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        """``[n, 1024]`` embeddings of ``[n, 1, 13, 20]`` MFCC windows, as ``model.forward_aud(windows)``."""
+        size = int(windows.shape[0])
+        keys = [(size, window.numpy().tobytes()) for window in windows]
+        first_row: dict[tuple[int, bytes], int] = {}
+        for row, key in enumerate(keys):
+            if key not in self.known:
+                first_row.setdefault(key, row)
+        if first_row:
+            rows = list(first_row.values())
+            batch = windows[rows + [rows[0]] * (size - len(rows))]  # the batch's own size: the same kernels
+            computed = self.model.forward_aud(batch)[: len(rows)]
+            fresh = dict(zip(first_row, computed))
+        else:
+            fresh = {}
+        out = torch.stack([fresh[key] if key in fresh else self.known[key] for key in keys])
+        for key in keys:
+            if key in self.known:
+                self.known.move_to_end(key)
+        for key, embedding in fresh.items():
+            self.known[key] = embedding.clone()  # a row of its own, not a view keeping the whole batch alive
+        while len(self.known) > self.max_windows:
+            self.known.popitem(last=False)
+        return out
+
+
 class LipWindowBuffer:
     """One track's reused CPU memory for its batches of lip windows: the same values and channels-last layout as
     ``lip_windows(..., channels_last=True)``, written in place instead of allocated per batch.
@@ -296,13 +340,15 @@ def _check_frame(frame: np.ndarray, index: int) -> None:
 
 @torch.inference_mode()
 def sync_track(model: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, settings: SyncSettings,
-               device: torch.device | str = "cpu", keep_embeddings: bool = False) -> SyncResult:
+               device: torch.device | str = "cpu", keep_embeddings: bool = False,
+               audio_embeddings: AudioEmbeddings | None = None) -> SyncResult:
     """SyncNet offset, min dist, confidence and distance matrix of one face track.
 
     ``frames``: 224 x 224 BGR uint8 frames at 25 fps (decoded lazily; at most as many as the audio covers
     are read). ``audio``: the track's int16 mono samples at ``settings.sample_rate_hz``, aligned with frame 0.
     Memory is bounded by ``batch_size`` windows whatever the track length (plus the result itself and, with
-    ``keep_embeddings``, the embeddings).
+    ``keep_embeddings``, the embeddings). ``audio_embeddings`` (CPU only): the clip's remembered audio embeddings,
+    shared by its tracks.
     """
     audio = _check_audio(audio)
     device = torch.device(device)
@@ -332,7 +378,9 @@ def sync_track(model: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, 
     def run(num_windows: int) -> None:
         lip_conv = lip_features(num_windows)  # [n, 512]
         lip = model.netfclip(lip_conv)  # [n, 1024]
-        aud = model.forward_aud(mfcc_windows(mfcc, first_window, first_window + num_windows, settings).to(device))
+        audio_windows = mfcc_windows(mfcc, first_window, first_window + num_windows, settings)
+        aud = audio_embeddings(audio_windows) if audio_embeddings is not None else \
+            model.forward_aud(audio_windows.to(device))
         stream.push(lip, aud)
         if keep_embeddings:
             kept["lip"].append(lip.cpu().numpy())
@@ -376,12 +424,13 @@ def summarise(results: list[SyncResult], settings: SyncSettings, checkpoint: str
 
 
 # ---- stage 2 on a cache --------------------------------------------------------------------------
-def _sync_crop(cache: Cache, idx: int, model: SyncNet, settings: SyncSettings, device: torch.device) -> SyncResult:
+def _sync_crop(cache: Cache, idx: int, model: SyncNet, settings: SyncSettings, device: torch.device,
+               audio_embeddings: AudioEmbeddings | None) -> SyncResult:
     audio = read_wav(cache.crop_wav(idx), settings.sample_rate_hz)
     frames_path = cache.crop_frames(idx)
     with contextlib.closing(media.iter_video_frames(frames_path)) as frames:
         try:
-            return sync_track(model, frames, audio, settings, device)
+            return sync_track(model, frames, audio, settings, device, audio_embeddings=audio_embeddings)
         except InputError as err:  # undecodable or wrong-size crop: stage 1's output is broken
             raise CacheError(f"track {idx}: {err}; run {STAGE1_SCRIPT} again") from None
 
@@ -418,8 +467,11 @@ def syncnet_evidence(cache: Cache, cfg: Any, num_tracks: int, ckpt_file: str | N
     if num_tracks:
         model = load_syncnet(weights_dir, ckpt_file, device)
         workers = cfg.syncnet.parallel_tracks if device.type == "cuda" else 1
+        memo = cfg.syncnet.cpu_audio_memo_windows
+        shared = AudioEmbeddings(model, memo) if device.type == "cpu" and memo else None  # shared audio, once
         progress("syncnet", 0, num_tracks)
-        for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device), num_tracks, workers):
+        for result in _map_tracks(lambda idx: _sync_crop(cache, idx, model, settings, device, shared), num_tracks,
+                                  workers):
             results.append(result)
             progress("syncnet", len(results), num_tracks)
     return [r.distances for r in results], summarise(results, settings, ckpt_file)
