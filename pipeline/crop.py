@@ -19,8 +19,8 @@ from pipeline.medfilt import medfilt
 def smooth_track(track: dict[str, np.ndarray], kernel_frames: int) -> dict[str, np.ndarray]:
     """Crop centre (x, y) and half-size s per frame, median-filtered like the references.
 
-    ``scipy.signal.medfilt`` (``pipeline.medfilt``) pads with zeros, so the first and last ``kernel_frames // 2`` values are
-    pulled towards the smaller neighbours exactly as in syncnet_python.
+    ``scipy.signal.medfilt`` (here ``pipeline.medfilt``) pads with zeros, so the first and last
+    ``kernel_frames // 2`` values are pulled towards the smaller neighbours exactly as in syncnet_python.
     """
     boxes = track["bbox"]
     half_size = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2

@@ -46,6 +46,12 @@ def apply_threads(threads: int) -> int:
     return wanted
 
 
+def _libc() -> ctypes.CDLL:
+    """The C library python itself runs on, already loaded (``ctypes.util.find_library`` would run ``ldconfig -p``
+    in a child process, whose peak RSS, forked from this process, was reported as the stage's own)."""
+    return ctypes.CDLL(None)
+
+
 def apply_heap_reuse(heap_reuse_mb: int) -> int:
     """Let glibc keep and reuse freed blocks up to ``heap_reuse_mb`` MiB instead of unmapping them (0: leave it).
 
@@ -62,9 +68,7 @@ def apply_heap_reuse(heap_reuse_mb: int) -> int:
         return _heap_reuse_mb
     if platform.libc_ver()[0] != "glibc":
         return 0
-    # the C library python itself runs on, already loaded: ctypes.util.find_library would run `ldconfig -p` in a
-    # child process, and that child's peak RSS (forked from this process) was reported as the stage's own peak
-    libc = ctypes.CDLL(None)
+    libc = _libc()
     limit_bytes = ctypes.c_int(min(heap_reuse_mb * 2**20, 2**31 - 1))
     if libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes) != 1:
         return 0
@@ -79,7 +83,7 @@ def release_heap() -> bool:
     work needs (``/proc/self/status`` VmHWM before shutdown)."""
     if _heap_reuse_mb == 0:
         return False
-    ctypes.CDLL(None).malloc_trim(0)
+    _libc().malloc_trim(0)
     return True
 
 

@@ -176,8 +176,8 @@ class AudioEmbeddings:
     depends on the window and on the batch's size (oneDNN picks its kernels by shape), not on the other windows
     in the batch, so a window is remembered with the size of the batch it came in, and missing windows are
     computed in a batch of that same size (padded with copies): every embedding is bit for bit what the track's
-    own batch gives (``tests/test_syncnet.py``). On the 60 s benchmark clip (4 tracks over the same minute) this
-    runs the audio network on about a quarter of the windows.
+    own batch gives (``tests/test_syncnet.py``). Four tracks over the same minute of audio need the audio network for
+    about a quarter of their windows.
     """
 
     def __init__(self, model: SyncNet, max_windows: int) -> None:
@@ -196,16 +196,11 @@ class AudioEmbeddings:
         if first_row:
             rows = list(first_row.values())
             batch = windows[rows + [rows[0]] * (size - len(rows))]  # the batch's own size: the same kernels
-            computed = self.model.forward_aud(batch)[: len(rows)]
-            fresh = dict(zip(first_row, computed))
-        else:
-            fresh = {}
-        out = torch.stack([fresh[key] if key in fresh else self.known[key] for key in keys])
+            for key, embedding in zip(first_row, self.model.forward_aud(batch)):
+                self.known[key] = embedding.clone()  # a row of its own, not a view keeping the whole batch alive
+        out = torch.stack([self.known[key] for key in keys])
         for key in keys:
-            if key in self.known:
-                self.known.move_to_end(key)
-        for key, embedding in fresh.items():
-            self.known[key] = embedding.clone()  # a row of its own, not a view keeping the whole batch alive
+            self.known.move_to_end(key)
         while len(self.known) > self.max_windows:
             self.known.popitem(last=False)
         return out
